@@ -1,0 +1,76 @@
+"""Input checks shared by the statistical modules.
+
+Every public estimator funnels its arrays through here so that bad input fails
+loudly, with the name of the argument and the first offending index, instead of
+propagating a NaN into a book table.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_1d(x, name: str) -> np.ndarray:
+    """Return ``x`` as a 1-D float64 array or raise ``TypeError``/``ValueError``."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be numeric, got a string")
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = first_bad(bad)
+        raise ValueError(f"{name} contains a non-finite value ({arr[i]}) at index {i}")
+
+
+def check_positive(arr: np.ndarray, name: str) -> None:
+    bad = arr <= 0
+    if bad.any():
+        i = first_bad(bad)
+        raise ValueError(f"{name} must be > 0, got {arr[i]} at index {i}")
+
+
+def summary_stats(bx, bxse, by, byse, *, min_k: int, method: str):
+    """Validate MR summary statistics and return them as float arrays.
+
+    Checks: 1-D, equal lengths, finite, standard errors > 0, at least ``min_k``
+    instruments, and not all ``bx`` equal to zero.
+    """
+    arrays = {n: as_1d(v, n) for n, v in (("bx", bx), ("bxse", bxse), ("by", by), ("byse", byse))}
+    lengths = {n: a.size for n, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"bx, bxse, by, byse must have the same length, got {lengths}")
+    for n, a in arrays.items():
+        check_finite(a, n)
+    check_positive(arrays["bxse"], "bxse")
+    check_positive(arrays["byse"], "byse")
+    k = arrays["bx"].size
+    if k < min_k:
+        raise ValueError(f"{method} needs at least {min_k} instrument(s), got {k}")
+    if not np.any(arrays["bx"] != 0):
+        raise ValueError("all bx are zero: the instruments carry no information on the exposure")
+    return arrays["bx"], arrays["bxse"], arrays["by"], arrays["byse"]
+
+
+def check_alpha(alpha: float) -> float:
+    if not (0 < float(alpha) < 1):
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return float(alpha)
+
+
+def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

@@ -1,0 +1,190 @@
+"""Fixed- and random-effects meta-analysis of per-locus estimates.
+
+DeepMR's *global* causal effect is a random-effects meta-analysis of the local
+(per-sequence) MR estimates. Conventions are those of R ``metafor::rma.uni``:
+REML by Fisher scoring started at the Hedges estimate (threshold 1e-5, at most
+100 iterations, step halving at the boundary, the ``ll0check`` for tau^2 = 0),
+DerSimonian-Laird truncated at 0, I^2 = tau^2 / (tau^2 + typical within-study
+variance), optional Knapp-Hartung adjustment, and the prediction interval of
+``predict.rma``. ``tests/test_meta.py`` checks them against metafor's outputs.
+
+Note the difference from :func:`deepmr_utils.mr.ivw`'s "random" model: that one
+is *multiplicative* (SE scaled by the residual SE); this one is *additive*
+(tau^2 added to every variance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+from scipy import stats
+
+from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive
+
+__all__ = ["MetaResult", "random_effects", "fixed_effect"]
+
+
+@dataclass(frozen=True)
+class MetaResult:
+    """Pooled estimate with heterogeneity statistics (I^2 and H^2 as fractions/ratios)."""
+
+    method: str
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    pvalue: float
+    k: int
+    tau2: float
+    tau: float
+    se_tau2: float
+    i2: float
+    h2: float
+    q: float
+    q_df: int
+    q_pvalue: float
+    pi_low: float
+    pi_high: float
+    test: str = "z"
+    alpha: float = 0.05
+    converged: bool = True
+    iterations: int = 0
+
+    def __repr__(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return (f"{self.method} meta-analysis ({self.test}): {self.estimate:.4g} (SE {self.se:.4g}, "
+                f"{level}% CI {self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, k={self.k}; "
+                f"tau^2={self.tau2:.4g}, I^2={100 * self.i2:.1f}%, Q={self.q:.4g} on {self.q_df} df, "
+                f"PI {self.pi_low:.4g} to {self.pi_high:.4g})")
+
+    __str__ = __repr__
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _inputs(estimates, ses, min_k):
+    y = as_1d(estimates, "estimates")
+    s = as_1d(ses, "ses")
+    if y.size != s.size:
+        raise ValueError(f"estimates and ses must have the same length, got {y.size} and {s.size}")
+    check_finite(y, "estimates")
+    check_finite(s, "ses")
+    check_positive(s, "ses")
+    if y.size < min_k:
+        raise ValueError(f"meta-analysis needs at least {min_k} estimate(s), got {y.size}")
+    return y, s**2
+
+
+def _cochran_q(y, v):
+    w = 1 / v
+    mu = np.sum(w * y) / np.sum(w)
+    return float(np.sum(w * (y - mu) ** 2))
+
+
+def _reml(y, v, tau2, threshold, max_iter):
+    """metafor's Fisher scoring for the REML tau^2 (intercept-only model)."""
+    def parts(t2):
+        w = 1 / (v + t2)
+        sw = w.sum()
+        py = w * y - w * np.sum(w * y) / sw  # P y with P = W - w w' / sum(w)
+        tr_p = sw - np.sum(w**2) / sw
+        # tr(PP) = sum(w^2) - 2 sum(w^3)/sw + (sum(w^2)/sw)^2
+        tr_pp = np.sum(w**2) - 2 * np.sum(w**3) / sw + (np.sum(w**2) / sw) ** 2
+        return py, tr_p, tr_pp
+
+    it, change = 0, threshold + 1
+    converged = True
+    while change > threshold:
+        it += 1
+        old = tau2
+        py, tr_p, tr_pp = parts(tau2)
+        adj = (py @ py - tr_p) / tr_pp
+        while tau2 + adj < 0:
+            adj /= 2
+        tau2 += adj
+        change = abs(old - tau2)
+        if it > max_iter:
+            converged = False
+            break
+    return tau2, converged, it
+
+
+def _reml_loglik(y, v, t2):
+    w = 1 / (v + t2)
+    mu = np.sum(w * y) / np.sum(w)
+    return -0.5 * (np.sum(np.log(v + t2)) + np.log(np.sum(w)) + np.sum(w * (y - mu) ** 2))
+
+
+def random_effects(estimates, ses, *, method: str = "REML", knapp_hartung: bool = False,
+                   alpha: float = 0.05, threshold: float = 1e-5, max_iter: int = 100) -> MetaResult:
+    """Random-effects meta-analysis of ``estimates`` (k,) with standard errors ``ses`` (k,).
+
+    ``method``: ``"REML"`` (default, metafor's) or ``"DL"`` (DerSimonian-Laird).
+    ``knapp_hartung=True`` scales the SE by the weighted residual SD (no floor,
+    metafor's ``test="knha"``) and uses t(k-1) for the CI, p-value and the
+    prediction interval ``[pi_low, pi_high]``.
+    """
+    check_choice(method, "method", ("REML", "DL"))
+    alpha = check_alpha(alpha)
+    y, v = _inputs(estimates, ses, min_k=2)
+    k = y.size
+    q = _cochran_q(y, v)
+    w = 1 / v
+    converged, it = True, 0
+    if method == "DL":
+        tau2 = max(0.0, (q - (k - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
+    else:
+        he = (np.sum((y - y.mean()) ** 2) - np.sum(v) * (1 - 1 / k)) / (k - 1)
+        tau2, converged, it = _reml(y, v, max(0.0, he), threshold, max_iter)
+        if tau2 > 0 and _reml_loglik(y, v, 0.0) > _reml_loglik(y, v, tau2):
+            tau2 = 0.0
+    ws = 1 / (v + tau2)
+    sws = ws.sum()
+    mu = float(np.sum(ws * y) / sws)
+    se = float(1 / np.sqrt(sws))
+    tr_pp = np.sum(ws**2) - 2 * np.sum(ws**3) / sws + (np.sum(ws**2) / sws) ** 2
+    if method == "REML":
+        se_tau2 = float(np.sqrt(2 / tr_pp))
+    else:
+        # variance of the DL moment estimator (metafor): with P at the fixed-effect
+        # weights, Var = (2(k-1) + 4 tau2 tr P + 2 tau2^2 tr PP) / (tr P)^2
+        tr_p0 = w.sum() - np.sum(w**2) / w.sum()
+        tr_pp0 = np.sum(w**2) - 2 * np.sum(w**3) / w.sum() + (np.sum(w**2) / w.sum()) ** 2
+        se_tau2 = float(np.sqrt(2 * (k - 1) + 4 * tau2 * tr_p0 + 2 * tau2**2 * tr_pp0) / tr_p0)
+    if knapp_hartung:
+        s2 = float(np.sum(ws * (y - mu) ** 2) / (k - 1))
+        se = se * np.sqrt(s2)
+        dist, test = stats.t(k - 1), "t"
+    else:
+        dist, test = stats.norm, "z"
+    crit = dist.ppf(1 - alpha / 2)
+    vtyp = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w**2))
+    pi_half = crit * np.sqrt(se**2 + tau2)
+    return MetaResult(
+        method=method, estimate=mu, se=se, ci_low=mu - crit * se, ci_high=mu + crit * se,
+        pvalue=float(2 * dist.sf(abs(mu / se))), k=k, tau2=float(tau2), tau=float(np.sqrt(tau2)),
+        se_tau2=se_tau2, i2=float(tau2 / (tau2 + vtyp)), h2=float(tau2 / vtyp + 1), q=q, q_df=k - 1,
+        q_pvalue=float(stats.chi2.sf(q, k - 1)), pi_low=mu - pi_half, pi_high=mu + pi_half,
+        test=test, alpha=alpha, converged=converged, iterations=it,
+    )
+
+
+def fixed_effect(estimates, ses, *, alpha: float = 0.05) -> MetaResult:
+    """Inverse-variance fixed-effect (metafor "EE") meta-analysis; I^2 from Q."""
+    alpha = check_alpha(alpha)
+    y, v = _inputs(estimates, ses, min_k=1)
+    k = y.size
+    w = 1 / v
+    mu = float(np.sum(w * y) / w.sum())
+    se = float(1 / np.sqrt(w.sum()))
+    q = _cochran_q(y, v) if k > 1 else 0.0
+    crit = stats.norm.ppf(1 - alpha / 2)
+    i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+    return MetaResult(
+        method="EE", estimate=mu, se=se, ci_low=mu - crit * se, ci_high=mu + crit * se,
+        pvalue=float(2 * stats.norm.sf(abs(mu / se))), k=k, tau2=0.0, tau=0.0, se_tau2=float("nan"),
+        i2=float(i2), h2=float(q / (k - 1)) if k > 1 else float("nan"), q=q, q_df=k - 1,
+        q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else float("nan"),
+        pi_low=mu - crit * se, pi_high=mu + crit * se, alpha=alpha,
+    )

@@ -1,0 +1,541 @@
+"""Mendelian randomization estimators on summary statistics.
+
+Every estimator takes the K instruments' summary statistics as 1-D arrays
+``bx, bxse, by, byse`` (effect on exposure and outcome, with standard errors)
+and returns a frozen :class:`MRResult`. Conventions follow the R package
+MendelianRandomization 0.10.0 (Yavorska & Burgess) unless stated otherwise;
+``tests/test_mr.py`` checks them against that package's outputs.
+
+:func:`per_locus` applies IVW or MR-Egger to thousands of loci at once with
+segment sums (no Python loop per locus). In DeepMR a *locus* is one input
+sequence and its instruments are in-silico mutations of it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import _robust
+from ._validate import check_alpha, check_choice, summary_stats
+
+__all__ = [
+    "MRResult", "Heterogeneity", "wald_ratio", "ivw", "egger", "weighted_median", "mbe",
+    "heterogeneity", "per_locus",
+]
+
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class MRResult:
+    """Result of one MR estimator. Fields that do not apply to a method are NaN."""
+
+    method: str
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    pvalue: float
+    n_instruments: int
+    alpha: float = 0.05
+    model: str = ""
+    distribution: str = "normal"
+    q: float = _NAN
+    q_df: int = 0
+    q_pvalue: float = _NAN
+    rse: float = _NAN
+    i2: float = _NAN
+    f_stat: float = _NAN
+    intercept: float = _NAN
+    intercept_se: float = _NAN
+    intercept_ci_low: float = _NAN
+    intercept_ci_high: float = _NAN
+    intercept_pvalue: float = _NAN
+    i2_gx: float = _NAN
+
+    def __repr__(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        s = (f"{self.method}: {self.estimate:.4g} (SE {self.se:.4g}, {level}% CI "
+             f"{self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, K={self.n_instruments}")
+        if np.isfinite(self.intercept):
+            s += f", intercept {self.intercept:.3g} (SE {self.intercept_se:.3g}, p={self.intercept_pvalue:.3g})"
+        if np.isfinite(self.q):
+            s += f", Q={self.q:.4g} on {self.q_df} df"
+        return s + ")"
+
+    __str__ = __repr__
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _interval(est, se, alpha, df=None):
+    """Two-sided CI and p-value from the normal (df None) or t(df) distribution."""
+    dist = stats.norm if df is None else stats.t(df)
+    crit = dist.ppf(1 - alpha / 2)
+    z = est / se
+    return est - crit * se, est + crit * se, 2 * dist.sf(np.abs(z))
+
+
+# --------------------------------------------------------------------------- Wald
+
+def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0,
+               alpha: float = 0.05) -> MRResult:
+    """Ratio estimate ``by / bx`` of a single instrument.
+
+    ``order=1`` gives the first-order SE ``byse/|bx|``; ``order=2`` the delta-method
+    SE that also propagates ``bxse`` (``psi`` is the correlation of the two estimates,
+    0 for non-overlapping samples).
+    """
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=1, method="wald_ratio")
+    if bx.size != 1:
+        raise ValueError(f"wald_ratio takes one instrument, got {bx.size}; use ivw() for several")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    alpha = check_alpha(alpha)
+    est = float(by[0] / bx[0])
+    se = float(_ratio_se(bx, bxse, by, byse, order, psi)[0])
+    lo, hi, p = _interval(est, se, alpha)
+    return MRResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha,
+                    model=f"order {order}")
+
+
+def _ratio_se(bx, bxse, by, byse, order, psi=0.0):
+    if order == 1:
+        return byse / np.abs(bx)
+    return np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4
+                   - 2 * psi * by * bxse * byse / bx**3)
+
+
+# --------------------------------------------------------------------------- IVW
+
+def ivw(bx, bxse, by, byse, *, model: str = "default", weights: str = "simple",
+        distribution: str = "normal", alpha: float = 0.05, psi: float = 0.0) -> MRResult:
+    """Inverse-variance weighted estimate (regression of ``by`` on ``bx`` through 0).
+
+    ``model``: ``"fixed"`` (SE = 1/sqrt(sum bx^2 w)), ``"random"`` (multiplicative
+    random effects: fixed SE x max(1, RSE)), or ``"default"`` = fixed below 4
+    instruments, random otherwise (MendelianRandomization's rule).
+    ``weights``: ``"simple"`` (w = byse^-2) or ``"delta"`` (second-order weights;
+    Q then uses them too). ``distribution="t"`` takes CI and p from t(K-1).
+    """
+    check_choice(model, "model", ("default", "fixed", "random"))
+    check_choice(weights, "weights", ("simple", "delta"))
+    check_choice(distribution, "distribution", ("normal", "t"))
+    alpha = check_alpha(alpha)
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=1, method="ivw")
+    k = bx.size
+    if distribution == "t" and k < 2:
+        raise ValueError("ivw with distribution='t' needs at least 2 instruments (df = K-1)")
+    if weights == "simple":
+        w = byse**-2
+    else:
+        w = 1.0 / (byse**2 + by**2 * bxse**2 / bx**2 - 2 * psi * by * bxse * byse / bx)
+    sxx = np.sum(w * bx * bx)
+    est = float(np.sum(w * bx * by) / sxx)
+    se_fixed = float(1 / np.sqrt(sxx))
+    q = float(np.sum(w * (by - est * bx) ** 2)) if k > 1 else _NAN
+    rse = float(np.sqrt(q / (k - 1))) if k > 1 else 1.0
+    if model == "default":
+        model = "fixed" if k < 4 else "random"
+    se = se_fixed * max(1.0, rse) if model == "random" else se_fixed
+    lo, hi, p = _interval(est, se, alpha, df=(k - 1) if distribution == "t" else None)
+    return MRResult(
+        "IVW", est, se, lo, hi, float(p), k, alpha=alpha, model=model, distribution=distribution,
+        q=q, q_df=k - 1, q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else _NAN,
+        rse=rse, i2=max(0.0, (q - (k - 1)) / q) if k > 1 and q > 0 else _NAN,
+        f_stat=float(np.mean((bx / bxse) ** 2)),
+    )
+
+
+# --------------------------------------------------------------------------- Egger
+
+def _i2_gx(bx, bxse, byse):
+    """I^2_GX of Bowden et al. 2016 on oriented (absolute) bx, scaled by byse."""
+    y = np.abs(bx) / byse
+    s = bxse / byse
+    v = s**-2
+    ybar = np.sum(v * y) / np.sum(v)
+    q = np.sum(v * (y - ybar) ** 2)
+    return float(max(0.0, (q - (bx.size - 1)) / q)) if q > 0 else 0.0
+
+
+def _egger_inference(est, se_lm, sigma, alpha, distribution, df):
+    """MendelianRandomization's Egger CI/p: SE x max(1, sigma); with t, the wider rule."""
+    se = se_lm / min(sigma, 1.0)
+    if distribution == "normal":
+        lo, hi, p = _interval(est, se, alpha)
+        return se, lo, hi, p
+    # t uses the unfloored lm SE; with RSE >= 1 that is the reported SE anyway
+    lo_t, hi_t, p_t = _interval(est, se_lm, alpha, df=df)
+    if sigma >= 1:
+        return se, lo_t, hi_t, p_t
+    lo_n, hi_n, p_n = _interval(est, se, alpha)
+    return se, min(lo_t, lo_n), max(hi_t, hi_n), max(p_t, p_n)
+
+
+def egger(bx, bxse, by, byse, *, robust: bool = False, distribution: str = "normal",
+          alpha: float = 0.05, seed: int = 0) -> MRResult:
+    """MR-Egger regression: ``by ~ intercept + bx`` weighted by ``byse^-2``.
+
+    Instruments are first oriented so that ``bx >= 0`` (``by`` takes the sign of
+    ``bx``; a zero ``bx`` keeps sign 0, as in MendelianRandomization). The slope
+    is the causal estimate, the intercept measures directional pleiotropy.
+    SEs are multiplied by max(1, residual SE). ``robust=True`` fits the
+    MM-estimator of R ``robustbase::lmrob`` (bisquare, 95 % efficiency) instead of
+    least squares; ``seed`` only matters when there are more than 500 elemental
+    subsets to draw from. ``distribution="t"`` uses t(K-2) with
+    MendelianRandomization's "wider of normal and t" rule when RSE < 1.
+    """
+    check_choice(distribution, "distribution", ("normal", "t"))
+    alpha = check_alpha(alpha)
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="egger")
+    k = bx.size
+    sgn = np.sign(bx)
+    ox, oy = np.abs(bx), by * sgn
+    w = byse**-2
+    X = np.column_stack([np.ones(k), ox])
+    if robust:
+        fit = _robust.lmrob_mm(X, oy, w, seed=seed)
+        coef, se_lm, sigma = fit.coef, np.sqrt(np.diag(fit.cov)), fit.scale
+    else:
+        sw = np.sqrt(w)
+        coef, *_ = np.linalg.lstsq(X * sw[:, None], oy * sw, rcond=None)
+        resid = oy - X @ coef
+        sigma = float(np.sqrt(np.sum(w * resid**2) / (k - 2)))
+        se_lm = sigma * np.sqrt(np.diag(np.linalg.inv(X.T @ (X * w[:, None]))))
+    q = float(np.sum(w * (oy - X @ coef) ** 2))
+    se, lo, hi, p = _egger_inference(coef[1], se_lm[1], sigma, alpha, distribution, k - 2)
+    ise, ilo, ihi, ip = _egger_inference(coef[0], se_lm[0], sigma, alpha, distribution, k - 2)
+    return MRResult(
+        "MR-Egger (robust)" if robust else "MR-Egger", float(coef[1]), float(se), float(lo), float(hi),
+        float(p), k, alpha=alpha, model="MM (bisquare)" if robust else "random",
+        distribution=distribution, q=q, q_df=k - 2, q_pvalue=float(stats.chi2.sf(q, k - 2)),
+        rse=float(sigma), intercept=float(coef[0]), intercept_se=float(ise),
+        intercept_ci_low=float(ilo), intercept_ci_high=float(ihi), intercept_pvalue=float(ip),
+        i2_gx=_i2_gx(bx, bxse, byse),
+    )
+
+
+# --------------------------------------------------------------------------- heterogeneity
+
+@dataclass(frozen=True)
+class Heterogeneity:
+    """Cochran's Q (IVW), Rücker's Q' (Egger) and their difference (TwoSampleMR rules)."""
+
+    q_ivw: float
+    q_ivw_df: int
+    q_ivw_pvalue: float
+    q_egger: float
+    q_egger_df: int
+    q_egger_pvalue: float
+    q_diff: float
+    q_diff_pvalue: float
+
+    def __repr__(self) -> str:
+        return (f"Heterogeneity(Q_IVW={self.q_ivw:.4g} [df {self.q_ivw_df}, p={self.q_ivw_pvalue:.3g}], "
+                f"Q_Egger={self.q_egger:.4g} [df {self.q_egger_df}, p={self.q_egger_pvalue:.3g}], "
+                f"Q_diff={self.q_diff:.4g} [p={self.q_diff_pvalue:.3g}])")
+
+
+def heterogeneity(bx, bxse, by, byse) -> Heterogeneity:
+    """Heterogeneity statistics with first-order weights ``byse^-2``.
+
+    Q_diff = max(0, Q_IVW - Q_Egger) on 1 df; a small p says the Egger intercept
+    explains part of the heterogeneity, i.e. directional pleiotropy.
+    """
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="heterogeneity")
+    k = bx.size
+    qi = ivw(bx, bxse, by, byse).q
+    qe = egger(bx, bxse, by, byse).q
+    qd = max(0.0, qi - qe)
+    return Heterogeneity(qi, k - 1, float(stats.chi2.sf(qi, k - 1)), qe, k - 2,
+                         float(stats.chi2.sf(qe, k - 2)), qd, float(stats.chi2.sf(qd, 1)))
+
+
+# --------------------------------------------------------------------------- median
+
+def _weighted_median_rows(r: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Bowden's interpolated weighted median of each row of ``r`` (shape (B, K))."""
+    order = np.argsort(r, axis=1)
+    rs = np.take_along_axis(r, order, axis=1)
+    ws = np.take_along_axis(np.broadcast_to(w, r.shape), order, axis=1)
+    ws = ws / ws.sum(axis=1, keepdims=True)
+    pcum = np.cumsum(ws, axis=1) - 0.5 * ws
+    below = np.clip((pcum < 0.5).sum(axis=1) - 1, 0, r.shape[1] - 2)
+    rows = np.arange(r.shape[0])
+    r0, r1 = rs[rows, below], rs[rows, below + 1]
+    p0, p1 = pcum[rows, below], pcum[rows, below + 1]
+    return r0 + (r1 - r0) * (0.5 - p0) / (p1 - p0)
+
+
+def weighted_median(bx, bxse, by, byse, *, weighting: str = "weighted", n_boot: int = 10000,
+                    seed: int | None = None, alpha: float = 0.05) -> MRResult:
+    """Weighted (Bowden 2016), simple or penalized median of the ratio estimates.
+
+    Weights are first-order, ``(bx/byse)^2`` (MendelianRandomization). Penalized
+    weights are multiplied by min(1, 20 p_j), p_j the chi^2_1 tail of the
+    instrument's heterogeneity contribution. The SE is the SD of a parametric
+    bootstrap (``n_boot`` draws of bx and by, weights held fixed), so it depends
+    on ``seed``; the estimate does not.
+    """
+    check_choice(weighting, "weighting", ("weighted", "simple", "penalized"))
+    alpha = check_alpha(alpha)
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="weighted_median")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    k = bx.size
+    r = by / bx
+    w1 = (bx / byse) ** 2
+    w = np.ones(k) if weighting == "simple" else w1
+    est = float(_weighted_median_rows(r[None], w)[0])
+    if weighting == "penalized":
+        pen = stats.chi2.sf(w1 * (r - est) ** 2, 1)
+        w = w1 * np.minimum(1.0, 20 * pen)
+        est = float(_weighted_median_rows(r[None], w)[0])
+    rng = np.random.default_rng(seed)
+    se = float(_bootstrap(lambda bxb, byb: _weighted_median_rows(byb / bxb, w),
+                          bx, bxse, by, byse, n_boot, rng).std(ddof=1))
+    lo, hi, p = _interval(est, se, alpha)
+    return MRResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha,
+                    model=weighting)
+
+
+def _bootstrap(stat, bx, bxse, by, byse, n_boot, rng, chunk=2000):
+    out = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        bxb = rng.normal(bx, bxse, size=(b, bx.size))
+        byb = rng.normal(by, byse, size=(b, by.size))
+        out.append(stat(bxb, byb))
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------- mode
+
+def _mode_rows(r: np.ndarray, w: np.ndarray, phi: float, chunk: int = 256) -> np.ndarray:
+    """Mode of the weighted Gaussian KDE of each row of ``r`` (B, K) on R's grid.
+
+    Bandwidth h = phi * 0.9 * min(sd, mad) / K^(1/5) (Hartwig 2017); the KDE is
+    evaluated exactly on density()'s 512 points seq(min - 3h, max + 3h).
+    """
+    b, k = r.shape
+    w = w / w.sum()
+    sd = r.std(axis=1, ddof=1)
+    med = np.median(r, axis=1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(r - med), axis=1)
+    h = phi * 0.9 * np.minimum(sd, mad) / k**0.2
+    h = np.maximum(h, 1e-8)  # TwoSampleMR's floor: identical ratios would give h = 0
+    out = np.empty(b)
+    t = np.linspace(0.0, 1.0, 512)
+    for s in range(0, b, chunk):
+        rr, hh = r[s:s + chunk], h[s:s + chunk, None]
+        lo = rr.min(axis=1, keepdims=True) - 3 * hh
+        hi = rr.max(axis=1, keepdims=True) + 3 * hh
+        grid = lo + (hi - lo) * t  # (c, 512)
+        z = (grid[:, :, None] - rr[:, None, :]) / hh[:, :, None]
+        dens = np.exp(-0.5 * z * z) @ w  # (c, 512); constant factors do not move the argmax
+        out[s:s + chunk] = grid[np.arange(grid.shape[0]), dens.argmax(axis=1)]
+    return out
+
+
+def mbe(bx, bxse, by, byse, *, weighting: str = "weighted", stderror: str = "delta",
+        phi: float = 1.0, n_boot: int = 10000, seed: int | None = None,
+        alpha: float = 0.05) -> MRResult:
+    """Mode-based estimate (Hartwig, Davey Smith & Bowden 2017).
+
+    Weights are inverse delta-method variances of the ratios (``"weighted"``) or
+    equal (``"simple"``); the estimate is the highest point of the weighted KDE on
+    R's 512-point density grid. The SE is the MAD of a bootstrap in which each
+    ratio is drawn from N(ratio, se_j) with ``se_j`` first-order (``stderror="simple"``,
+    assumes no measurement error in bx) or delta (default).
+    """
+    check_choice(weighting, "weighting", ("weighted", "simple"))
+    check_choice(stderror, "stderror", ("delta", "simple"))
+    alpha = check_alpha(alpha)
+    if not phi > 0:
+        raise ValueError(f"phi must be > 0, got {phi}")
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="mbe")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    k = bx.size
+    r = by / bx
+    se_delta = _ratio_se(bx, bxse, by, byse, 2)
+    w = se_delta**-2 if weighting == "weighted" else np.ones(k)
+    est = float(_mode_rows(r[None], w, phi)[0])
+    se_draw = se_delta if stderror == "delta" else _ratio_se(bx, bxse, by, byse, 1)
+    rng = np.random.default_rng(seed)
+    draws = np.concatenate([
+        _mode_rows(rng.normal(r, se_draw, size=(min(2000, n_boot - s), k)), w, phi)
+        for s in range(0, n_boot, 2000)
+    ])
+    se = float(stats.median_abs_deviation(draws, scale="normal"))
+    lo, hi, p = _interval(est, se, alpha)
+    return MRResult(f"{weighting.capitalize()} mode", est, se, lo, hi, float(p), k, alpha=alpha,
+                    model=f"{weighting}, {stderror} SE, phi={phi:g}")
+
+
+# --------------------------------------------------------------------------- per locus
+
+_PER_LOCUS_COLUMNS = ["locus", "method", "n_instruments", "estimate", "se", "ci_low", "ci_high",
+                      "pvalue", "q", "q_df", "q_pvalue", "rse", "intercept", "intercept_se",
+                      "intercept_pvalue", "status"]
+_MIN_K = {"ivw": 2, "egger": 3, "egger_robust": 3, "weighted_median": 3, "mbe": 3}
+
+
+def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
+              model: str = "default", distribution: str = "normal", alpha: float = 0.05,
+              min_instruments: int | None = None, **kwargs) -> pd.DataFrame:
+    """MR for every locus of a variant table in one pass.
+
+    ``frame`` has one row per instrument with columns ``locus, bx, bxse, by, byse``.
+    Returns one row per locus (in order of first appearance) with
+    ``estimate, se, ci_low, ci_high, pvalue, n_instruments, q, q_df, q_pvalue, rse``
+    and, for Egger, ``intercept, intercept_se, intercept_pvalue``, plus ``status``:
+    ``"ok"`` or the reason the locus has no estimate (too few instruments,
+    non-finite or non-positive input, all bx zero). One bad locus never affects
+    the others.
+
+    ``"ivw"`` and ``"egger"`` are vectorised with segment sums and match
+    :func:`ivw` / :func:`egger` with the same options. ``"egger_robust"``,
+    ``"weighted_median"`` and ``"mbe"`` run the scalar estimator per locus
+    (``kwargs`` are passed on).
+    """
+    check_choice(method, "method", tuple(_MIN_K))
+    check_choice(model, "model", ("default", "fixed", "random"))
+    check_choice(distribution, "distribution", ("normal", "t"))
+    alpha = check_alpha(alpha)
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+    need = [locus, "bx", "bxse", "by", "byse"]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing column(s) {missing}; it needs {need}")
+    if len(frame) == 0:
+        raise ValueError("frame is empty: no instruments to analyse")
+    min_k = max(_MIN_K[method], min_instruments or 0)
+
+    codes, uniq = pd.factorize(frame[locus], sort=False)
+    if (codes < 0).any():
+        raise ValueError(f"column {locus!r} has missing values at row {int(np.flatnonzero(codes < 0)[0])}")
+    n_loci = len(uniq)
+    cols = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bx", "bxse", "by", "byse")}
+    bx, bxse, by, byse = cols["bx"], cols["bxse"], cols["by"], cols["byse"]
+
+    def seg(v):
+        return np.bincount(codes, weights=v, minlength=n_loci)
+
+    k = np.bincount(codes, minlength=n_loci)
+    status = np.full(n_loci, "ok", dtype=object)
+    # per-row problems, reported with the first offending row of each locus
+    problems = [
+        (~np.isfinite(bx) | ~np.isfinite(by) | ~np.isfinite(bxse) | ~np.isfinite(byse), "non-finite bx/bxse/by/byse"),
+        (np.isfinite(bxse) & np.isfinite(byse) & ((bxse <= 0) | (byse <= 0)), "bxse/byse must be > 0"),
+    ]
+    rows = np.arange(len(frame))
+    for mask, text in reversed(problems):
+        if mask.any():
+            first = np.full(n_loci, -1)
+            bad_rows = rows[mask][::-1]
+            first[codes[bad_rows]] = bad_rows  # reversed so the first row wins
+            hit = first >= 0
+            status[hit] = [f"{text} (row {r})" for r in first[hit]]
+    valid_row = ~(problems[0][0] | problems[1][0])
+    allzero = seg((valid_row & (bx != 0)).astype(float)) == 0
+    status[(status == "ok") & allzero] = "all bx are zero"
+    few = k < min_k
+    status[(status == "ok") & few] = [f"too few instruments ({n} < {min_k})" for n in k[(status == "ok") & few]]
+    ok_locus = status == "ok"
+    use = ok_locus[codes]
+
+    out = pd.DataFrame({locus: uniq, "method": method, "n_instruments": k})
+    for c in _PER_LOCUS_COLUMNS[3:-1]:
+        out[c] = np.nan
+    out["q_df"] = np.nan
+    out["status"] = status
+
+    if method in ("ivw", "egger"):
+        x = np.where(use, bx, 0.0)
+        y = np.where(use, by, 0.0)
+        w = np.where(use, byse, 1.0) ** -2 * use
+        kk = np.where(ok_locus, k, 0)
+        if method == "ivw":
+            sxx, sxy = seg(w * x * x), seg(w * x * y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                est = sxy / sxx
+                q = seg(w * (y - est[codes] * x) ** 2)
+                rse = np.sqrt(q / (kk - 1))
+                se = 1 / np.sqrt(sxx)
+            rand = (kk >= 4) if model == "default" else np.full(n_loci, model == "random")
+            se = np.where(rand, se * np.maximum(1.0, rse), se)
+            df = kk - 1
+            est_i = se_i = None
+        else:
+            x, y = np.abs(x), y * np.sign(x)
+            sw, sx, sxx = seg(w), seg(w * x), seg(w * x * x)
+            sy, sxy = seg(w * y), seg(w * x * y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                det = sw * sxx - sx * sx
+                est = (sw * sxy - sx * sy) / det
+                est_i = (sy - est * sx) / sw
+                q = seg(w * (y - est_i[codes] - est[codes] * x) ** 2)
+                rse = np.sqrt(q / (kk - 2))
+                inflate = rse / np.minimum(rse, 1.0)  # = max(1, rse), the lm SE is rse * fixed SE
+                se = np.sqrt(sw / det) * inflate
+                se_i = np.sqrt(sxx / det) * inflate
+            df = kk - 2
+        dfarg = np.where(ok_locus, df, 1)
+        if distribution == "normal" or method == "ivw":
+            dist = stats.norm if distribution == "normal" else stats.t(dfarg)
+            crit = dist.ppf(1 - alpha / 2)
+            lo, hi = est - crit * se, est + crit * se
+            p = 2 * dist.sf(np.abs(est / se))
+            ip = 2 * dist.sf(np.abs(est_i / se_i)) if est_i is not None else None
+        else:  # Egger with t: the wider of normal (floored) and t (unfloored) when RSE < 1
+            tcrit = stats.t(dfarg).ppf(1 - alpha / 2)
+            zcrit = stats.norm.ppf(1 - alpha / 2)
+            se_t = np.where(rse >= 1, se, se * rse)
+            lo = np.where(rse >= 1, est - tcrit * se_t, np.minimum(est - tcrit * se_t, est - zcrit * se))
+            hi = np.where(rse >= 1, est + tcrit * se_t, np.maximum(est + tcrit * se_t, est + zcrit * se))
+            p = np.where(rse >= 1, 2 * stats.t(dfarg).sf(np.abs(est / se_t)),
+                         np.maximum(2 * stats.t(dfarg).sf(np.abs(est / se_t)), 2 * stats.norm.sf(np.abs(est / se))))
+            sei_t = np.where(rse >= 1, se_i, se_i * rse)
+            ip = np.where(rse >= 1, 2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)),
+                          np.maximum(2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)), 2 * stats.norm.sf(np.abs(est_i / se_i))))
+        m = ok_locus
+        out.loc[m, "estimate"] = est[m]
+        out.loc[m, "se"] = se[m]
+        out.loc[m, "ci_low"] = lo[m]
+        out.loc[m, "ci_high"] = hi[m]
+        out.loc[m, "pvalue"] = p[m]
+        out.loc[m, "q"] = q[m]
+        out.loc[m, "q_df"] = df[m]
+        out.loc[m, "q_pvalue"] = stats.chi2.sf(q[m], df[m])
+        out.loc[m, "rse"] = rse[m]
+        if est_i is not None:
+            out.loc[m, "intercept"] = est_i[m]
+            out.loc[m, "intercept_se"] = se_i[m]
+            out.loc[m, "intercept_pvalue"] = ip[m]
+        return out
+
+    # estimators without a closed form: one call per locus, failures kept per locus
+    fn = {"egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha, **kwargs),
+          "weighted_median": lambda *a: weighted_median(*a, alpha=alpha, **kwargs),
+          "mbe": lambda *a: mbe(*a, alpha=alpha, **kwargs)}[method]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_loci + 1))
+    for i in np.flatnonzero(ok_locus):
+        idx = order[bounds[i]:bounds[i + 1]]
+        try:
+            res = fn(bx[idx], bxse[idx], by[idx], byse[idx])
+        except ValueError as exc:
+            out.loc[i, "status"] = f"failed: {exc}"
+            continue
+        for c in ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse",
+                  "intercept", "intercept_se", "intercept_pvalue"):
+            out.loc[i, c] = getattr(res, c)
+        out.loc[i, "q_df"] = res.q_df if np.isfinite(res.q) else np.nan
+    return out
