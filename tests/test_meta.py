@@ -1,0 +1,127 @@
+"""deepmr_utils.meta against metafor 3.8-1 (tests/data/mr_reference.json)."""
+import numpy as np
+import pytest
+
+from deepmr_utils import meta
+
+EXACT = 1e-8
+PVAL = 1e-6
+
+
+def close(a, b, rtol=EXACT):
+    assert a == pytest.approx(b, rel=rtol, abs=1e-12), (a, b)
+
+
+def _data(ref, name):
+    ds = ref["datasets"]
+    if name.startswith("dat.bcg"):
+        d = ds["metafor_dat_bcg"][name.split("_")[1]]
+        return np.array(d["yi"]), np.sqrt(d["vi"])
+    if name == "dat.raudenbush1985":
+        d = ds["metafor_dat_raudenbush1985"]
+        return np.array(d["yi"]), np.sqrt(d["vi"])
+    if name == "CLASP_dersimonian2007":
+        d = ds["clasp_dersimonian_kacker_2007"]
+        return np.array(d["yi"]), np.sqrt(d["vi"])
+    # MR-flavoured: Wald ratios of the lipid data with first- or second-order SEs
+    d = ds["waterworth_lipids_chd_28"]
+    bx, bxse, by, byse = (np.array(d[k]) for k in ("ldlc", "ldlcse", "chdlodds", "chdloddsse"))
+    r = by / bx
+    if name.endswith("first_order"):
+        return r, byse / np.abs(bx)
+    return r, np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4)
+
+
+DATASETS = ["dat.bcg_RR", "dat.bcg_OR", "dat.raudenbush1985", "CLASP_dersimonian2007",
+            "ldlc_chd_ratio_meta_first_order", "ldlc_chd_ratio_meta_second_order"]
+CASES = [(d, m, kh) for d in DATASETS for m in ("DL", "REML") for kh in (False, True)]
+
+
+@pytest.mark.parametrize("dataset,method,kh", CASES)
+def test_random_effects_matches_metafor(ref, dataset, method, kh):
+    r = ref["computed_outputs"]["metafor_3.8-1"][dataset][method + ("_knha" if kh else "")]
+    y, s = _data(ref, dataset)
+    res = meta.random_effects(y, s, method=method, knapp_hartung=kh)
+    close(res.estimate, r["estimate"])
+    close(res.se, r["se"])
+    close(res.ci_low, r["ci_lb"])
+    close(res.ci_high, r["ci_ub"])
+    close(res.pvalue, r["pval"], PVAL)
+    close(res.tau2, r["tau2"])
+    close(res.se_tau2, r["se_tau2"])
+    close(res.q, r["QE"])
+    close(res.q_pvalue, r["QEp"], PVAL)
+    close(100 * res.i2, r["I2"])
+    close(res.h2, r["H2"])
+    assert res.k == r["k"] and res.converged
+    assert res.test == ("t" if kh else "z")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("method", ["DL", "REML"])
+def test_prediction_interval_matches_metafor(ref, dataset, method):
+    r = ref["computed_outputs"]["metafor_3.8-1"][dataset].get(f"{method}_predict")
+    if r is None:
+        pytest.skip("no predict() output stored for this case")
+    res = meta.random_effects(*_data(ref, dataset), method=method)
+    close(res.pi_low, r["pi_lb"])
+    close(res.pi_high, r["pi_ub"])
+
+
+@pytest.mark.parametrize("dataset", ["dat.bcg_RR", "dat.bcg_OR", "ldlc_chd_ratio_meta_first_order"])
+def test_fixed_effect_matches_metafor(ref, dataset):
+    r = ref["computed_outputs"]["metafor_3.8-1"][dataset]["EE"]
+    res = meta.fixed_effect(*_data(ref, dataset))
+    close(res.estimate, r["estimate"])
+    close(res.se, r["se"])
+    close(res.ci_low, r["ci_lb"])
+    close(res.pvalue, r["pval"], PVAL)
+    close(res.q, r["QE"])
+    close(100 * res.i2, r["I2"])
+    close(res.h2, r["H2"])
+
+
+def test_published_values(ref):
+    """Numbers printed in publications, as quoted by metafor's own test-suite."""
+    pub = ref["published_outputs"]["metafor_testthat_expected"]
+    rau = pub["dat.raudenbush1985 (test_analysis_example_raudenbush2009.r; Raudenbush 2009 Table 16.3)"]
+    y, s = _data(ref, "dat.raudenbush1985")
+    for m in ("DL", "REML"):
+        for test, kh in (("z_test", False), ("knha_test", True)):
+            tau2, mu, se, z, lo, hi = rau[test][m]
+            res = meta.random_effects(y, s, method=m, knapp_hartung=kh)
+            for got, want in ((res.tau2, tau2), (res.estimate, mu), (res.se, se), (res.ci_low, lo), (res.ci_high, hi)):
+                assert got == pytest.approx(want, abs=1e-4)
+    lo, hi = rau["REML_prediction_interval"]
+    res = meta.random_effects(y, s)
+    assert (res.pi_low, res.pi_high) == pytest.approx((lo, hi), abs=1e-4)
+    clasp = pub["CLASP (test_analysis_example_dersimonian2007.r; DerSimonian & Kacker 2007 Tables 3-4)"]
+    y, s = _data(ref, "CLASP_dersimonian2007")
+    for m in ("DL", "REML"):
+        tau, mu, se = clasp[m]
+        res = meta.random_effects(y, s, method=m)
+        assert (res.tau, res.estimate, res.se) == pytest.approx((tau, mu, se), abs=1e-4)
+
+
+def test_dl_is_truncated_at_zero():
+    res = meta.random_effects([0.1, 0.12, 0.11], [0.1, 0.1, 0.1], method="DL")
+    assert res.tau2 == 0.0 and res.i2 == 0.0
+    assert res.se == pytest.approx(meta.fixed_effect([0.1, 0.12, 0.11], [0.1, 0.1, 0.1]).se)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"estimates": [0.1, np.nan, 0.2], "ses": [0.1, 0.1, 0.1]}, r"estimates contains a non-finite value \(nan\) at index 1"),
+    ({"estimates": [0.1, 0.2, 0.3], "ses": [0.1, 0.0, 0.1]}, r"ses must be > 0, got 0.0 at index 1"),
+    ({"estimates": [0.1, 0.2], "ses": [0.1]}, "same length"),
+    ({"estimates": [0.1], "ses": [0.1]}, "at least 2"),
+])
+def test_bad_input(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        meta.random_effects(**kw)
+    with pytest.raises(ValueError, match="method"):
+        meta.random_effects([0.1, 0.2], [0.1, 0.1], method="PM")
+
+
+def test_repr_one_line(ref):
+    text = repr(meta.random_effects(*_data(ref, "dat.bcg_RR")))
+    assert "\n" not in text and "REML" in text and "I^2=92.2%" in text

@@ -1,0 +1,362 @@
+"""deepmr_utils.mr against the R packages' outputs (tests/data/mr_reference.json)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepmr_utils import mr
+
+EXACT = 1e-8  # analytic estimates and SEs
+PVAL = 1e-6  # p-values (tail areas; scipy vs R's pnorm/pt)
+BOOT = 0.10  # bootstrap SEs: R's RNG cannot be reproduced (_meta.rng_note: 5-10 % for 10 000 draws)
+
+MRPKG = "MendelianRandomization_0.10.0"
+
+
+def close(a, b, rtol=EXACT):
+    assert a == pytest.approx(b, rel=rtol, abs=1e-300), (a, b)
+
+
+def check_ivw(res, r):
+    close(res.estimate, r["Estimate"])
+    close(res.se, r["StdError"])
+    close(res.ci_low, r["CILower"])
+    close(res.ci_high, r["CIUpper"])
+    close(res.pvalue, r["Pvalue"], PVAL)
+    close(res.rse, r["RSE"])
+    close(res.f_stat, r["Fstat"])
+    assert res.n_instruments == r["SNPs"]
+    if r["Heter.Stat"][0] != "NaN":
+        close(res.q, r["Heter.Stat"][0])
+        close(res.q_pvalue, r["Heter.Stat"][1], PVAL)
+    assert res.model == r["Model"]
+
+
+IVW_CASES = [
+    ("ldlc", "ldlc_chd", "ivw_default", {}),
+    ("ldlc", "ldlc_chd", "ivw_fixed", {"model": "fixed"}),
+    ("ldlc", "ldlc_chd", "ivw_random", {"model": "random"}),
+    ("ldlc", "ldlc_chd", "ivw_random_tdist", {"model": "random", "distribution": "t"}),
+    ("ldlc", "ldlc_chd", "ivw_delta_random", {"weights": "delta", "model": "random"}),
+    ("ldlc", "ldlc_chd", "ivw_delta_fixed", {"weights": "delta", "model": "fixed"}),
+    ("ldlc", "ldlc_chd", "ivw_alpha_0.1", {"alpha": 0.1}),
+    ("hdlc", "hdlc_chd", "ivw_default", {}),
+    ("hdlc", "hdlc_chd", "ivw_fixed", {"model": "fixed"}),
+    ("trig", "trig_chd", "ivw_default", {}),
+    ("trig", "trig_chd", "ivw_fixed", {"model": "fixed"}),
+]
+
+
+@pytest.mark.parametrize("exposure,block,key,kw", IVW_CASES)
+def test_ivw_matches_mendelianrandomization(ref, lipids, exposure, block, key, kw):
+    check_ivw(mr.ivw(*lipids(exposure), **kw), ref["computed_outputs"][MRPKG][block][key])
+
+
+def test_ivw_default_is_fixed_below_four_instruments(ref, lipids):
+    data = [a[:3] for a in lipids("ldlc")]
+    r = ref["computed_outputs"][MRPKG]["ldlc_chd_first3"]
+    check_ivw(mr.ivw(*data), r["ivw_default"])
+    # under-dispersed (RSE < 1): the random model's SE is floored at the fixed SE
+    check_ivw(mr.ivw(*data, model="random"), r["ivw_random"])
+
+
+def test_ivw_bmi_chd(ref, bmi):
+    r = ref["computed_outputs"]["MendelianRandomization_0.10.0_on_bmi_chd_79"]
+    res = mr.ivw(*bmi)
+    close(res.estimate, r["ivw"]["Estimate"])
+    close(res.se, r["ivw"]["StdError"])
+    close(res.q, r["ivw"]["Heter.Stat"][0])
+    close(mr.ivw(*bmi, model="fixed").se, r["ivw_fixed"]["StdError"])
+    tsmr = ref["published_outputs"]["TwoSampleMR_testthat_expected"]["mr(dat) default methods"]
+    assert res.estimate == pytest.approx(tsmr["Inverse variance weighted"], abs=1e-3)
+
+
+@pytest.mark.parametrize("block,order,key", [
+    ("ldlc_chd_first1", 1, "ivw_simple"), ("ldlc_chd_first1", 2, "ivw_delta"),
+    ("ldlc_chd_snp9", 1, "ivw_simple"), ("ldlc_chd_snp9", 2, "ivw_delta"),
+])
+def test_wald_ratio(ref, lipids, block, order, key):
+    j = 0 if block.endswith("first1") else 8
+    data = [a[j:j + 1] for a in lipids("ldlc")]
+    r = ref["computed_outputs"][MRPKG][block][key]
+    res = mr.wald_ratio(*data, order=order)
+    close(res.estimate, r["Estimate"])
+    close(res.se, r["StdError"])
+    close(res.ci_low, r["CILower"])
+    close(res.pvalue, r["Pvalue"], PVAL)
+    # a single instrument through ivw() is the same first-order ratio
+    if order == 1:
+        close(mr.ivw(*data).se, r["StdError"])
+
+
+def check_egger(res, r, rtol=EXACT):
+    close(res.estimate, r["Estimate"], rtol)
+    close(res.se, r["StdError.Est"], rtol)
+    close(res.ci_low, r["CILower.Est"], rtol)
+    close(res.ci_high, r["CIUpper.Est"], rtol)
+    close(res.pvalue, r["Pvalue.Est"], max(PVAL, 100 * rtol))  # a p-value amplifies z errors by ~z^2
+    close(res.intercept, r["Intercept"], rtol)
+    close(res.intercept_se, r["StdError.Int"], rtol)
+    close(res.intercept_ci_low, r["CILower.Int"], rtol)
+    close(res.intercept_ci_high, r["CIUpper.Int"], rtol)
+    close(res.intercept_pvalue, r["Pvalue.Int"], max(PVAL, 100 * rtol))  # a p-value amplifies z errors by ~z^2
+    close(res.rse, r["RSE"], rtol)
+    close(res.q, r["Heter.Stat"][0], rtol)
+    if r.get("I.sq") not in (None, "NaN"):
+        close(res.i2_gx, r["I.sq"])
+
+
+EGGER_CASES = [
+    ("ldlc", "ldlc_chd", "egger_default", {}),
+    ("ldlc", "ldlc_chd", "egger_tdist", {"distribution": "t"}),
+    ("hdlc", "hdlc_chd", "egger_default", {}),
+    ("hdlc", "hdlc_chd", "egger_tdist", {"distribution": "t"}),
+    ("trig", "trig_chd", "egger_default", {}),
+    ("trig", "trig_chd", "egger_tdist", {"distribution": "t"}),
+]
+
+
+@pytest.mark.parametrize("exposure,block,key,kw", EGGER_CASES)
+def test_egger_matches_mendelianrandomization(ref, lipids, exposure, block, key, kw):
+    check_egger(mr.egger(*lipids(exposure), **kw), ref["computed_outputs"][MRPKG][block][key])
+
+
+def test_egger_three_instruments_underdispersed(ref, lipids):
+    data = [a[:3] for a in lipids("ldlc")]
+    check_egger(mr.egger(*data), ref["computed_outputs"][MRPKG]["ldlc_chd_first3"]["egger_default"])
+
+
+def test_egger_bmi_chd(ref, bmi):
+    r = ref["computed_outputs"]["MendelianRandomization_0.10.0_on_bmi_chd_79"]
+    check_egger(mr.egger(*bmi), r["egger"])
+    check_egger(mr.egger(*bmi, distribution="t"), r["egger_tdist"])
+
+
+def test_egger_orientation_is_invariant_to_allele_coding(lipids):
+    bx, bxse, by, byse = lipids("ldlc")
+    flip = np.arange(bx.size) % 2 == 0
+    s = np.where(flip, -1.0, 1.0)
+    a, b = mr.egger(bx, bxse, by, byse), mr.egger(bx * s, bxse, by * s, byse)
+    close(a.estimate, b.estimate, 1e-12)
+    close(a.intercept, b.intercept, 1e-12)
+
+
+def test_robust_egger_matches_lmrob(ref, lipids):
+    # lmrob converges to rel.tol = 1e-7 (S-step refine.tol 1e-7), so R's own
+    # answer is only that precise: compare at 1e-6.
+    r = ref["computed_outputs"][MRPKG]["ldlc_chd"]["egger_robust"]
+    check_egger(mr.egger(*lipids("ldlc"), robust=True), r, rtol=1e-6)
+
+
+def test_heterogeneity_matches_twosamplemr_rucker(ref, lipids, bmi):
+    for data, block in ((lipids("ldlc"), "ldlc_chd"), (bmi, "bmi_chd_ieu_a_2_vs_ieu_a_7")):
+        q = {row["Method"]: row for row in ref["computed_outputs"]["TwoSampleMR_0.7.9_functions"][block]["mr_rucker"]["Q"]}
+        h = mr.heterogeneity(*data)
+        close(h.q_ivw, q["Q_ivw"]["Q"])
+        close(h.q_egger, q["Q_egger"]["Q"])
+        close(h.q_diff, q["Q_diff"]["Q"], 1e-7)  # a difference of two close numbers
+        close(h.q_diff_pvalue, q["Q_diff"]["P"], 1e-6)
+        assert (h.q_ivw_df, h.q_egger_df) == (q["Q_ivw"]["df"], q["Q_egger"]["df"])
+
+
+def test_egger_t_pvalue_matches_twosamplemr(ref, bmi):
+    r = ref["computed_outputs"]["TwoSampleMR_0.7.9_functions"]["bmi_chd_ieu_a_2_vs_ieu_a_7"]["mr_egger_regression"]
+    res = mr.egger(*bmi, distribution="t")  # RSE > 1, so MR's t rule equals TwoSampleMR's
+    close(res.pvalue, r["pval"], PVAL)
+    close(res.intercept_pvalue, r["pval_i"], PVAL)
+
+
+@pytest.mark.parametrize("exposure,block,weighting", [
+    ("ldlc", "ldlc_chd", "weighted"), ("ldlc", "ldlc_chd", "simple"), ("ldlc", "ldlc_chd", "penalized"),
+    ("hdlc", "hdlc_chd", "weighted"), ("hdlc", "hdlc_chd", "simple"),
+    ("trig", "trig_chd", "weighted"), ("trig", "trig_chd", "simple"),
+])
+def test_weighted_median(ref, lipids, exposure, block, weighting):
+    r = ref["computed_outputs"][MRPKG][block][f"median_{weighting}"]
+    res = mr.weighted_median(*lipids(exposure), weighting=weighting, seed=314159265)
+    close(res.estimate, r["Estimate"])
+    close(res.se, r["StdError"], BOOT)
+
+
+def test_weighted_median_bmi(ref, bmi):
+    r = ref["computed_outputs"]["MendelianRandomization_0.10.0_on_bmi_chd_79"]
+    for w in ("weighted", "simple"):
+        res = mr.weighted_median(*bmi, weighting=w, seed=1)
+        close(res.estimate, r[f"median_{w}"]["Estimate"])
+        close(res.se, r[f"median_{w}"]["StdError"], BOOT)
+
+
+def test_weighted_median_seeded_bootstrap_is_reproducible(lipids):
+    a = mr.weighted_median(*lipids("ldlc"), seed=7, n_boot=500)
+    b = mr.weighted_median(*lipids("ldlc"), seed=7, n_boot=500)
+    assert a == b
+
+
+def _grid_step(bx, by, h):
+    r = by / bx
+    return (r.max() - r.min() + 6 * h) / 511
+
+
+@pytest.mark.parametrize("weighting,stderror,key", [
+    ("weighted", "delta", "mbe_weighted_delta"), ("weighted", "simple", "mbe_weighted_simple"),
+    ("simple", "delta", "mbe_unweighted_delta"), ("simple", "simple", "mbe_unweighted_simple"),
+])
+def test_mbe_ldlc(ref, lipids, weighting, stderror, key):
+    r = ref["computed_outputs"][MRPKG]["ldlc_chd"][key]
+    res = mr.mbe(*lipids("ldlc"), weighting=weighting, stderror=stderror, seed=314159265)
+    # the exact KDE on R's grid reproduces these grid points (mode_note)
+    close(res.estimate, r["Estimate"])
+    close(res.se, r["StdError"], BOOT)
+
+
+def test_mbe_bmi_within_one_grid_step(ref, bmi):
+    bx, bxse, by, byse = bmi
+    r = by / bx
+    k = r.size
+    mad = 1.4826 * np.median(np.abs(r - np.median(r)))
+    h = 0.9 * min(r.std(ddof=1), mad) / k**0.2
+    step = _grid_step(bx, by, h)
+    mrb = ref["computed_outputs"]["MendelianRandomization_0.10.0_on_bmi_chd_79"]
+    tsmr = ref["published_outputs"]["TwoSampleMR_testthat_expected"]["mr(dat) default methods"]
+    w = mr.mbe(*bmi, seed=1)
+    s = mr.mbe(*bmi, weighting="simple", seed=1)
+    assert abs(w.estimate - mrb["mbe"]["Estimate"]) <= step * 1.0001
+    assert abs(w.estimate - tsmr["Weighted mode"]) <= 1e-3  # R >= 4.4 value
+    close(s.estimate, mrb["mbe_unweighted"]["Estimate"])
+    assert s.estimate == pytest.approx(tsmr["Simple mode"], abs=1e-3)
+    close(w.se, mrb["mbe"]["StdError"], BOOT)
+
+
+# --------------------------------------------------------------------------- per_locus
+
+def _frame(rng, n_loci=60, k_range=(2, 12)):
+    rows = []
+    for i in range(n_loci):
+        k = rng.integers(*k_range)
+        bx = rng.normal(0, 1, k)
+        rows.append(pd.DataFrame({
+            "locus": f"seq{i}", "bx": bx, "bxse": rng.uniform(0.05, 0.3, k),
+            "by": 0.5 * bx + rng.normal(0, 0.3, k) + (0.2 if i % 3 == 0 else 0.0),
+            "byse": rng.uniform(0.05, 0.3, k)}))
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.mark.parametrize("method,kw", [
+    ("ivw", {}), ("ivw", {"model": "fixed"}), ("ivw", {"model": "random", "distribution": "t"}),
+    ("egger", {}), ("egger", {"distribution": "t"}), ("egger", {"alpha": 0.1}),
+])
+def test_per_locus_matches_scalar(method, kw):
+    frame = _frame(np.random.default_rng(0))
+    out = per = mr.per_locus(frame, method, **kw)
+    fn = mr.ivw if method == "ivw" else mr.egger
+    checked = 0
+    for _, row in per.iterrows():
+        g = frame[frame.locus == row.locus]
+        if row.status != "ok":
+            assert len(g) < (2 if method == "ivw" else 3)
+            continue
+        res = fn(g.bx, g.bxse, g.by, g.byse, **kw)
+        for c in ("estimate", "se", "ci_low", "ci_high", "q", "rse"):
+            close(row[c], getattr(res, c), 1e-9)
+        close(row.pvalue, res.pvalue, 1e-7)
+        if method == "egger":
+            close(row.intercept, res.intercept, 1e-9)
+            close(row.intercept_se, res.intercept_se, 1e-9)
+            close(row.intercept_pvalue, res.intercept_pvalue, 1e-7)
+        checked += 1
+    assert checked > 40
+    assert list(out.locus) == list(frame.locus.unique())
+
+
+def test_per_locus_reports_bad_loci_without_losing_others():
+    frame = _frame(np.random.default_rng(1), n_loci=6, k_range=(5, 8))
+    frame.loc[frame.index[frame.locus == "seq1"][2], "bx"] = np.nan
+    frame.loc[frame.index[frame.locus == "seq2"][0], "byse"] = 0.0
+    frame.loc[frame.locus == "seq3", "bx"] = 0.0
+    frame = pd.concat([frame, pd.DataFrame({"locus": ["lonely"], "bx": [1.0], "bxse": [0.1],
+                                            "by": [0.5], "byse": [0.1]})], ignore_index=True)
+    out = mr.per_locus(frame, "egger").set_index("locus")
+    assert out.loc["seq1", "status"].startswith("non-finite")
+    bad_row = frame.index[(frame.locus == "seq1") & frame.bx.isna()][0]
+    assert f"row {bad_row}" in out.loc["seq1", "status"]
+    assert "> 0" in out.loc["seq2", "status"]
+    assert out.loc["seq3", "status"] == "all bx are zero"
+    assert out.loc["lonely", "status"].startswith("too few instruments (1 < 3)")
+    good = out.loc[["seq0", "seq4", "seq5"]]
+    assert (good.status == "ok").all() and good.estimate.notna().all()
+    assert out.loc[["seq1", "seq2", "seq3", "lonely"], "estimate"].isna().all()
+
+
+def test_per_locus_loop_methods_and_failures():
+    frame = _frame(np.random.default_rng(2), n_loci=5, k_range=(6, 10))
+    out = mr.per_locus(frame, "weighted_median", n_boot=200, seed=0)
+    g = frame[frame.locus == "seq0"]
+    close(out.estimate[0], mr.weighted_median(g.bx, g.bxse, g.by, g.byse, n_boot=200, seed=0).estimate)
+    rob = mr.per_locus(frame, "egger_robust")
+    assert (rob.status == "ok").all() and rob.intercept.notna().all()
+
+
+def test_per_locus_min_instruments():
+    frame = _frame(np.random.default_rng(3), n_loci=10, k_range=(2, 12))
+    out = mr.per_locus(frame, "ivw", min_instruments=5)
+    k = frame.groupby("locus", sort=False).size().to_numpy()
+    assert ((out.status == "ok") == (k >= 5)).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+GOOD = (np.array([0.1, 0.2, 0.3, 0.15]), np.full(4, 0.02), np.array([0.05, 0.09, 0.16, 0.07]), np.full(4, 0.03))
+
+
+@pytest.mark.parametrize("fn", [mr.ivw, mr.egger, mr.weighted_median, mr.mbe, mr.heterogeneity])
+@pytest.mark.parametrize("arg,index,value,msg", [
+    (0, 2, np.nan, r"bx contains a non-finite value \(nan\) at index 2"),
+    (2, 1, np.inf, r"by contains a non-finite value \(inf\) at index 1"),
+    (1, 3, 0.0, r"bxse must be > 0, got 0.0 at index 3"),
+    (3, 0, -0.1, r"byse must be > 0, got -0.1 at index 0"),
+])
+def test_bad_values_raise(fn, arg, index, value, msg):
+    data = [a.copy() for a in GOOD]
+    data[arg][index] = value
+    with pytest.raises(ValueError, match=msg):
+        fn(*data)
+
+
+@pytest.mark.parametrize("fn,k,msg", [
+    (mr.ivw, 0, "at least 1 instrument"), (mr.egger, 2, "at least 3"),
+    (mr.weighted_median, 2, "at least 3"), (mr.mbe, 2, "at least 3"),
+])
+def test_too_few_instruments(fn, k, msg):
+    with pytest.raises(ValueError, match=msg):
+        fn(*[a[:k] for a in GOOD])
+
+
+def test_other_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        mr.ivw(GOOD[0], GOOD[1][:3], GOOD[2], GOOD[3])
+    with pytest.raises(ValueError, match="all bx are zero"):
+        mr.egger(np.zeros(4), *GOOD[1:])
+    with pytest.raises(ValueError, match="1-D"):
+        mr.ivw(np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="numeric"):
+        mr.ivw(["a", "b"], [1, 1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="model must be one of"):
+        mr.ivw(*GOOD, model="additive")
+    with pytest.raises(ValueError, match="takes one instrument"):
+        mr.wald_ratio(*GOOD)
+    with pytest.raises(ValueError, match="alpha"):
+        mr.ivw(*GOOD, alpha=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        mr.per_locus(pd.DataFrame(columns=["locus", "bx", "bxse", "by", "byse"]))
+    with pytest.raises(ValueError, match="missing column"):
+        mr.per_locus(pd.DataFrame({"locus": [1], "bx": [1.0]}))
+    with pytest.raises(TypeError, match="DataFrame"):
+        mr.per_locus({"locus": [1]})
+
+
+def test_result_repr_is_one_line(lipids):
+    res = mr.egger(*lipids("ldlc"))
+    text = repr(res)
+    assert "\n" not in text and text.startswith("MR-Egger: 3.253") and "intercept" in text
+    assert res.to_dict()["estimate"] == res.estimate
+    with pytest.raises(Exception):
+        res.estimate = 0  # frozen
