@@ -1,0 +1,48 @@
+# The two commands of README.md. Both create the virtual environment on first use.
+#   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
+#   make test   unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed-stamp
+# The venv's bin first: notebook kernels ("python3") must start from the same environment.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: book test unit notebooks book-quick bench clean env
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "DeepMR needs Python 3.11, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet "pip>=23"
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+book: $(STAMP)
+	rm -rf _build
+	DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --keep-going
+	@test -f _build/html/index.html
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+test: unit notebooks book-quick
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+notebooks: $(STAMP)
+	DEEPMR_SCALE=quick $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg book/
+
+book-quick: $(STAMP)
+	rm -rf _build
+	DEEPMR_SCALE=quick $(BIN)/jupyter-book build . -W -n --keep-going
+	@test -f _build/html/index.html
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_mr.py
+
+clean:
+	rm -rf _build results

@@ -1,0 +1,74 @@
+"""Run-size settings, seeding and device choice shared by every chapter.
+
+Every notebook asks :func:`sizes` for its problem sizes. The scale comes from
+the environment variable ``DEEPMR_SCALE``:
+
+``quick``
+    what CI runs: each chapter in at most ~3 minutes on 2 CPU cores;
+``default``
+    what ``make book`` runs on a laptop CPU;
+``paper``
+    the original study's sizes, meant for a GPU.
+
+An unset variable means ``default``; any other value is an error, so a typo
+cannot silently run the wrong experiment.
+"""
+from __future__ import annotations
+
+import os
+import random
+from types import MappingProxyType
+
+import numpy as np
+
+SCALES = ("quick", "default", "paper")
+ENV_VAR = "DEEPMR_SCALE"
+
+# One table for all chapters: chapter -> scale -> sizes. Chapters add their rows here.
+_SIZES = {
+    "method": {
+        # bootstrap draws for the median / mode SEs, and the loci of the local -> global demo
+        "quick": {"n_boot": 2000, "n_loci": 200, "variants_per_locus": 30},
+        "default": {"n_boot": 10000, "n_loci": 1000, "variants_per_locus": 30},
+        "paper": {"n_boot": 10000, "n_loci": 5000, "variants_per_locus": 60},
+    },
+}
+
+
+def get_scale(value: str | None = None) -> str:
+    """Return the active scale: ``value`` if given, else ``$DEEPMR_SCALE``, else ``"default"``."""
+    if value is None:
+        value = os.environ.get(ENV_VAR, "default")
+    value = value.strip().lower()
+    if value not in SCALES:
+        raise ValueError(f"{ENV_VAR} must be one of {SCALES}, got {value!r}")
+    return value
+
+
+def sizes(chapter: str, scale: str | None = None) -> MappingProxyType:
+    """Read-only sizes of ``chapter`` at ``scale`` (default: the active scale)."""
+    if chapter not in _SIZES:
+        raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(_SIZES)}")
+    out = dict(_SIZES[chapter][get_scale(scale)])
+    out["scale"] = get_scale(scale)
+    return MappingProxyType(out)
+
+
+def set_seed(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and torch (if imported) and return a NumPy Generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep seeding usable
+        pass
+    else:
+        torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def default_device():
+    """``torch.device("cuda")`` when a GPU is visible, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from deepmr_utils import config
+
+
+def test_scale_from_environment(monkeypatch):
+    monkeypatch.delenv("DEEPMR_SCALE", raising=False)
+    assert config.get_scale() == "default"
+    monkeypatch.setenv("DEEPMR_SCALE", "quick")
+    assert config.get_scale() == "quick"
+    assert config.sizes("method")["scale"] == "quick"
+    assert config.sizes("method")["n_boot"] < config.sizes("method", "default")["n_boot"]
+
+
+def test_unknown_scale_is_an_error(monkeypatch):
+    monkeypatch.setenv("DEEPMR_SCALE", "fast")
+    with pytest.raises(ValueError, match="DEEPMR_SCALE must be one of"):
+        config.sizes("method")
+    with pytest.raises(ValueError, match="unknown chapter"):
+        config.sizes("nope", "quick")
+
+
+def test_sizes_are_read_only():
+    s = config.sizes("method", "paper")
+    with pytest.raises(TypeError):
+        s["n_boot"] = 1
+
+
+def test_set_seed_reproducible():
+    import torch
+    a = config.set_seed(5).normal(size=3), torch.rand(2)
+    b = config.set_seed(5).normal(size=3), torch.rand(2)
+    assert np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert config.default_device().type in ("cpu", "cuda")

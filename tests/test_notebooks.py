@@ -1,0 +1,38 @@
+"""House rules for the book's chapters (the notebooks themselves run under nbval)."""
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks under book/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs; run `python tools/nbtool.py strip {path}`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reads_scale_and_checks_numbers(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "config.sizes(" in code, "every chapter takes its sizes from deepmr_utils.config"
+    asserts = [c for c in nb.cells if c.cell_type == "code" and "assert " in c.source]
+    assert asserts, "key numbers must be checked by assert cells"
+    assert all("remove-cell" in c.metadata.get("tags", []) for c in asserts), "assert cells are hidden"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def test_every_chapter_is_in_the_toc():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {c["file"] for c in toc["chapters"]}
+    assert files == {f"book/{p.stem}" for p in NOTEBOOKS}

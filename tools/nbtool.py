@@ -1,0 +1,50 @@
+"""Notebook housekeeping for authors: strip outputs, or build a notebook from a cell list.
+
+    python tools/nbtool.py strip book/*.ipynb
+
+The book stores notebooks without outputs (tests/test_notebooks.py enforces it).
+"""
+from __future__ import annotations
+
+import sys
+
+import nbformat
+
+
+def strip(path: str) -> bool:
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if cell.outputs or cell.execution_count is not None:
+                changed = True
+            cell.outputs = []
+            cell.execution_count = None
+        if "id" in cell and cell.metadata.get("execution"):
+            cell.metadata.pop("execution")
+            changed = True
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
+def build(cells, path: str) -> None:
+    """Write a notebook from ``[(kind, source, tags), ...]`` with kind 'md' or 'code'."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for kind, src, tags in cells:
+        make = nbformat.v4.new_markdown_cell if kind == "md" else nbformat.v4.new_code_cell
+        cell = make(src.strip("\n"))
+        if tags:
+            cell.metadata["tags"] = list(tags)
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "strip":
+        sys.exit(__doc__)
+    for p in sys.argv[2:]:
+        print(("stripped " if strip(p) else "clean    ") + p)
