@@ -430,37 +430,41 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
 
     k = np.bincount(codes, minlength=n_loci)
     status = np.full(n_loci, "ok", dtype=object)
-    # per-row problems, reported with the first offending row of each locus
-    problems = [
-        (~np.isfinite(bx) | ~np.isfinite(by) | ~np.isfinite(bxse) | ~np.isfinite(byse), "non-finite bx/bxse/by/byse"),
-        (np.isfinite(bxse) & np.isfinite(byse) & ((bxse <= 0) | (byse <= 0)), "bxse/byse must be > 0"),
-    ]
-    rows = np.arange(len(frame))
-    for mask, text in reversed(problems):
-        if mask.any():
-            first = np.full(n_loci, -1)
-            bad_rows = rows[mask][::-1]
-            first[codes[bad_rows]] = bad_rows  # reversed so the first row wins
-            hit = first >= 0
-            status[hit] = [f"{text} (row {r})" for r in first[hit]]
-    valid_row = ~(problems[0][0] | problems[1][0])
-    allzero = seg((valid_row & (bx != 0)).astype(float)) == 0
-    status[(status == "ok") & allzero] = "all bx are zero"
-    few = k < min_k
-    status[(status == "ok") & few] = [f"too few instruments ({n} < {min_k})" for n in k[(status == "ok") & few]]
-    ok_locus = status == "ok"
-    use = ok_locus[codes]
+    ok_locus = np.ones(n_loci, dtype=bool)
+    finite = np.isfinite(bx) & np.isfinite(by) & np.isfinite(bxse) & np.isfinite(byse)
+    positive = (bxse > 0) & (byse > 0)
+    valid_row = finite & positive
+    if not valid_row.all():
+        # report the first offending row of each locus; non-finite values take precedence
+        rows = np.arange(len(frame))
+        for mask, text in ((finite & ~positive, "bxse/byse must be > 0"), (~finite, "non-finite bx/bxse/by/byse")):
+            if mask.any():
+                first = np.full(n_loci, -1)
+                bad_rows = rows[mask][::-1]
+                first[codes[bad_rows]] = bad_rows  # reversed, so the first row of a locus wins
+                hit = first >= 0
+                status[hit] = [f"{text} (row {r})" for r in first[hit]]
+                ok_locus &= ~hit
+    allzero = ok_locus & (np.bincount(codes[valid_row & (bx != 0)], minlength=n_loci) == 0)
+    status[allzero] = "all bx are zero"
+    ok_locus &= ~allzero
+    few = ok_locus & (k < min_k)
+    status[few] = [f"too few instruments ({n} < {min_k})" for n in k[few]]
+    ok_locus &= ~few
 
     out = pd.DataFrame({locus: uniq, "method": method, "n_instruments": k})
     for c in _PER_LOCUS_COLUMNS[3:-1]:
         out[c] = np.nan
-    out["q_df"] = np.nan
     out["status"] = status
 
     if method in ("ivw", "egger"):
-        x = np.where(use, bx, 0.0)
-        y = np.where(use, by, 0.0)
-        w = np.where(use, byse, 1.0) ** -2 * use
+        if ok_locus.all():
+            x, y, w = bx, by, 1.0 / (byse * byse)
+        else:  # rows of failed loci contribute nothing to the segment sums
+            use = ok_locus[codes]
+            x = np.where(use, bx, 0.0)
+            y = np.where(use, by, 0.0)
+            w = np.where(use, 1.0 / np.where(use, byse * byse, 1.0), 0.0)
         kk = np.where(ok_locus, k, 0)
         if method == "ivw":
             sxx, sxy = seg(w * x * x), seg(w * x * y)
