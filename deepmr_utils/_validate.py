@@ -64,6 +64,14 @@ def summary_stats(bx, bxse, by, byse, *, min_k: int, method: str):
     return arrays["bx"], arrays["bxse"], arrays["by"], arrays["byse"]
 
 
+def check_nonzero_bx(bx: np.ndarray, method: str) -> None:
+    """Ratio-based estimators divide by bx: a zero makes the ratio undefined."""
+    bad = bx == 0
+    if bad.any():
+        raise ValueError(f"{method}: bx is zero at index {first_bad(bad)}, so its ratio estimate by/bx "
+                         "is undefined; drop that instrument")
+
+
 def check_alpha(alpha: float) -> float:
     if not (0 < float(alpha) < 1):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")

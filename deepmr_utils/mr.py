@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from . import _robust
-from ._validate import check_alpha, check_choice, summary_stats
+from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats
 
 __all__ = [
     "MRResult", "Heterogeneity", "wald_ratio", "ivw", "egger", "weighted_median", "mbe",
@@ -133,6 +133,7 @@ def ivw(bx, bxse, by, byse, *, model: str = "default", weights: str = "simple",
     if weights == "simple":
         w = byse**-2
     else:
+        check_nonzero_bx(bx, "ivw(weights='delta')")
         w = 1.0 / (byse**2 + by**2 * bxse**2 / bx**2 - 2 * psi * by * bxse * byse / bx)
     sxx = np.sum(w * bx * bx)
     est = float(np.sum(w * bx * by) / sxx)
@@ -287,6 +288,7 @@ def weighted_median(bx, bxse, by, byse, *, weighting: str = "weighted", n_boot: 
     bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="weighted_median")
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    check_nonzero_bx(bx, "weighted_median")
     k = bx.size
     r = by / bx
     w1 = (bx / byse) ** 2
@@ -361,6 +363,7 @@ def mbe(bx, bxse, by, byse, *, weighting: str = "weighted", stderror: str = "del
     bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="mbe")
     if n_boot < 2:
         raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    check_nonzero_bx(bx, "mbe")
     k = bx.size
     r = by / bx
     se_delta = _ratio_se(bx, bxse, by, byse, 2)

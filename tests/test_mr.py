@@ -330,6 +330,14 @@ def test_too_few_instruments(fn, k, msg):
         fn(*[a[:k] for a in GOOD])
 
 
+@pytest.mark.parametrize("fn", [mr.weighted_median, mr.mbe, lambda *a: mr.ivw(*a, weights="delta")])
+def test_zero_bx_in_ratio_methods(fn):
+    bx = GOOD[0].copy()
+    bx[1] = 0.0
+    with pytest.raises(ValueError, match="bx is zero at index 1"):
+        fn(bx, *GOOD[1:])
+
+
 def test_other_bad_input():
     with pytest.raises(ValueError, match="same length"):
         mr.ivw(GOOD[0], GOOD[1][:3], GOOD[2], GOOD[3])
