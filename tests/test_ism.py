@@ -1,0 +1,211 @@
+"""Exactness of saturation_mutagenesis against a naive one-mutant-at-a-time loop."""
+import pytest
+import torch
+from torch import nn
+
+from deepmr_utils import ism
+from deepmr_utils import sequence as sq
+from deepmr_utils.models import DilatedResidualNet
+
+TOL = 2e-5
+
+
+class SmallBNDropout(nn.Module):
+    """Conv + BatchNorm + dropout + dense: no fast path, exercises the plain path."""
+
+    def __init__(self, L, out=3, p=0.3):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 5, padding=2)
+        self.bn = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(p)
+        self.fc = nn.Linear(8 * L, out)
+
+    def forward(self, x):
+        h = self.drop(torch.relu(self.bn(self.conv(x))))
+        return self.fc(h.flatten(1))
+
+
+def _randomize_bn(model):
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm1d):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def naive(models, X, outputs=None, positions=None):
+    """One mutant, one model, one forward pass at a time."""
+    N, _, L = X.shape
+    pos = range(L) if positions is None else positions
+    res = None
+    with torch.no_grad():
+        for n in range(N):
+            for pi, p in enumerate(pos):
+                for b in range(4):
+                    x = X[n:n + 1].clone()
+                    x[0, :, p] = 0
+                    x[0, b, p] = 1
+                    for k, m in enumerate(models):
+                        m.eval()
+                        y = m(x)[0]
+                        y = y if outputs is None else y[outputs]
+                        if res is None:
+                            res = torch.zeros(N, len(models), len(pos), 4, y.numel())
+                        res[n, k, pi, b] = y
+    return res
+
+
+@pytest.fixture(scope="module")
+def dilated_ensemble():
+    torch.manual_seed(0)
+    return [_randomize_bn(DilatedResidualNet(3, 12, 4, stem_kernel=7, batchnorm=True, dropout=0.2)) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def X():
+    return sq.random_sequences(2, 70, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(dilated_ensemble, X):
+    return naive(dilated_ensemble, X)
+
+
+@pytest.mark.parametrize("kw", [
+    {"fast": False, "ensemble": "loop"},
+    {"fast": False, "ensemble": "vmap"},
+    {"fast": False, "ensemble": "vmap", "batch_size": 7},
+    {"fast": True},
+    {"fast": True, "block": 3},
+])
+def test_dilated_residual_bn_dropout_exact(dilated_ensemble, X, reference, kw):
+    out = ism.saturation_mutagenesis(dilated_ensemble, X, **kw)
+    assert out.shape == reference.shape == (2, 3, 70, 4, 3)
+    assert (out - reference).abs().max() < TOL
+
+
+def test_reference_slot_holds_reference_prediction(dilated_ensemble, X):
+    out = ism.saturation_mutagenesis(dilated_ensemble, X)
+    ref = ism.predict(dilated_ensemble, X)  # (N, M, O)
+    base = X.argmax(1)  # (N, L)
+    for n in range(2):
+        slots = out[n][:, torch.arange(70), base[n], :]  # (M, L, O)
+        assert (slots - ref[n][:, None, :]).abs().max() < TOL
+
+
+def test_plain_model_with_batchnorm_and_dropout():
+    torch.manual_seed(1)
+    models = [_randomize_bn(SmallBNDropout(30)) for _ in range(2)]
+    X = sq.random_sequences(2, 30, seed=2)
+    ref = naive(models, X, outputs=[0, 2])
+    for ens in ("loop", "vmap"):
+        out = ism.saturation_mutagenesis(models, X, outputs=[0, 2], ensemble=ens, batch_size=11)
+        assert (out - ref).abs().max() < TOL
+    with pytest.raises(ValueError, match="fast=True needs"):
+        ism.saturation_mutagenesis(models, X, fast=True)
+
+
+def test_positions_window_and_list(dilated_ensemble, X, reference):
+    out = ism.saturation_mutagenesis(dilated_ensemble, X, positions=(10, 20))
+    assert (out - reference[:, :, 10:20]).abs().max() < TOL
+    out = ism.saturation_mutagenesis(dilated_ensemble, X, positions=[3, 50, 51], fast=True)
+    assert (out - reference[:, :, [3, 50, 51]]).abs().max() < TOL
+
+
+def test_modes_restored(dilated_ensemble, X):
+    m = dilated_ensemble[0]
+    m.train()
+    m.convs[1].eval()
+    ism.saturation_mutagenesis(m, X[:1], positions=(0, 3))
+    assert m.training and not m.convs[1].training and m.stem.training
+    m.eval()
+
+
+def test_mc_dropout_shares_one_mask_per_pass():
+    torch.manual_seed(2)
+    model = SmallBNDropout(20, p=0.5)
+    X = sq.random_sequences(1, 20, seed=3)
+    out = ism.saturation_mutagenesis(model, X, mc_dropout=3, seed=7)
+    assert out.shape == (1, 3, 20, 4, 3)
+    # passes differ from each other (masks are random) ...
+    assert (out[0, 0] - out[0, 1]).abs().max() > 1e-3
+    # ... and each equals the model with that pass's fixed mask applied to every mutant
+    shared = ism._SharedDropout(model, 7)
+    model.eval()
+    with shared, torch.no_grad():
+        for s in range(3):
+            shared.pass_index = s
+            for p in (0, 11):
+                for b in range(4):
+                    x = X.clone()
+                    x[0, :, p] = 0
+                    x[0, b, p] = 1
+                    assert torch.allclose(model(x)[0], out[0, s, p, b], atol=TOL)
+    # reproducible with the same seed
+    assert torch.equal(out, ism.saturation_mutagenesis(model, X, mc_dropout=3, seed=7))
+    # dropout p = 0: every pass equals the deterministic prediction
+    model.drop.p = 0.0
+    out0 = ism.saturation_mutagenesis(model, X, mc_dropout=2)
+    assert torch.allclose(out0[0, 0], out0[0, 1])
+
+
+def test_callable_outputs_and_tuple_models():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DilatedResidualNet(2, 8, 2, stem_kernel=5)
+
+        def forward(self, x):
+            y = self.net(x)
+            return {"profile": x.sum(1), "counts": y}
+
+    torch.manual_seed(4)
+    models = [TwoHeads() for _ in range(2)]
+    X = sq.random_sequences(1, 25, seed=4)
+    with pytest.raises(TypeError, match="outputs=callable"):
+        ism.saturation_mutagenesis(models, X)
+    out = ism.saturation_mutagenesis(models, X, outputs=lambda y: y["counts"])
+    ref = naive([m.net for m in models], X)
+    assert (out - ref).abs().max() < TOL
+
+
+def test_bad_inputs(dilated_ensemble, X):
+    m = dilated_ensemble[0]
+    with pytest.raises(ValueError, match=r"shape \(N, 4, L\)"):
+        ism.saturation_mutagenesis(m, X[0])
+    with pytest.raises(TypeError, match="floating"):
+        ism.saturation_mutagenesis(m, X.long())
+    with pytest.raises(ValueError, match="not one-hot"):
+        ism.saturation_mutagenesis(m, X * 2)
+    with pytest.raises(ValueError, match="empty"):
+        ism.saturation_mutagenesis(m, X[:0])
+    with pytest.raises(ValueError, match="outputs index 5 does not exist: the model has 3 outputs"):
+        ism.saturation_mutagenesis(m, X, outputs=[0, 5])
+    with pytest.raises(ValueError, match="models is empty"):
+        ism.saturation_mutagenesis([], X)
+    with pytest.raises(TypeError, match="not a torch.nn.Module"):
+        ism.saturation_mutagenesis([m, "model"], X)
+    with pytest.raises(ValueError, match="positions window"):
+        ism.saturation_mutagenesis(m, X, positions=(5, 500))
+    with pytest.raises(ValueError, match="single model"):
+        ism.saturation_mutagenesis(dilated_ensemble, X, mc_dropout=2)
+
+
+def test_models_on_different_devices(dilated_ensemble, X):
+    meta = DilatedResidualNet(3, 12, 4, stem_kernel=7).to("meta")
+    with pytest.raises(ValueError, match="different devices"):
+        ism.saturation_mutagenesis([dilated_ensemble[0], meta], X)
+
+
+def test_non_finite_predictions_raise(X):
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            y = self.lin(x.mean(-1))
+            return torch.where(x[:, 0, 3:4] == 1, torch.full_like(y, float("nan")), y)
+
+    with pytest.raises(ValueError, match="non-finite prediction: sequence 0, model 0, position 3, base A"):
+        ism.saturation_mutagenesis(Bad(), sq.one_hot("CCCCCC"))

@@ -1,0 +1,84 @@
+import pandas as pd
+import pytest
+import torch
+
+from deepmr_utils import mr, pipeline
+from deepmr_utils import sequence as sq
+from deepmr_utils.models import DilatedResidualNet
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    models = [DilatedResidualNet(3, 8, 3, stem_kernel=5, output_names=["a", "b", "c"]) for _ in range(3)]
+    X = sq.random_sequences(10, 60, seed=5)
+    return models, X
+
+
+def test_variant_table_feeds_per_locus(setup):
+    models, X = setup
+    tab = pipeline.variant_effects(models, X, exposure="a", outcome="c", chunk_size=4, progress=False,
+                                   select={"strategy": "top_k", "k": 8})
+    assert set(tab.exposure) == {"a"} and set(tab.outcome) == {"c"}
+    assert (tab.groupby("locus").size() == 8).all()
+    res = mr.per_locus(tab, "ivw")
+    assert len(res) == 10 and (res.status == "ok").all()
+    cand = pipeline.variant_effects(models, X, exposure=0, outcome=2, chunk_size=4, progress=False, select=False)
+    assert len(cand) == 10 * 60 * 3
+    with pytest.raises(ValueError, match="'z' is not an output"):
+        pipeline.variant_effects(models, X, exposure="z", outcome="a", progress=False)
+
+
+def test_resume_after_interruption(setup, tmp_path, monkeypatch):
+    models, X = setup
+    full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, progress=False)
+
+    calls = []
+    real = pipeline.saturation_mutagenesis
+
+    def flaky(*args, **kw):
+        calls.append(args[1].shape[0])
+        if len(calls) == 3:  # chunks 0 and 1 finish, chunk 2 dies
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "saturation_mutagenesis", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, out=out, progress=False)
+    assert sorted(p.name for p in out.glob("chunk_*.parquet")) == ["chunk_00000.parquet", "chunk_00001.parquet"]
+    assert not list(out.glob("*.tmp"))
+
+    calls.clear()
+    monkeypatch.setattr(pipeline, "saturation_mutagenesis", lambda *a, **k: (calls.append(a[1].shape[0]), real(*a, **k))[1])
+    resumed = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, out=out, progress=False)
+    assert calls == [3, 1]  # only chunks 2 and 3 were computed
+    pd.testing.assert_frame_equal(resumed, full)
+
+    calls.clear()
+    again = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, out=out, progress=False)
+    assert calls == []  # a finished run reruns without computing anything
+    pd.testing.assert_frame_equal(again, full)
+
+
+def test_refuses_to_mix_runs(setup, tmp_path):
+    models, X = setup
+    out = tmp_path / "run"
+    pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=out, progress=False)
+    with pytest.raises(ValueError, match="holds a different run"):
+        pipeline.variant_effects(models, X[:4], exposure="a", outcome="c", chunk_size=2, out=out, progress=False)
+    with pytest.raises(ValueError, match="holds a different run"):
+        pipeline.variant_effects(models[:2], X[:4], exposure="a", outcome="b", chunk_size=2, out=out, progress=False)
+
+
+def test_strings_and_calibration(setup):
+    from deepmr_utils.uncertainty import VarianceScaling
+
+    models, X = setup
+    seqs = sq.decode(X[:3])
+    cal = VarianceScaling(lam=4.0)
+    a = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False)
+    b = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False,
+                                 calibration=cal)
+    assert (b.bx - a.bx).abs().max() < 1e-6
+    assert ((b.bxse / a.bxse).dropna() - 2.0).abs().max() < 1e-4

@@ -1,0 +1,133 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from deepmr_utils import instruments, uncertainty
+from deepmr_utils import sequence as sq
+
+
+def _toy_pred():
+    """ISM tensor for one sequence 'AC' with 3 members and 2 outputs, by hand."""
+    X = sq.one_hot("AC")
+    pred = np.zeros((1, 3, 2, 4, 2))
+    ref = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # member x output
+    pred[0] = ref[:, None, None, :]
+    # position 0, base G (mutant): differences 1, 2, 3 on output 0 and -1, -1, -1 on output 1
+    pred[0, :, 0, 2, 0] = ref[:, 0] + [1, 2, 3]
+    pred[0, :, 0, 2, 1] = ref[:, 1] - 1
+    return pred, X
+
+
+def test_paired_effects_by_hand():
+    pred, X = _toy_pred()
+    eff, se = uncertainty.paired_effects(pred, X)
+    assert eff.shape == se.shape == (1, 2, 4, 2)
+    assert eff[0, 0, 2, 0] == pytest.approx(2.0) and se[0, 0, 2, 0] == pytest.approx(1.0)  # sd(1,2,3), ddof 1
+    assert eff[0, 0, 2, 1] == pytest.approx(-1.0) and se[0, 0, 2, 1] == 0.0  # paired: shared offsets cancel
+    _, se0 = uncertainty.paired_effects(pred, X, ddof=0)
+    assert se0[0, 0, 2, 0] == pytest.approx(np.sqrt(2 / 3))
+    assert np.isnan(eff[0, 0, 0]).all() and np.isnan(eff[0, 1, 1]).all()  # reference slots A at 0, C at 1
+    with pytest.raises(ValueError, match="at least 2 ensemble members"):
+        uncertainty.paired_effects(pred[:, :1], X)
+
+
+def test_variant_table_and_selection():
+    pred, X = _toy_pred()
+    eff, se = uncertainty.paired_effects(pred, X)
+    t = instruments.variant_table(eff, se, X, exposure=0, outcome=1, loci=["seqA"], output_names=["x", "y"])
+    assert list(t.columns) == instruments.COLUMNS and len(t) == 6
+    row = t[(t.position == 0) & (t.alt == "G")].iloc[0]
+    assert (row.ref, row.exposure, row.outcome, row.bx, row.bxse, row.by, row.byse) == ("A", "x", "y", 2.0, 1.0, -1.0, 0.0)
+    with pytest.raises(ValueError, match="outcome index 4 does not exist"):
+        instruments.variant_table(eff, se, X, exposure=0, outcome=4)
+
+
+def _table(rng, loci=3, n=40):
+    rows = []
+    for i in range(loci):
+        pos = np.repeat(np.arange(n // 2), 2)
+        rows.append(pd.DataFrame({"locus": i, "position": pos, "alt": np.tile(["C", "G"], n // 2),
+                                  "bx": rng.normal(0, 1, n) * (i + 1), "bxse": rng.uniform(0.2, 0.5, n),
+                                  "by": rng.normal(0, 1, n), "byse": rng.uniform(0.2, 0.5, n)}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_selection_strategies():
+    t = _table(np.random.default_rng(0))
+    t.loc[0, "bxse"] = 0.0  # a zero SE can never be an instrument
+    loc = instruments.select(t, threshold=3)
+    assert ((loc.bx.abs() / loc.bxse) >= 3).all()
+    assert not ((loc.locus == 0) & (loc.position == 0) & (loc.alt == "C")).any()  # the zero-SE row
+    summ = loc.attrs["selection"].set_index("locus")
+    assert summ.n_candidates.tolist() == [40, 40, 40] and summ.n_usable.tolist() == [39, 40, 40]
+    assert (loc.groupby("locus").size() == summ.n_kept[summ.n_kept > 0]).all()
+    assert (loc.n_candidates == 40).all()
+    g = instruments.select(t, "global_z", threshold=1.0)
+    z = (t.bx - t.bx[t.bxse > 0].mean()) / t.bx[t.bxse > 0].std(ddof=0)
+    assert len(g) == int(((z.abs() >= 1.0) & (t.bxse > 0)).sum())
+    top = instruments.select(t, "top_k", k=5)
+    assert (top.groupby("locus").size() == 5).all()
+    one = instruments.select(t, "top_k", k=10, one_per_position=True)
+    assert not one.duplicated(["locus", "position"]).any()
+    with pytest.raises(ValueError, match="strategy"):
+        instruments.select(t, "best")
+
+
+def test_selection_keeps_loci_with_nothing_in_summary():
+    t = _table(np.random.default_rng(1))
+    t.loc[t.locus == 2, "bx"] = 1e-6
+    out = instruments.select(t, threshold=3)
+    summ = out.attrs["selection"].set_index("locus")
+    assert summ.loc[2, "n_kept"] == 0 and 2 not in set(out.locus)
+
+
+def test_variance_scaling_mle():
+    rng = np.random.default_rng(0)
+    n, M = 4000, 5
+    mu = rng.normal(0, 1, n)
+    sigma = rng.uniform(0.5, 1.5, n)
+    members = mu[:, None] + sigma[:, None] * rng.normal(0, 1, (n, M))
+    # the truth is 2x as spread as the members suggest
+    y = members.mean(1) + 2 * members.std(1, ddof=1) * rng.normal(0, 1, n)
+    cal = uncertainty.VarianceScaling().fit(members, y, ids=np.arange(n))
+    assert cal.lam == pytest.approx(4.0, rel=0.1)
+    new = cal.transform_members(members[:10], axis=1)
+    assert np.allclose(new.std(1, ddof=1), 2 * members[:10].std(1, ddof=1), rtol=0.1)
+    assert np.allclose(new.mean(1), members[:10].mean(1))
+    with pytest.raises(ValueError, match="fitted on 1 of these sequences"):
+        cal.transform_members(members[:2], axis=1, ids=[5, n + 3])
+
+
+def test_isotonic_calibration_fixes_overconfidence():
+    rng = np.random.default_rng(1)
+    n, M = 3000, 5
+    centre = rng.normal(0, 1, n)
+    members = centre[:, None] + 0.5 * rng.normal(0, 1, (n, M))
+    y = centre + 1.5 * rng.normal(0, 1, n)  # far more spread than the ensemble admits
+    fit_idx, test_idx = np.arange(0, n, 2), np.arange(1, n, 2)
+    before = uncertainty.coverage_curve(members[test_idx], y[test_idx])
+    cal = uncertainty.IsotonicCalibration().fit(members[fit_idx], y[fit_idx], ids=fit_idx)
+    # applied to held-out members, the recalibrated predictive CDF is uniform on held-out labels
+    mu, sd = members[test_idx].mean(1), members[test_idx].std(1, ddof=1)
+    u = cal.recalibrate_cdf(stats.norm.cdf((y[test_idx] - mu) / sd))
+    assert stats.kstest(u, "uniform").pvalue > 0.01
+    assert stats.kstest(stats.norm.cdf((y[test_idx] - mu) / sd), "uniform").pvalue < 1e-6
+    assert before.attrs["miscalibration_area"] > 0.2
+    t = cal.transform_members(torch.tensor(members[test_idx][None]), axis=2)
+    assert isinstance(t, torch.Tensor) and t.shape == (1, len(test_idx), M)
+    with pytest.raises(ValueError, match="held-out"):
+        cal.transform_members(members[:4], axis=1, ids=fit_idx[:4])
+
+
+def test_coverage_curve_of_calibrated_model():
+    rng = np.random.default_rng(2)
+    mu = rng.normal(0, 1, 20000)
+    sigma = rng.uniform(0.5, 2, 20000)
+    y = mu + sigma * rng.normal(0, 1, 20000)
+    cc = uncertainty.coverage_curve(mu=mu, sigma=sigma, y=y)
+    assert list(cc.columns) == ["expected", "observed"] and len(cc) == 99
+    assert cc.attrs["miscalibration_area"] < 0.01
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        uncertainty.coverage_curve(mu=mu, sigma=np.zeros_like(mu), y=y)
