@@ -192,7 +192,7 @@ def _same_architecture(models) -> bool:
 def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=None,
                            batch_size: int | None = None, device=None, dtype=None,
                            mc_dropout: int = 0, seed: int = 0, fast: bool | None = None,
-                           ensemble: str = "auto", block: int = 8) -> torch.Tensor:
+                           ensemble: str = "auto", block: int = 12) -> torch.Tensor:
     """Predictions for every single-base substitution of every sequence.
 
     Parameters

@@ -51,59 +51,69 @@ class DilatedResidualNet(nn.Module):
         return self.head(self.dropout(self.trunk(x).mean(dim=-1)))
 
     # ------------------------------------------------------------------ fast ISM
-    @torch.no_grad()
-    def ism_reference(self, x: torch.Tensor):
-        """Cache every layer's activations of one reference ``(1, 4, L)``."""
-        if self.training:
-            raise RuntimeError("the windowed ISM path needs eval mode")
-        acts = [x]
-        h = F.relu(self.stem_bn(self.stem(x)))
-        acts.append(h)
-        for conv, bn in zip(self.convs, self.bns):
-            h = h + F.relu(bn(conv(h)))
-            acts.append(h)
-        return {"acts": acts, "sum": h.sum(dim=-1), "L": x.shape[-1]}
+    # Convolutions are linear, so a mutant's pre-activation equals the reference's plus
+    # the convolution of the *difference* of its inputs, which is zero outside the
+    # mutated window. Each layer therefore costs one conv over the window's cone and
+    # no copying of reference flanks. Tensors are (B, C, 1, W) in channels-last layout:
+    # on CPUs those conv2d kernels are 2-3x faster than conv1d on (B, C, W).
 
     @staticmethod
-    def _window_input(ref: torch.Tensor, mut: torch.Tensor, s_mut: int, lo: int, hi: int) -> torch.Tensor:
-        """Layer input over [lo, hi): reference values, mutant values on [s_mut, s_mut + width), zeros off the sequence."""
-        L = ref.shape[-1]
-        B = mut.shape[0]
-        e_mut = s_mut + mut.shape[-1]
-        parts = []
-        if lo < 0:
-            parts.append(ref.new_zeros(B, ref.shape[1], -lo))
-        a = max(lo, 0)
-        if a < s_mut:
-            parts.append(ref[:, :, a:s_mut].expand(B, -1, -1))
-        parts.append(mut)
-        b = min(hi, L)
-        if e_mut < b:
-            parts.append(ref[:, :, e_mut:b].expand(B, -1, -1))
-        if hi > L:
-            parts.append(ref.new_zeros(B, ref.shape[1], hi - L))
-        return torch.cat(parts, dim=-1)
+    def _bn(bn, z):
+        if isinstance(bn, nn.BatchNorm1d):  # eval-mode affine map, valid for any rank
+            return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return z
+
+    @staticmethod
+    def _cl(t):
+        return t[:, :, None, :].contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def ism_reference(self, x: torch.Tensor):
+        """Cache each layer's pre-activation and activation increment for one reference ``(1, 4, L)``."""
+        if self.training:
+            raise RuntimeError("the windowed ISM path needs eval mode")
+        layers = []
+        h = self._cl(x)
+        z = F.conv2d(h, self._w(self.stem), self.stem.bias, padding=(0, self.stem.padding[0]))
+        h = F.relu(self._bn(self.stem_bn, z))
+        layers.append((z, h))
+        weights = [self._w(self.stem)]
+        for conv, bn, d in zip(self.convs, self.bns, self.dilations):
+            z = F.conv2d(h, self._w(conv), conv.bias, dilation=(1, d), padding=(0, d))
+            a = F.relu(self._bn(bn, z))
+            h = h + a
+            layers.append((z, a))
+            weights.append(self._w(conv))
+        return {"layers": layers, "weights": weights, "sum": h.sum(dim=(2, 3)), "L": x.shape[-1],
+                "x": self._cl(x)}
+
+    @staticmethod
+    def _w(conv):
+        return conv.weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def ism_block(self, cache, x_mut: torch.Tensor, start: int) -> torch.Tensor:
         """Predictions for ``B`` mutants that differ from the reference only on ``[start, start + w)``.
 
         ``x_mut``: ``(B, 4, w)`` the mutants' one-hot over that window. Returns ``(B, n_tasks)``.
+        Exact: a mutation changes layer ``l`` only within its receptive-field cone.
         """
-        acts, L = cache["acts"], cache["L"]
+        L, layers, weights = cache["L"], cache["layers"], cache["weights"]
         s, e = start, start + x_mut.shape[-1]
+        delta = self._cl(x_mut) - cache["x"][..., s:e]
         k = self.stem.kernel_size[0] // 2
-        # stem: output changes on [s - k, e + k)
-        so, eo = max(0, s - k), min(L, e + k)
-        inp = self._window_input(acts[0], x_mut, s, so - k, eo + k)
-        h = F.relu(self.stem_bn(F.conv1d(inp, self.stem.weight, self.stem.bias)))
-        s, e = so, eo
-        for i, (conv, bn, d) in enumerate(zip(self.convs, self.bns, self.dilations)):
-            so, eo = max(0, s - d), min(L, e + d)
-            inp = self._window_input(acts[i + 1], h, s, so - d, eo + d)
-            z = F.relu(bn(F.conv1d(inp, conv.weight, conv.bias, dilation=d)))
-            h = inp[:, :, d:-d] + z  # residual: the layer input over [so, eo)
+        for i in range(len(layers)):
+            half, dil = (k, 1) if i == 0 else (self.dilations[i - 1], self.dilations[i - 1])
+            bn = self.stem_bn if i == 0 else self.bns[i - 1]
+            so, eo = max(0, s - half), min(L, e + half)
+            dz = F.conv2d(delta, weights[i], None, dilation=(1, dil), padding=(0, 2 * half))
+            dz = dz[..., so - (s - half): so - (s - half) + (eo - so)]  # clip the cone to the sequence
+            z_ref, a_ref = layers[i]
+            da = F.relu(self._bn(bn, z_ref[..., so:eo] + dz)) - a_ref[..., so:eo]
+            if i == 0:
+                delta = da  # the stem has no residual connection
+            else:
+                delta = F.pad(delta, (s - so, eo - e)) + da
             s, e = so, eo
-        ref_last = acts[-1]
-        total = cache["sum"] + (h - ref_last[:, :, s:e]).sum(dim=-1)
+        total = cache["sum"] + delta.sum(dim=(2, 3))
         return self.head(self.dropout(total / L))
