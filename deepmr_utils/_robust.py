@@ -70,6 +70,24 @@ def m_scale(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB) -> float:
     return brentq(f, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
 
 
+def _m_scale_rows(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB, iters: int = 200,
+                  s0=None) -> np.ndarray:
+    """M-scale of every row of ``r`` (candidates x observations) by the fixed-point iteration
+    ``s <- s * sqrt(mean_{n-p}(chi(r/s)) / b)`` (to 1e-10 relative; :func:`m_scale` is exact)."""
+    n = r.shape[1]
+    a = np.abs(r)
+    s = np.median(a, axis=1) / 0.6745 if s0 is None else np.full(r.shape[0], float(s0))
+    s = np.where(s > 0, s, a.max(axis=1))
+    s = np.where(s > 0, s, 1.0)
+    for _ in range(iters):
+        new = s * np.sqrt(chi(a / s[:, None], c).sum(axis=1) / (n - p) / b)
+        if np.all(np.abs(new - s) <= 1e-10 * s):
+            s = new
+            break
+        s = new
+    return np.where(a.max(axis=1) > 0, s, 0.0)
+
+
 def _wls(x, y, w):
     sw = np.sqrt(w)
     coef, *_ = np.linalg.lstsq(x * sw[:, None], y * sw, rcond=None)
@@ -79,20 +97,20 @@ def _wls(x, y, w):
 def _refine_s(x, y, beta, max_iter, tol):
     """IRWLS for the S-estimate: weights chi'(u)/u at the current M-scale."""
     p = x.shape[1]
+    s = None
     for _ in range(max_iter):
         r = y - x @ beta
-        s = m_scale(r, p)
+        s = _m_scale_rows(r[None], p, s0=s)[0]
         if s == 0:
             return beta, 0.0
-        u = r / s
-        w = bisquare_weight(u, C_CHI)  # chi'(u)/u is proportional to this
+        w = bisquare_weight(r / s, C_CHI)  # chi'(u)/u is proportional to this
         if not np.any(w > 0):
             break
         new = _wls(x, y, w)
-        if np.linalg.norm(new - beta) <= tol * max(tol, np.linalg.norm(beta)):
-            beta = new
-            break
+        done = np.linalg.norm(new - beta) <= tol * max(tol, np.linalg.norm(beta))
         beta = new
+        if done:
+            break
     return beta, m_scale(y - x @ beta, p)
 
 
@@ -107,7 +125,7 @@ class MMFit:
 
 
 def lmrob_mm(x, y, weights=None, *, n_resample: int = 500, seed: int = 0,
-             max_iter: int = 500, tol: float = 1e-12) -> MMFit:
+             max_iter: int = 500, tol: float = 1e-10) -> MMFit:
     """MM-estimate of ``y ~ x`` (``x`` includes any intercept column).
 
     Shapes: ``x`` (n, p), ``y`` (n,), ``weights`` (n,) case weights.
@@ -123,29 +141,32 @@ def lmrob_mm(x, y, weights=None, *, n_resample: int = 500, seed: int = 0,
         x = x * sw[:, None]
         y = y * sw
 
-    # fast-S: candidates from exact fits through p points, one refinement step each,
-    # then full refinement of the best two (robustbase: k.fast.s = 1, best.r.s = 2)
+    # fast-S: candidates from exact fits through p points, one refinement step each
+    # (vectorised over candidates), then full refinement of the best two
+    # (robustbase: k.fast.s = 1, best.r.s = 2)
     if comb(n, p) <= n_resample:
-        subsets = list(combinations(range(n), p))
+        subsets = np.array(list(combinations(range(n), p)))
     else:
         rng = np.random.default_rng(seed)
-        subsets = [tuple(rng.choice(n, p, replace=False)) for _ in range(n_resample)]
-    cands = []
-    for idx in subsets:
-        xs = x[list(idx)]
-        if abs(np.linalg.det(xs)) < 1e-12 * max(1.0, np.abs(xs).max() ** p):
-            continue
-        beta0 = np.linalg.solve(xs, y[list(idx)])
-        beta1, s1 = _refine_s(x, y, beta0, 1, tol)
-        cands.append((s1, beta1))
-    if not cands:
+        subsets = np.stack([rng.choice(n, p, replace=False) for _ in range(n_resample)])
+    xs, ys = x[subsets], y[subsets]  # (c, p, p), (c, p)
+    det = np.linalg.det(xs)
+    ok = np.abs(det) > 1e-12 * np.maximum(1.0, np.abs(xs).max(axis=(1, 2)) ** p)
+    if not ok.any():
         raise ValueError("MM-regression: every elemental subset is singular (collinear design)")
-    cands.sort(key=lambda t: t[0])
+    betas = np.linalg.solve(xs[ok], ys[ok][..., None])[..., 0]  # (c, p)
+    scales = _m_scale_rows(y[None, :] - betas @ x.T, p)
+    w = bisquare_weight((y[None, :] - betas @ x.T) / np.where(scales > 0, scales, 1.0)[:, None], C_CHI)
+    xtwx = np.einsum("ni,cn,nj->cij", x, w, x)
+    xtwy = np.einsum("ni,cn,n->ci", x, w, y)
+    good = np.linalg.matrix_rank(xtwx) == p
+    betas[good] = np.linalg.solve(xtwx[good], xtwy[good][..., None])[..., 0]
+    scales = _m_scale_rows(y[None, :] - betas @ x.T, p)
     best = None
-    for _, beta in cands[:2]:
-        b, s = _refine_s(x, y, beta, max_iter, tol)
-        if best is None or s < best[1]:
-            best = (b, s)
+    for i in np.argsort(scales)[:2]:
+        b, sc = _refine_s(x, y, betas[i], max_iter, tol)
+        if best is None or sc < best[1]:
+            best = (b, sc)
     s_coef, scale = best
     if scale <= 0:
         raise ValueError("MM-regression: S-scale is zero (exact fit); the data are degenerate")

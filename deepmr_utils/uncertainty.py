@@ -86,12 +86,32 @@ def _mu_sigma(members: np.ndarray, ddof: int):
 
 @dataclass
 class _Calibration:
+    """Shared fitting/application logic; subclasses implement ``_fit1`` and ``_transform1``."""
+
     ddof: int = 1
     fitted_ids: frozenset = field(default_factory=frozenset)
+    per_output: list | None = None
 
-    def _check_fit_input(self, members, y):
+    def fit(self, members, y, *, ids=None):
+        """Fit on held-out predictions ``members`` ``(n, M)`` or ``(n, M, O)`` and labels ``y`` ``(n,)`` / ``(n, O)``.
+
+        ``ids`` names the held-out sequences, so that applying the calibration to
+        any of them later raises (calibration must not see the sequences it corrects).
+        """
         members = _np(members).astype(np.float64)
         y = _np(y).astype(np.float64)
+        if members.ndim == 3:
+            if y.ndim != 2 or y.shape[1] != members.shape[2]:
+                raise ValueError(f"y must be (n, {members.shape[2]}) for members of shape {members.shape}")
+            self.per_output = [type(self)(ddof=self.ddof)._fit1(*self._checked(members[:, :, o], y[:, o]))
+                               for o in range(members.shape[2])]
+        else:
+            self.per_output = None
+            self._fit1(*self._checked(members, y))
+        self.fitted_ids = frozenset(np.asarray(ids).tolist()) if ids is not None else frozenset()
+        return self
+
+    def _checked(self, members, y):
         if members.ndim != 2 or members.shape[1] < 2:
             raise ValueError(f"members must be (n, M) with M >= 2 predictions per example, got {members.shape}")
         if y.shape != (members.shape[0],):
@@ -113,29 +133,39 @@ class _Calibration:
                              "fit it on held-out sequences only")
 
     def transform_members(self, members, *, axis: int = 1, ids=None):
-        """Recalibrate member predictions along ``axis`` (e.g. an ISM tensor's model axis)."""
+        """Recalibrate member predictions along ``axis`` (e.g. an ISM tensor's model axis).
+
+        A calibration fitted on several outputs expects them on the last axis.
+        """
         self._check_ids(ids)
         was_tensor = isinstance(members, torch.Tensor)
-        arr = np.moveaxis(_np(members).astype(np.float64), axis, -1)
-        out = self._transform(arr)
-        out = np.moveaxis(out, -1, axis)
+        arr = _np(members).astype(np.float64)
+        axis = axis % arr.ndim
+        if self.per_output is not None:
+            if arr.shape[-1] != len(self.per_output) or axis == arr.ndim - 1:
+                raise ValueError(f"expected {len(self.per_output)} outputs on the last axis, got shape {arr.shape}")
+            out = np.stack([np.moveaxis(c._transform1(np.moveaxis(arr[..., o], axis, -1)), -1, axis)
+                            for o, c in enumerate(self.per_output)], axis=-1)
+        else:
+            out = np.moveaxis(self._transform1(np.moveaxis(arr, axis, -1)), -1, axis)
         return torch.from_numpy(out) if was_tensor else out  # float64: effects are small differences
 
 
 @dataclass
 class VarianceScaling(_Calibration):
-    """One variance multiplier fitted by maximum likelihood on held-out data."""
+    """One variance multiplier (per output) fitted by maximum likelihood on held-out data."""
 
     lam: float = float("nan")
 
-    def fit(self, members, y, *, ids=None) -> "VarianceScaling":
-        """``members``: ``(n, M)`` held-out predictions; ``y``: ``(n,)`` observed labels."""
-        mu, sigma, y = self._check_fit_input(members, y)
+    def _fit1(self, mu, sigma, y):
         self.lam = float(np.mean((y - mu) ** 2 / sigma**2))
-        self.fitted_ids = frozenset(np.asarray(ids).tolist()) if ids is not None else frozenset()
         return self
 
-    def _transform(self, m):
+    @property
+    def lams(self) -> list[float]:
+        return [c.lam for c in self.per_output] if self.per_output is not None else [self.lam]
+
+    def _transform1(self, m):
         if not np.isfinite(self.lam):
             raise RuntimeError("VarianceScaling is not fitted")
         mu = m.mean(axis=-1, keepdims=True)
@@ -150,22 +180,21 @@ class IsotonicCalibration(_Calibration):
     _u: np.ndarray | None = None
     _r: np.ndarray | None = None
 
-    def fit(self, members, y, *, ids=None) -> "IsotonicCalibration":
-        mu, sigma, y = self._check_fit_input(members, y)
+    def _fit1(self, mu, sigma, y):
         u = np.sort(stats.norm.cdf((y - mu) / sigma))
-        emp = (np.arange(1, u.size + 1)) / u.size  # empirical CDF of the PIT values
-        self._u = u
-        self._r = isotonic_regression(emp, increasing=True).x
-        self.fitted_ids = frozenset(np.asarray(ids).tolist()) if ids is not None else frozenset()
+        emp = np.arange(1, u.size + 1) / u.size  # empirical CDF of the PIT values
+        self._u, self._r = u, isotonic_regression(emp, increasing=True).x
         return self
 
-    def recalibrate_cdf(self, u):
-        """Calibrated probability for predictive-CDF values ``u``."""
+    def recalibrate_cdf(self, u, output: int | None = None):
+        """Calibrated probability for predictive-CDF values ``u`` (of ``output`` if fitted per output)."""
+        if self.per_output is not None:
+            return self.per_output[output or 0].recalibrate_cdf(u)
         if self._u is None:
             raise RuntimeError("IsotonicCalibration is not fitted")
         return np.interp(u, np.r_[0.0, self._u, 1.0], np.r_[0.0, self._r, 1.0])
 
-    def _transform(self, m):
+    def _transform1(self, m):
         mu, sigma = _mu_sigma(m, self.ddof)
         mu, sigma = mu[..., None], sigma[..., None]
         with np.errstate(divide="ignore", invalid="ignore"):

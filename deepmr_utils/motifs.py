@@ -1,0 +1,76 @@
+"""Real JASPAR motifs (shipped as a small JSON file) and PWM occupancy.
+
+The matrices in ``deepmr_utils/data/jaspar_motifs.json`` were copied from JASPAR
+with pyjaspar by ``tools/make_motifs.py``; no download happens at run time.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import torch
+
+__all__ = ["available", "jaspar", "sample_instance", "window_llr", "occupancy"]
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    with resources.files("deepmr_utils.data").joinpath("jaspar_motifs.json").open() as fh:
+        return json.load(fh)
+
+
+def available() -> dict[str, str]:
+    """Motif names shipped with the package and their JASPAR matrix IDs."""
+    return {k: v["matrix_id"] for k, v in _table()["motifs"].items()}
+
+
+def jaspar(name: str, *, pseudocount: float = 1e-3) -> np.ndarray:
+    """Position probability matrix ``(width, 4)`` (ACGT) of a shipped JASPAR motif.
+
+    ``pseudocount`` is added to the column *frequencies* before renormalising, so no
+    base has probability zero (log-odds stay finite).
+    """
+    motifs = _table()["motifs"]
+    if name not in motifs:
+        raise ValueError(f"unknown motif {name!r}; shipped motifs: {sorted(motifs)}")
+    if pseudocount < 0:
+        raise ValueError(f"pseudocount must be >= 0, got {pseudocount}")
+    counts = np.asarray(motifs[name]["counts"], dtype=np.float64)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    freq = freq + pseudocount
+    return freq / freq.sum(axis=1, keepdims=True)
+
+
+def sample_instance(pwm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw one motif instance: each position's base from its PWM column. Returns base codes (width,)."""
+    u = rng.random(pwm.shape[0])[:, None]
+    return (u > np.cumsum(pwm, axis=1)).sum(axis=1).clip(0, 3)
+
+
+def window_llr(X: torch.Tensor | np.ndarray, pwm: np.ndarray, background) -> np.ndarray:
+    """Log-likelihood ratio (motif vs background) of every forward-strand window.
+
+    ``X``: one-hot ``(N, 4, L)``; returns ``(N, L - width + 1)``. An all-zero column
+    contributes 0 (no evidence either way).
+    """
+    Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    b = np.asarray(background, dtype=np.float64)
+    lr = np.log(pwm) - np.log(b)[None, :]  # (w, 4)
+    w = pwm.shape[0]
+    # (N, L, 4) x (w, 4) sliding dot product via stride tricks, no Python loop over windows
+    seq = Xn.transpose(0, 2, 1).astype(np.float64)
+    win = np.lib.stride_tricks.sliding_window_view(seq, (w, 4), axis=(1, 2))[:, :, 0]  # (N, L-w+1, w, 4)
+    return np.einsum("nlwk,wk->nl", win, lr)
+
+
+def occupancy(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
+    """Probability that at least one window is bound: ``1 - prod_j (1 - s_j)``.
+
+    ``s_j = 1 / (1 + exp(E_j - mu))`` with ``E_j = -LLR_j`` (Zhao & Stormo binding
+    energy in units of kT). Returns ``(N,)``.
+    """
+    e = -window_llr(X, pwm, background)
+    log_unbound = -np.logaddexp(0.0, -(e - mu))  # log(1 - s_j), computed stably
+    return -np.expm1(log_unbound.sum(axis=1))

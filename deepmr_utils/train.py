@@ -1,0 +1,148 @@
+"""Training loops: one regressor with early stopping, and seeded ensembles.
+
+``fit`` splits off a validation set, trains with Adam (AMSGrad) on the mean
+squared error, stops when the validation loss has not improved for ``patience``
+epochs and restores the best checkpoint. ``train_ensemble`` trains members that
+differ only by seed (initialisation, validation split and batch order), as the
+original study did. Models come back in eval mode.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import default_device
+
+__all__ = ["TrainConfig", "History", "fit", "train_ensemble", "evaluate"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (defaults: the original study's, with a smaller batch)."""
+
+    max_epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    val_fraction: float = 0.15
+
+    def __post_init__(self):
+        if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("max_epochs, batch_size and patience must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class History:
+    train_loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    best_epoch: int = -1
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.val_loss[self.best_epoch]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"epoch": np.arange(1, len(self.train_loss) + 1),
+                             "train": self.train_loss, "validation": self.val_loss})
+
+
+def _check_xy(X, y):
+    if not isinstance(X, torch.Tensor) or X.ndim != 3:
+        raise ValueError("X must be a (N, 4, L) tensor")
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} sequences but y has {y.shape[0]} rows")
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains non-finite values")
+    return X.float(), y
+
+
+def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConfig(), seed: int = 0,
+        device=None, progress: bool = False) -> History:
+    """Train ``model`` in place on ``(X, y)``; returns the loss history."""
+    X, y = _check_xy(X, y)
+    dev = torch.device(device) if device is not None else default_device()
+    g = torch.Generator().manual_seed(seed)
+    n = X.shape[0]
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(config.val_fraction * n)))
+    val, tr = perm[:n_val], perm[n_val:]
+    if tr.numel() < 2:
+        raise ValueError(f"too few sequences to train on ({n})")
+    model.to(dev)
+    Xtr, ytr, Xva, yva = X[tr].to(dev), y[tr].to(dev), X[val].to(dev), y[val].to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
+    loss_fn = nn.MSELoss()
+    hist, best, best_state, waited = History(), float("inf"), None, 0
+    epochs = tqdm(range(config.max_epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(tr.numel(), generator=g).to(dev)
+        total = 0.0
+        for i in range(0, order.numel(), config.batch_size):
+            b = order[i:i + config.batch_size]
+            if b.numel() < 2:  # BatchNorm cannot train on a single example
+                continue
+            opt.zero_grad()
+            loss = loss_fn(model(Xtr[b]), ytr[b])
+            loss.backward()
+            opt.step()
+            total += loss.item() * b.numel()
+        model.eval()
+        with torch.no_grad():
+            vloss = loss_fn(model(Xva), yva).item()
+        hist.train_loss.append(total / tr.numel())
+        hist.val_loss.append(vloss)
+        if vloss < best:
+            best, best_state, waited, hist.best_epoch = vloss, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return hist
+
+
+def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
+                   config: TrainConfig = TrainConfig(), seed: int = 0, device=None,
+                   progress: bool = True) -> tuple[list[nn.Module], list[History]]:
+    """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``."""
+    if n_members < 1:
+        raise ValueError(f"n_members must be >= 1, got {n_members}")
+    models, hists = [], []
+    for i in tqdm(range(n_members), desc="ensemble", disable=not progress, leave=False):
+        torch.manual_seed(seed + i)
+        m = make_model()
+        hists.append(fit(m, X, y, config=config, seed=seed + i, device=device))
+        models.append(m)
+    return models, hists
+
+
+def evaluate(models, X, y, *, names=None) -> pd.DataFrame:
+    """Held-out accuracy of the ensemble mean per output: Pearson r, R^2 and MSE."""
+    from .ism import predict
+
+    _, y = _check_xy(X, y)
+    pred = predict(models, X).mean(dim=1).numpy()
+    y = y.numpy()
+    rows = []
+    for j in range(y.shape[1]):
+        resid = y[:, j] - pred[:, j]
+        rows.append({"output": names[j] if names else j,
+                     "pearson_r": float(np.corrcoef(y[:, j], pred[:, j])[0, 1]),
+                     "r2": float(1 - resid.var() / y[:, j].var()),
+                     "mse": float(np.mean(resid**2))})
+    return pd.DataFrame(rows)
