@@ -130,3 +130,81 @@ def estimate_vs_truth(truth, estimate, se=None, *, ax=None, label: str = "", col
     ax.set_xlabel("true local effect")
     ax.set_ylabel("estimated local effect")
     return ax
+
+
+def loss_curves(histories, *, ax=None):
+    """Training and validation loss of every ensemble member (``train.History`` objects)."""
+    ax = _axes(ax, (5, 3.5))
+    for i, h in enumerate(histories):
+        f = h.to_frame()
+        c = _COLORS[i % len(_COLORS)]
+        ax.plot(f.epoch, f.train, color=c, lw=1, alpha=0.6)
+        ax.plot(f.epoch, f.validation, color=c, lw=2, label=f"member {i + 1}")
+        ax.plot(h.best_epoch + 1, h.best_val_loss, "o", color=c)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (thin: training, thick: validation)")
+    ax.legend(frameon=False, fontsize="x-small")
+    return ax
+
+
+def binding_tracks(generator, x, *, sites=None, ax=None):
+    """Per-window binding probability of each TF along one sequence ``(4, L)``.
+
+    ``generator`` is a :class:`deepmr_utils.simulate.CooperativityModel`; embedded
+    motif starts (``sites``: exposure, outcome, confounder; -1 = none) are shaded.
+    """
+    from . import motifs
+
+    ax = _axes(ax, (9, 2.6))
+    x = x[None] if x.ndim == 2 else x
+    roles = ("exposure", "outcome", "confounder")
+    names = (generator.exposure_motif, generator.outcome_motif, generator.confounder_motif)
+    for j, (role, name) in enumerate(zip(roles, names)):
+        pwm = generator.pwm(role)
+        e = -motifs.window_llr(x, pwm, generator.background)[0]
+        s = 1 / (1 + np.exp(e - generator.mu))
+        ax.plot(np.arange(s.size) + pwm.shape[0] / 2, s, color=_COLORS[j], lw=1.5, label=f"{role}: {name}")
+        if sites is not None and sites[j] >= 0:
+            ax.axvspan(sites[j], sites[j] + pwm.shape[0], color=_COLORS[j], alpha=0.15)
+    ax.set_xlim(0, x.shape[-1])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("position")
+    ax.set_ylabel("P(site bound)")
+    ax.legend(frameon=False, fontsize="x-small", loc="upper right")
+    return ax
+
+
+def ism_heatmap(effect, *, names=("exposure", "outcome"), sites=None, widths=None, axes=None):
+    """Heatmaps of ISM effects ``(P, 4, O)`` (NaN at reference bases), one panel per output."""
+    effect = np.asarray(effect)
+    n_out = effect.shape[-1]
+    if axes is None:
+        _, axes = plt.subplots(n_out, 1, figsize=(10, 1.6 * n_out + 0.6), sharex=True)
+    axes = np.atleast_1d(axes)
+    for o, ax in enumerate(axes):
+        m = effect[:, :, o].T
+        lim = np.nanmax(np.abs(m)) or 1.0
+        im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_yticks(range(4), list("ACGT"))
+        ax.set_ylabel(names[o] if o < len(names) else f"output {o}")
+        plt.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+        if sites is not None:
+            for j, s in enumerate(sites):
+                if s >= 0 and widths is not None:
+                    ax.add_patch(plt.Rectangle((s - 0.5, -0.5), widths[j], 4, fill=False,
+                                               edgecolor=_COLORS[j], lw=2))
+    axes[-1].set_xlabel("position")
+    return axes
+
+
+def coverage(frames: dict, *, ax=None):
+    """Expected vs observed coverage curves (``uncertainty.coverage_curve`` frames), one per label."""
+    ax = _axes(ax, (4, 4))
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1)
+    for i, (label, f) in enumerate(frames.items()):
+        ax.plot(f.expected, f.observed, color=_COLORS[i % len(_COLORS)], lw=2,
+                label=f"{label} (area {f.attrs.get('miscalibration_area', np.nan):.2f})")
+    ax.set_xlabel("expected coverage")
+    ax.set_ylabel("observed coverage")
+    ax.legend(frameon=False, fontsize="x-small")
+    return ax

@@ -103,13 +103,18 @@ class _Calibration:
         if members.ndim == 3:
             if y.ndim != 2 or y.shape[1] != members.shape[2]:
                 raise ValueError(f"y must be (n, {members.shape[2]}) for members of shape {members.shape}")
-            self.per_output = [type(self)(ddof=self.ddof)._fit1(*self._checked(members[:, :, o], y[:, o]))
+            self.per_output = [self._blank()._fit1(*self._checked(members[:, :, o], y[:, o]))
                                for o in range(members.shape[2])]
         else:
             self.per_output = None
             self._fit1(*self._checked(members, y))
         self.fitted_ids = frozenset(np.asarray(ids).tolist()) if ids is not None else frozenset()
         return self
+
+    def _blank(self):
+        """An unfitted copy with the same settings, for one output."""
+        return type(self)(**{k: v for k, v in self.__dict__.items()
+                             if k in ("ddof", "noise_var", "eps")})
 
     def _checked(self, members, y):
         if members.ndim != 2 or members.shape[1] < 2:
@@ -153,12 +158,33 @@ class _Calibration:
 
 @dataclass
 class VarianceScaling(_Calibration):
-    """One variance multiplier (per output) fitted by maximum likelihood on held-out data."""
+    """One variance multiplier (per output) fitted by maximum likelihood on held-out data.
+
+    Held-out labels are noisy, so their residuals mix the model's (epistemic)
+    uncertainty with measurement noise. With ``noise_var = 0`` the MLE is
+    ``mean((y - mu)^2 / sigma^2)`` and the members are spread to cover the labels.
+    When the label noise variance is known (1 for Anscombe-transformed Poisson
+    counts) pass it: the MLE of ``y ~ N(mu, lambda sigma^2 + noise_var)`` then scales
+    only the part of the spread that describes the model, which is what the SE of a
+    *difference* of model predictions needs.
+    """
 
     lam: float = float("nan")
+    noise_var: float = 0.0
 
     def _fit1(self, mu, sigma, y):
-        self.lam = float(np.mean((y - mu) ** 2 / sigma**2))
+        r2, s2 = (y - mu) ** 2, sigma**2
+        if self.noise_var <= 0:
+            self.lam = float(np.mean(r2 / s2))
+            return self
+        from scipy.optimize import minimize_scalar
+
+        def nll(log_lam):
+            v = np.exp(log_lam) * s2 + self.noise_var
+            return float(np.sum(np.log(v) + r2 / v))
+
+        res = minimize_scalar(nll, bounds=(-20.0, 20.0), method="bounded", options={"xatol": 1e-10})
+        self.lam = float(np.exp(res.x))
         return self
 
     @property
