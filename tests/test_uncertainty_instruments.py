@@ -131,3 +131,23 @@ def test_coverage_curve_of_calibrated_model():
     assert cc.attrs["miscalibration_area"] < 0.01
     with pytest.raises(ValueError, match="sigma must be > 0"):
         uncertainty.coverage_curve(mu=mu, sigma=np.zeros_like(mu), y=y)
+
+
+def test_calibration_per_output_on_ism_tensor():
+    rng = np.random.default_rng(3)
+    n, M = 2000, 4
+    pattern = np.array([-1.5, -0.5, 0.5, 1.5]) / np.std([-1.5, -0.5, 0.5, 1.5], ddof=1)  # spread exactly 1
+    members = rng.normal(0, 1, (n, 1, 2)) + pattern[None, :, None]
+    y = np.stack([members[:, :, 0].mean(1) + 3 * rng.normal(0, 1, n),      # lambda ~ 9
+                  members[:, :, 1].mean(1) + 1 * rng.normal(0, 1, n)], 1)   # lambda ~ 1
+    cal = uncertainty.VarianceScaling().fit(members, y)
+    assert cal.lams[0] == pytest.approx(9, rel=0.15) and cal.lams[1] == pytest.approx(1, rel=0.15)
+    noisy = uncertainty.VarianceScaling(noise_var=1.0).fit(members, y)
+    assert noisy.lams[0] == pytest.approx(8, rel=0.2) and noisy.lams[1] < 0.2  # label noise is not model error
+    pred = torch.randn(2, M, 5, 4, 2)  # (N, M, P, 4, O)
+    out = cal.transform_members(pred, axis=1)
+    sd_ratio = out.std(dim=1) / pred.double().std(dim=1)
+    assert torch.allclose(sd_ratio[..., 0], torch.full_like(sd_ratio[..., 0], cal.lams[0] ** 0.5))
+    assert torch.allclose(sd_ratio[..., 1], torch.full_like(sd_ratio[..., 1], cal.lams[1] ** 0.5))
+    with pytest.raises(ValueError, match="outputs on the last axis"):
+        cal.transform_members(pred[..., :1], axis=1)

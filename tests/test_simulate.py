@@ -1,0 +1,167 @@
+import json
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deepmr_utils import motifs, simulate, simulation_study, train
+from deepmr_utils import sequence as sq
+from deepmr_utils.models import CountsRegressor
+
+
+def test_motif_file_matches_pyjaspar():
+    pj = pytest.importorskip("pyjaspar")
+    db = pj.jaspardb()
+    table = json.loads(resources.files("deepmr_utils.data").joinpath("jaspar_motifs.json").read_text())
+    for name, m in table["motifs"].items():
+        ref = db.fetch_motif_by_id(m["matrix_id"])
+        counts = np.array([[ref.counts[b][i] for b in "ACGT"] for i in range(ref.length)])
+        assert np.allclose(counts, m["counts"]), name
+
+
+def test_jaspar_pwm_and_sampling():
+    pwm = motifs.jaspar("GATA1")
+    assert pwm.shape == (11, 4) and np.allclose(pwm.sum(1), 1) and (pwm > 0).all()
+    with pytest.raises(ValueError, match="unknown motif"):
+        motifs.jaspar("NOPE")
+    rng = np.random.default_rng(0)
+    draws = np.stack([motifs.sample_instance(pwm, rng) for _ in range(4000)])
+    freq = np.stack([(draws == b).mean(0) for b in range(4)], axis=1)
+    assert np.abs(freq - pwm).max() < 0.03
+
+
+def test_occupancy_by_hand():
+    pwm = motifs.jaspar("TAL1::TCF3")
+    bg = np.array([0.27, 0.23, 0.23, 0.27])
+    codes = pwm.argmax(1)
+    X = sq.one_hot("".join("ACGT"[c] for c in codes))
+    llr = float(np.sum(np.log(pwm[np.arange(len(codes)), codes] / bg[codes])))
+    for mu in (0.0, -3.0):
+        s = 1 / (1 + np.exp(-llr - mu))
+        assert motifs.occupancy(X, pwm, bg, mu=mu)[0] == pytest.approx(s)
+    # two windows: at least one bound
+    X2 = sq.one_hot("".join("ACGT"[c] for c in codes) + "A")
+    e = -motifs.window_llr(X2, pwm, bg)[0]
+    s = 1 / (1 + np.exp(e))
+    assert motifs.occupancy(X2, pwm, bg)[0] == pytest.approx(1 - np.prod(1 - s))
+
+
+def test_expected_counts_and_scenario_switches():
+    q = np.array([[0.5, 0.4, 0.2]])
+    b = np.array([1.0])
+    base = simulate.CooperativityModel(alpha=100, beta=300)
+    for scenario, (ce, co) in {
+        "none": (1 + 50, 1 + 300 * 0.2),
+        "sequence-independent": (1 + 50 + 25, 1 + 60 + 25),
+        "sequence-dependent": (1 + 50 + 20 * 0.2, 1 + 60 + 30 * 0.2),
+        "both": (1 + 50 + 4 + 25, 1 + 60 + 6 + 25),
+    }.items():
+        g = base.with_scenario(scenario)
+        assert g.scenario == scenario
+        assert np.allclose(g.expected_counts(None, b, q=q), [[ce, co]])
+    with pytest.raises(ValueError, match="scenario must be one of"):
+        base.with_scenario("everything")
+
+
+def test_sampling_respects_scenarios():
+    none = simulate.CooperativityModel().sample(600, seed=1)
+    assert (none["b_conf"] == 0).all() and (none["sites"][:, 2] == -1).all()
+    assert set(np.unique(none["config"])) == {0, 1, 2, 3}
+    both = simulate.CooperativityModel().with_scenario("both").sample(600, seed=1)
+    assert 0.4 < both["b_conf"].mean() < 0.6 and 0.4 < (both["sites"][:, 2] >= 0).mean() < 0.6
+    again = simulate.CooperativityModel().with_scenario("both").sample(600, seed=1)
+    assert torch.equal(both["X"], again["X"]) and np.array_equal(both["counts"], again["counts"])
+    # embedded motifs do not overlap and exposure precedes outcome in pairs
+    w = [11, 12, 15]
+    for sites in both["sites"]:
+        spans = sorted((s, s + w[j]) for j, s in enumerate(sites) if s >= 0)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    pairs = both["sites"][both["config"] == 3]
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+
+
+def test_variant_truth_matches_oracle_finite_differences():
+    gen = simulate.CooperativityModel(alpha=97, beta=480).with_scenario("both")
+    data = gen.sample(30, seed=3)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        for _ in range(4):
+            p = int(rng.integers(0, 100))
+            ref = int(data["X"][i, :, p].argmax())
+            rows.append((i, p, "ACGT"[(ref + int(rng.integers(1, 4))) % 4]))
+    table = pd.DataFrame(rows, columns=["locus", "position", "alt"])
+    t = gen.variant_truth(data["X"], table, data["b_conf"])
+    for k, (i, p, alt) in enumerate(rows):
+        x = data["X"][i:i + 1].clone()
+        ref_pred = gen.oracle(x, data["b_conf"][i:i + 1])[0]
+        x[0, :, p] = 0
+        x[0, "ACGT".index(alt), p] = 1
+        mut_pred = gen.oracle(x, data["b_conf"][i:i + 1])[0]
+        assert t.dx[k] == pytest.approx(mut_pred[0] - ref_pred[0], abs=1e-9)
+        assert t.dy[k] == pytest.approx(mut_pred[1] - ref_pred[1], abs=1e-9)
+        # causal part: only the exposure occupancy moves
+        q_ref, q_mut = gen.occupancies(data["X"][i:i + 1]), gen.occupancies(x)
+        q = q_ref.copy()
+        q[0, 0] = q_mut[0, 0]
+        causal = simulate.anscombe(gen.expected_counts(None, data["b_conf"][i:i + 1], q=q))[0, 1]
+        assert t.dy_causal[k] == pytest.approx(causal - ref_pred[1], abs=1e-9)
+    truth = gen.true_local_effects(data["X"], table, data["b_conf"]).set_index("locus")
+    g = table.assign(xy=t.dx * t.dy_causal, xx=t.dx**2).groupby("locus")[["xy", "xx"]].sum()
+    ok = g.xx > 1e-12
+    assert np.allclose(truth.theta[ok], (g.xy / g.xx)[ok])
+
+
+def test_truth_without_confounding_has_no_pleiotropy_for_exposure_only_mutations():
+    # without an outcome motif change, dy == dy_causal
+    gen = simulate.CooperativityModel(alpha=100, beta=1000)
+    data = gen.sample(50, seed=5)
+    i = int(np.flatnonzero(data["config"] == 3)[0])
+    s = data["sites"][i, 0]
+    table = pd.DataFrame({"locus": i, "position": s + np.arange(3), "alt": "T"})
+    t = gen.variant_truth(data["X"], table)
+    outcome_sites = range(data["sites"][i, 1], data["sites"][i, 1] + 12)
+    assert not set(table.position) & set(outcome_sites)
+    assert np.allclose(t.dy, t.dy_causal, atol=1e-6)
+
+
+def test_augmentation_mutates_inside_motifs():
+    gen = simulate.CooperativityModel()
+    data = gen.sample(200, seed=2)
+    aug = gen.augment_variants(data, 0.5, seed=3)
+    assert aug["X"].shape[0] == 100 and aug["y"].shape == (100, 2)
+    sq.check_one_hot(aug["X"], allow_zero_columns=False)
+
+
+def test_fit_early_stopping_and_ensemble():
+    torch.manual_seed(0)
+    X = sq.random_sequences(300, 30, seed=0)
+    y = np.stack([X[:, 0].sum(1).numpy(), X[:, 2, :10].sum(1).numpy()], axis=1)
+    model = CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8)
+    hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=60, patience=3, batch_size=32), seed=0, device="cpu")
+    assert not model.training
+    assert hist.val_loss[hist.best_epoch] == min(hist.val_loss)
+    assert len(hist.val_loss) <= 60 and hist.val_loss[hist.best_epoch] < hist.val_loss[0]
+    models, hists = train.train_ensemble(lambda: CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8),
+                                         X, y, 2, config=train.TrainConfig(max_epochs=3), seed=1, device="cpu",
+                                         progress=False)
+    assert len(models) == 2 and not torch.equal(models[0].out.weight, models[1].out.weight)
+    acc = train.evaluate(models, X, y, names=["a", "b"])
+    assert list(acc.output) == ["a", "b"]
+    with pytest.raises(ValueError, match="y has"):
+        train.fit(model, X, y[:10])
+
+
+def test_summarize_by_hand():
+    rounds = pd.DataFrame({
+        "scenario": "none", "estimator": "IVW",
+        "estimate": [1.0, 2.0, 3.0], "se": [0.1, 0.1, 0.1], "ci_low": [0.8, 1.8, 2.8],
+        "ci_high": [1.2, 2.2, 3.2], "tau": [0.5, 0.5, 0.5], "truth": [1.1, 2.5, 3.0],
+        "local_coverage": [0.5, 1.0, 0.0], "n_loci": [10, 10, 10]})
+    s = simulation_study.summarize(rounds).iloc[0]
+    assert s.bias == pytest.approx((-0.1 - 0.5 + 0) / 3)
+    assert s.rmse == pytest.approx(np.sqrt((0.01 + 0.25) / 3))
+    assert s.coverage_95ci == pytest.approx(2 / 3) and s.coverage_2tau == pytest.approx(1.0)
+    assert s.local_ci_coverage == pytest.approx(0.5)
