@@ -259,6 +259,15 @@ def heterogeneity(bx, bxse, by, byse) -> Heterogeneity:
 
 # --------------------------------------------------------------------------- median
 
+def _ratio_inputs(bx, bxse, by, byse, n_boot, method):
+    """Checks shared by the bootstrap estimators built on the ratios by/bx."""
+    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method=method)
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    check_nonzero_bx(bx, method)
+    return bx, bxse, by, byse
+
+
 def _weighted_median_rows(r: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Bowden's interpolated weighted median of each row of ``r`` (shape (B, K))."""
     order = np.argsort(r, axis=1)
@@ -285,10 +294,7 @@ def weighted_median(bx, bxse, by, byse, *, weighting: str = "weighted", n_boot: 
     """
     check_choice(weighting, "weighting", ("weighted", "simple", "penalized"))
     alpha = check_alpha(alpha)
-    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="weighted_median")
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
-    check_nonzero_bx(bx, "weighted_median")
+    bx, bxse, by, byse = _ratio_inputs(bx, bxse, by, byse, n_boot, "weighted_median")
     k = bx.size
     r = by / bx
     w1 = (bx / byse) ** 2
@@ -360,10 +366,7 @@ def mbe(bx, bxse, by, byse, *, weighting: str = "weighted", stderror: str = "del
     alpha = check_alpha(alpha)
     if not phi > 0:
         raise ValueError(f"phi must be > 0, got {phi}")
-    bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=3, method="mbe")
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
-    check_nonzero_bx(bx, "mbe")
+    bx, bxse, by, byse = _ratio_inputs(bx, bxse, by, byse, n_boot, "mbe")
     k = bx.size
     r = by / bx
     se_delta = _ratio_se(bx, bxse, by, byse, 2)
