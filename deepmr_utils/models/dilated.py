@@ -47,8 +47,12 @@ class DilatedResidualNet(nn.Module):
             h = h + F.relu(bn(conv(h)))
         return h
 
+    def pooled_head(self, pooled: torch.Tensor):
+        """Outputs from the length-averaged trunk features ``(N, n_filters)``."""
+        return self.head(self.dropout(pooled))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.trunk(x).mean(dim=-1)))
+        return self.pooled_head(self.trunk(x).mean(dim=-1))
 
     # ------------------------------------------------------------------ fast ISM
     # Convolutions are linear, so a mutant's pre-activation equals the reference's plus
@@ -116,4 +120,4 @@ class DilatedResidualNet(nn.Module):
                 delta = F.pad(delta, (s - so, eo - e)) + da
             s, e = so, eo
         total = cache["sum"] + delta.sum(dim=(2, 3))
-        return self.head(self.dropout(total / L))
+        return self.pooled_head(total / L)

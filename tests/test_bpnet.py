@@ -1,0 +1,135 @@
+"""BPNet architecture and the Keras-h5 weight import, on files the tests write themselves."""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from deepmr_utils import ism
+from deepmr_utils import sequence as sq
+from deepmr_utils.models import BPNet, bpnet
+
+TASKS = ("Oct4", "Sox2", "Nanog", "Klf4")
+
+
+def test_oskn_size_and_shapes():
+    m = BPNet()
+    assert sum(p.numel() for p in m.parameters()) == 130_960  # the published model without bias branches
+    prof, cnt = m(sq.random_sequences(2, 1000, seed=0))
+    assert prof.shape == (2, 4, 2, 1000) and cnt.shape == (2, 4, 2)
+    assert m.receptive_field == 2069
+
+
+def _keras_layers(n_layers):
+    return {"stem": "conv1d_1", "dilated": [f"conv1d_{i}" for i in range(2, 2 + n_layers)],
+            "profile": [f"conv2d_transpose_{i}" for i in range(1, 5)],
+            "counts": [f"dense_{i}" for i in (1, 3, 5, 7)]}
+
+
+def _write_keras_h5(path, rng, n_filters=6, n_layers=3, k=5, tk=7):
+    """A Keras-layout file: model_weights/<layer>/<layer>/{kernel,bias}:0 with Keras shapes."""
+    layers = _keras_layers(n_layers)
+    arrays = {}
+    with h5py.File(path, "w") as f:
+        g = f.create_group("model_weights")
+
+        def put(name, kernel, bias):
+            arrays[name] = (kernel, bias)
+            sub = g.create_group(name).create_group(name)
+            sub["kernel:0"] = kernel
+            sub["bias:0"] = bias
+
+        put(layers["stem"], rng.normal(0, 0.3, (k, 4, n_filters)), rng.normal(0, 0.1, n_filters))
+        for name in layers["dilated"]:
+            put(name, rng.normal(0, 0.3, (3, n_filters, n_filters)), rng.normal(0, 0.1, n_filters))
+        for name in layers["profile"]:
+            put(name, rng.normal(0, 0.3, (tk, 1, 2, n_filters)), rng.normal(0, 0.1, 2))
+        for name in layers["counts"]:
+            put(name, rng.normal(0, 0.3, (n_filters, 2)), rng.normal(0, 0.1, 2))
+        g.create_group("add_1")  # other layers without weights exist in real files
+    return layers, arrays
+
+
+def _numpy_bpnet(x, layers, arrays):
+    """Reference forward pass with Keras semantics, x: (L, 4). Returns profile (T, 2, L), counts (T, 2)."""
+    def conv_same(h, kernel, bias, dil=1):
+        k = kernel.shape[0]
+        pad = (k - 1) // 2 * dil
+        hp = np.pad(h, ((pad, pad), (0, 0)))
+        out = np.zeros((h.shape[0], kernel.shape[2]))
+        for j in range(k):
+            out += hp[j * dil: j * dil + h.shape[0]] @ kernel[j]
+        return out + bias
+
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    h = relu(conv_same(x, *arrays[layers["stem"]]))
+    for i, name in enumerate(layers["dilated"]):
+        h = h + relu(conv_same(h, *arrays[name], dil=2 ** (i + 1)))
+    L = h.shape[0]
+    profiles, counts = [], []
+    for pname, cname in zip(layers["profile"], layers["counts"]):
+        kern, b = arrays[pname]  # (k, 1, 2, F); transposed conv, stride 1, 'same'
+        k = kern.shape[0]
+        p = (k - 1) // 2
+        out = np.zeros((L, 2))
+        for t in range(L):
+            for j in range(k):
+                src = t - j + p
+                if 0 <= src < L:
+                    out[t] += kern[j, 0] @ h[src]
+        profiles.append((out + b).T)
+        kc, bc = arrays[cname]
+        counts.append(h.mean(0) @ kc + bc)
+    return np.stack(profiles), np.stack(counts)
+
+
+def test_h5_import_matches_numpy_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "bpnet_small.h5"
+    layers, arrays = _write_keras_h5(path, rng)
+    md5 = bpnet.md5sum(path)
+    model = bpnet.load_keras_h5(path, md5=md5, layers=layers, tasks=TASKS)
+    X = sq.random_sequences(2, 40, seed=1)
+    prof, cnt = model(X)
+    for n in range(2):
+        ref_prof, ref_cnt = _numpy_bpnet(X[n].numpy().T.astype(np.float64), layers, arrays)
+        assert np.allclose(prof[n].detach().numpy(), ref_prof, atol=1e-4)
+        assert np.allclose(cnt[n].detach().numpy(), ref_cnt, atol=1e-5)
+    # the imported model runs through the windowed ISM path exactly
+    fast = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, fast=True)
+    plain = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, fast=False)
+    assert (fast - plain).abs().max() < 1e-5
+
+
+def test_h5_checksum_and_corruption(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "w.h5"
+    layers, _ = _write_keras_h5(path, rng)
+    with pytest.raises(ValueError, match="has MD5 .* expected bbe883baef261877bfad07d05feb627d"):
+        bpnet.load_keras_h5(path, layers=layers)  # default: the published file's checksum
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="MD5"):
+        bpnet.load_keras_h5(truncated, md5=bpnet.md5sum(path), layers=layers)
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        bpnet.load_keras_h5(truncated, md5=None, layers=layers)
+    with pytest.raises(FileNotFoundError):
+        bpnet.load_keras_h5(tmp_path / "missing.h5", md5=None)
+    wrong = dict(layers, counts=["dense_1", "dense_3", "dense_5", "dense_99"])
+    with pytest.raises(ValueError, match="layer 'dense_99' has no weight"):
+        bpnet.load_keras_h5(path, md5=None, layers=wrong)
+
+
+def test_loss_decreases_when_fitting_profiles():
+    torch.manual_seed(0)
+    m = BPNet(("a",), n_filters=8, n_layers=2, stem_kernel=5, tconv_kernel=5)
+    X = sq.random_sequences(8, 30, seed=2)
+    counts = torch.poisson(torch.full((8, 1, 2, 30), 2.0))
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = bpnet.bpnet_loss(m(X), counts)
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first
