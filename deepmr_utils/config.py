@@ -41,6 +41,15 @@ _SIZES = {
         "paper": {"rounds": 50, "n_train": 10000, "n_calibration": 1000, "n_test": 1000, "n_members": 5,
                   "max_epochs": 100, "patience": 10, "n_boot": 1000},
     },
+    "bpnet": {
+        # sequence length, architecture, ensemble, training data and mutated loci
+        "quick": {"length": 200, "n_layers": 4, "n_filters": 16, "n_members": 3, "n_train": 1500,
+                  "max_epochs": 15, "patience": 4, "n_loci": 60},
+        "default": {"length": 400, "n_layers": 6, "n_filters": 32, "n_members": 4, "n_train": 5000,
+                    "max_epochs": 30, "patience": 5, "n_loci": 200},
+        "paper": {"length": 1000, "n_layers": 9, "n_filters": 64, "n_members": 5, "n_train": 20000,
+                  "max_epochs": 200, "patience": 5, "n_loci": 2000},
+    },
 }
 
 

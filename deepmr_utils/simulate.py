@@ -279,3 +279,175 @@ def draw_effect_ratio(rng: np.random.Generator, *, p_large: float = 0.5, large: 
     """The study's per-round effect ratio beta/alpha: a two-component normal mixture, clipped at 0."""
     mean = large if rng.random() < p_large else small
     return float(max(0.0, rng.normal(mean, sd)))
+
+
+# =============================================================================
+# ChIP-nexus-like data for four pluripotency TFs with a known causal matrix
+# =============================================================================
+
+OSKN = ("Oct4", "Sox2", "Nanog", "Klf4")
+# motifs that recruit each TF directly; Oct4 binds as the Oct4-Sox2 composite
+OSKN_MOTIFS = {"Oct4": ("Pou5f1::Sox2",), "Sox2": ("Sox2", "Pou5f1::Sox2"), "Nanog": ("Nanog",), "Klf4": ("Klf4",)}
+# B[s, t]: how strongly binding of TF s raises binding of TF t (rows: exposure, columns: outcome).
+# Sox2 strongly helps the others, Klf4 weakly, Oct4 helps Nanog; the rest is zero. Acyclic in the
+# order Sox2 -> Klf4 -> Oct4 -> Nanog, so the cascade below is well defined.
+OSKN_EFFECTS = np.array([
+    # Oct4  Sox2  Nanog  Klf4
+    [0.0,  0.0,  0.4,  0.0],   # Oct4
+    [0.8,  0.0,  0.8,  0.6],   # Sox2
+    [0.0,  0.0,  0.0,  0.0],   # Nanog
+    [0.25, 0.0,  0.15, 0.0],   # Klf4
+])
+_CASCADE_ORDER = (1, 3, 0, 2)  # Sox2, Klf4, Oct4, Nanog
+
+
+@dataclass(frozen=True)
+class ChipNexusModel:
+    """Base-resolution, two-strand ChIP-nexus-like counts for the four OSKN TFs.
+
+    Each sequence carries 0-3 sampled motif instances (Oct4-Sox2 composite, Sox2,
+    Nanog, Klf4 from JASPAR). TF ``t`` binds directly with occupancy ``q_t`` (its
+    own motifs; :mod:`deepmr_utils.motifs`) and is recruited by the TFs upstream of
+    it: ``b_t = q_t (1 + sum_s B[s, t] k_st b_s)`` in the order Sox2, Klf4, Oct4,
+    Nanog, with ``k_st = exp(-d_st / spacing)`` for the distance ``d_st`` between the
+    two TFs' best sites (spacing-dependent cooperativity). Expected total counts are
+    ``1 + depth_t b_t``; the profile puts them in footprints (strand + left, strand -
+    right of the site) on a flat background. ``B`` = :data:`OSKN_EFFECTS` by default.
+    Models learn ``log(1 + counts)``; the oracle gives its noise-free value.
+    The binding threshold ``mu`` defaults to ``-(log(length) + 1)``, so that background
+    occupancy stays low whatever the number of windows.
+    """
+
+    @property
+    def threshold(self) -> float:
+        return -(np.log(self.length) + 1.0) if self.mu is None else self.mu
+
+    length: int = 1000
+    background: tuple = (0.29, 0.21, 0.21, 0.29)
+    effects: tuple = tuple(map(tuple, OSKN_EFFECTS))
+    depth: tuple = (150.0, 150.0, 150.0, 150.0)
+    spacing: float = 100.0
+    mu: float | None = None
+    pseudocount: float = 1e-3
+    max_motifs: int = 3
+    footprint_offset: int = 6
+    footprint_sd: float = 3.0
+    profile_background: float = 0.3
+
+    @property
+    def tasks(self):
+        return OSKN
+
+    def pwm(self, name: str) -> np.ndarray:
+        return _motifs.jaspar(name, pseudocount=self.pseudocount)
+
+    def _sites(self, X):
+        """Direct occupancy ``(n, T)`` and best-site centre ``(n, T)`` of each TF."""
+        names = sorted({m for ms in OSKN_MOTIFS.values() for m in ms})
+        occ, centre, score = {}, {}, {}
+        for name in names:
+            pwm = self.pwm(name)
+            llr = _motifs.window_llr(X, pwm, self.background)
+            log_unbound = -np.logaddexp(0.0, llr + self.threshold)
+            occ[name] = -np.expm1(log_unbound.sum(axis=1))
+            centre[name] = llr.argmax(axis=1) + pwm.shape[0] / 2
+            score[name] = llr.max(axis=1)
+        n = next(iter(occ.values())).shape[0]
+        q = np.zeros((n, 4))
+        pos = np.zeros((n, 4))
+        for t, tf in enumerate(OSKN):
+            ms = OSKN_MOTIFS[tf]
+            q[:, t] = 1 - np.prod([1 - occ[m] for m in ms], axis=0)
+            best = np.argmax(np.stack([score[m] for m in ms]), axis=0)
+            pos[:, t] = np.stack([centre[m] for m in ms])[best, np.arange(n)]
+        return q, pos
+
+    def binding(self, X, *, q=None, pos=None) -> np.ndarray:
+        """Total binding ``b`` ``(n, T)`` after recruitment along the causal cascade."""
+        if q is None or pos is None:
+            q, pos = self._sites(X)
+        B = np.asarray(self.effects)
+        b = np.zeros_like(q)
+        for t in _CASCADE_ORDER:
+            recruit = sum(B[s, t] * np.exp(-np.abs(pos[:, s] - pos[:, t]) / self.spacing) * b[:, s]
+                          for s in range(4) if B[s, t])
+            b[:, t] = q[:, t] * (1 + recruit)
+        return b
+
+    def oracle(self, X) -> np.ndarray:
+        """Noise-free ``log(1 + expected total counts)`` ``(n, T)``."""
+        return np.log1p(1 + np.asarray(self.depth) * self.binding(X))
+
+    def sample(self, n: int, seed: int | None = None) -> dict:
+        """``X`` ``(n, 4, L)``, observed profiles ``(n, T, 2, L)``, total counts ``(n, T)``, motif sites."""
+        rng = np.random.default_rng(seed)
+        L = self.length
+        codes = rng.choice(4, size=(n, L), p=np.asarray(self.background))
+        names = ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")
+        pwms = [self.pwm(m) for m in names]
+        sites = np.full((n, 4), -1)
+        for i in range(n):
+            k = rng.integers(0, self.max_motifs + 1)
+            chosen = rng.choice(4, size=k, replace=False)
+            widths = [pwms[j].shape[0] for j in chosen]
+            free = L - sum(widths)
+            cuts = np.sort(rng.integers(0, free + 1, k))
+            offset = 0
+            for j, cut, w in zip(chosen, cuts, widths):
+                s = cut + offset
+                codes[i, s:s + w] = _motifs.sample_instance(pwms[j], rng)
+                sites[i, j] = s
+                offset += w
+        X = np.zeros((n, 4, L), dtype=np.float32)
+        np.put_along_axis(X, codes[:, None, :], 1.0, axis=1)
+        X = torch.from_numpy(X)
+        q, pos = self._sites(X)
+        b = self.binding(X, q=q, pos=pos)
+        lam = 1 + np.asarray(self.depth) * b
+        total = rng.poisson(lam)
+        shape = self.profile_shape(pos, q)
+        profiles = np.zeros((n, 4, 2, L), dtype=np.float32)
+        for i in range(n):
+            for t in range(4):
+                profiles[i, t] = rng.multinomial(total[i, t], shape[i, t].ravel()).reshape(2, L)
+        return {"X": X, "profiles": torch.from_numpy(profiles), "total": total.astype(np.float64),
+                "y": np.log1p(total.astype(np.float64)), "sites": sites, "motifs": names}
+
+    def profile_shape(self, pos, q) -> np.ndarray:
+        """Per-strand footprint shapes ``(n, T, 2, L)`` summing to 1 over strands and positions."""
+        L = self.length
+        x = np.arange(L)
+        plus = np.exp(-0.5 * ((x[None, None, :] - (pos[..., None] - self.footprint_offset)) / self.footprint_sd) ** 2)
+        minus = np.exp(-0.5 * ((x[None, None, :] - (pos[..., None] + self.footprint_offset)) / self.footprint_sd) ** 2)
+        peak = np.stack([plus, minus], axis=2) * q[..., None, None]
+        shape = peak / peak.sum(axis=(2, 3), keepdims=True) + self.profile_background / (2 * L)
+        return shape / shape.sum(axis=(2, 3), keepdims=True)
+
+    def true_local_effects(self, X, table, exposure: int, outcome: int) -> "pd.DataFrame":
+        """True local effect of TF ``exposure`` on TF ``outcome`` per locus, on the given instruments.
+
+        Instrument ``v`` changes the exposure's direct occupancy (and best site); the causal
+        change of the outcome is the cascade recomputed with only the exposure's direct
+        binding taken from the mutant. Slope through the origin, as in the simulation chapter.
+        """
+        import pandas as pd
+        Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        loc = table["locus"].to_numpy().astype(int)
+        p = table["position"].to_numpy().astype(int)
+        alt = table["alt"].map({"A": 0, "C": 1, "G": 2, "T": 3}).to_numpy()
+        q_ref, pos_ref = self._sites(Xn)
+        mut = Xn[loc].copy()
+        r = np.arange(len(loc))
+        mut[r, :, p] = 0
+        mut[r, alt, p] = 1
+        q_mut, pos_mut = self._sites(mut)
+        depth = np.asarray(self.depth)
+        ref = np.log1p(1 + depth * self.binding(None, q=q_ref[loc], pos=pos_ref[loc]))
+        q_c, pos_c = q_ref[loc].copy(), pos_ref[loc].copy()
+        q_c[:, exposure], pos_c[:, exposure] = q_mut[:, exposure], pos_mut[:, exposure]
+        causal = np.log1p(1 + depth * self.binding(None, q=q_c, pos=pos_c))
+        dx = causal[:, exposure] - ref[:, exposure]
+        dy = causal[:, outcome] - ref[:, outcome]
+        g = pd.DataFrame({"locus": loc, "xy": dx * dy, "xx": dx * dx}).groupby("locus", sort=False).sum()
+        theta = np.where(g.xx > 1e-12, g.xy / g.xx.where(g.xx > 1e-12, 1.0), np.nan)
+        return pd.DataFrame({"locus": g.index, "theta": theta}).reset_index(drop=True)

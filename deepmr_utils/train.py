@@ -59,7 +59,7 @@ class History:
 def _check_xy(X, y):
     if not isinstance(X, torch.Tensor) or X.ndim != 3:
         raise ValueError("X must be a (N, 4, L) tensor")
-    y = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+    y = y.float() if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y), dtype=torch.float32)
     if y.ndim == 1:
         y = y[:, None]
     if y.shape[0] != X.shape[0]:
@@ -70,8 +70,12 @@ def _check_xy(X, y):
 
 
 def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConfig(), seed: int = 0,
-        device=None, progress: bool = False) -> History:
-    """Train ``model`` in place on ``(X, y)``; returns the loss history."""
+        device=None, progress: bool = False, loss_fn=None) -> History:
+    """Train ``model`` in place on ``(X, y)``; returns the loss history.
+
+    ``y``: targets with one row per sequence (any trailing shape); ``loss_fn(output, y)``
+    defaults to the mean squared error.
+    """
     X, y = _check_xy(X, y)
     dev = torch.device(device) if device is not None else default_device()
     g = torch.Generator().manual_seed(seed)
@@ -84,7 +88,7 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
     model.to(dev)
     Xtr, ytr, Xva, yva = X[tr].to(dev), y[tr].to(dev), X[val].to(dev), y[val].to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
-    loss_fn = nn.MSELoss()
+    loss_fn = loss_fn or nn.MSELoss()
     hist, best, best_state, waited = History(), float("inf"), None, 0
     epochs = tqdm(range(config.max_epochs), desc="epochs", disable=not progress, leave=False)
     for epoch in epochs:
@@ -118,7 +122,7 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
 
 def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
                    config: TrainConfig = TrainConfig(), seed: int = 0, device=None,
-                   progress: bool = True) -> tuple[list[nn.Module], list[History]]:
+                   progress: bool = True, loss_fn=None) -> tuple[list[nn.Module], list[History]]:
     """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``."""
     if n_members < 1:
         raise ValueError(f"n_members must be >= 1, got {n_members}")
@@ -126,7 +130,7 @@ def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
     for i in tqdm(range(n_members), desc="ensemble", disable=not progress, leave=False):
         torch.manual_seed(seed + i)
         m = make_model()
-        hists.append(fit(m, X, y, config=config, seed=seed + i, device=device))
+        hists.append(fit(m, X, y, config=config, seed=seed + i, device=device, loss_fn=loss_fn))
         models.append(m)
     return models, hists
 

@@ -165,3 +165,25 @@ def test_summarize_by_hand():
     assert s.rmse == pytest.approx(np.sqrt((0.01 + 0.25) / 3))
     assert s.coverage_95ci == pytest.approx(2 / 3) and s.coverage_2tau == pytest.approx(1.0)
     assert s.local_ci_coverage == pytest.approx(0.5)
+
+
+def test_chip_nexus_sampling_and_truth():
+    gen = simulate.ChipNexusModel(length=150)
+    d = gen.sample(40, seed=0)
+    assert d["X"].shape == (40, 4, 150) and d["profiles"].shape == (40, 4, 2, 150)
+    assert np.array_equal(d["profiles"].sum(dim=(2, 3)).numpy(), d["total"])  # profiles distribute the totals
+    assert np.allclose(d["y"], np.log1p(d["total"]))
+    # recruitment: with all effects zero, binding equals direct occupancy
+    q, pos = gen._sites(d["X"])
+    flat = simulate.ChipNexusModel(length=150, effects=tuple(map(tuple, np.zeros((4, 4)))))
+    assert np.allclose(flat.binding(None, q=q, pos=pos), q)
+    b = gen.binding(None, q=q, pos=pos)
+    assert (b >= q - 1e-12).all()
+    # true local effects: zero where the causal matrix has no path, positive along Sox2 -> Oct4
+    i = 0
+    table = pd.DataFrame({"locus": i, "position": np.arange(150), "alt": [
+        "ACGT"[(int(d["X"][i, :, p].argmax()) + 1) % 4] for p in range(150)]})
+    sox2, oct4, nanog, klf4 = 1, 0, 2, 3
+    assert gen.true_local_effects(d["X"], table, nanog, sox2).theta.fillna(0).abs().max() < 1e-12
+    assert (gen.true_local_effects(d["X"], table, sox2, oct4).theta.dropna() >= 0).all()
+    assert np.isclose(gen.oracle(d["X"][:3]), np.log1p(1 + np.asarray(gen.depth) * b[:3])).all()
