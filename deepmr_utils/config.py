@@ -36,8 +36,8 @@ _SIZES = {
         # rounds per scenario; data, ensemble and training sizes of each round
         "quick": {"rounds": 1, "n_train": 2000, "n_calibration": 300, "n_test": 120, "n_members": 3,
                   "max_epochs": 25, "patience": 5, "n_boot": 100},
-        "default": {"rounds": 8, "n_train": 4000, "n_calibration": 600, "n_test": 300, "n_members": 5,
-                    "max_epochs": 40, "patience": 6, "n_boot": 200},
+        "default": {"rounds": 6, "n_train": 3000, "n_calibration": 500, "n_test": 300, "n_members": 4,
+                    "max_epochs": 30, "patience": 5, "n_boot": 200},
         "paper": {"rounds": 50, "n_train": 10000, "n_calibration": 1000, "n_test": 1000, "n_members": 5,
                   "max_epochs": 100, "patience": 10, "n_boot": 1000},
     },

@@ -544,6 +544,10 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
         except ValueError as exc:
             out.loc[i, "status"] = f"failed: {exc}"
             continue
+        if not (np.isfinite(res.se) and res.se > 1e-12 * max(1.0, abs(res.estimate))):
+            # e.g. every bootstrap draw gave the same mode: no usable uncertainty
+            out.loc[i, "status"] = f"degenerate: SE is {res.se}"
+            continue
         for c in ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse",
                   "intercept", "intercept_se", "intercept_pvalue"):
             out.loc[i, c] = getattr(res, c)

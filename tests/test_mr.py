@@ -295,6 +295,13 @@ def test_per_locus_loop_methods_and_failures():
     assert (rob.status == "ok").all() and rob.intercept.notna().all()
 
 
+def test_per_locus_flags_zero_bootstrap_se():
+    # identical ratios: every bootstrap mode is the same grid point, so the MAD is 0
+    frame = pd.DataFrame({"locus": "a", "bx": [1.0, 1.0, 1.0, 1.0], "bxse": 1e-15, "by": [0.5] * 4, "byse": 1e-15})
+    out = mr.per_locus(frame, "mbe", n_boot=50, seed=0)
+    assert out.status[0].startswith("degenerate: SE") and np.isnan(out.estimate[0])
+
+
 def test_per_locus_min_instruments():
     frame = _frame(np.random.default_rng(3), n_loci=10, k_range=(2, 12))
     out = mr.per_locus(frame, "ivw", min_instruments=5)
