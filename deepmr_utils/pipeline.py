@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import instruments
 from .ism import OutputSpec, _as_models, saturation_mutagenesis
