@@ -230,11 +230,10 @@ class CooperativityModel:
         q_causal = q_ref[loc].copy()
         q_causal[:, 0] = q_mut[:, 0]
         causal = anscombe(self.expected_counts(None, b[loc], q=q_causal))
-        import pandas as pd
         return pd.DataFrame({"dx": mut_pred[:, 0] - ref_pred[:, 0], "dy": mut_pred[:, 1] - ref_pred[:, 1],
                              "dy_causal": causal[:, 1] - ref_pred[:, 1]}, index=table.index)
 
-    def true_local_effects(self, X, table, b_conf=None) -> "pd.DataFrame":
+    def true_local_effects(self, X, table, b_conf=None) -> pd.DataFrame:
         """True local causal effect per locus on exactly the given instruments.
 
         The slope through the origin of the causal outcome change on the exposure
@@ -242,12 +241,8 @@ class CooperativityModel:
         quantity an IV regression on valid instruments targets. Loci whose instruments
         do not move the exposure get NaN.
         """
-        import pandas as pd
         t = self.variant_truth(X, table, b_conf)
-        g = pd.DataFrame({"locus": table["locus"].to_numpy(), "xy": (t.dx * t.dy_causal).to_numpy(),
-                          "xx": (t.dx**2).to_numpy()}).groupby("locus", sort=False).sum()
-        theta = np.where(g.xx > 1e-12, g.xy / g.xx.where(g.xx > 1e-12, 1.0), np.nan)
-        return pd.DataFrame({"locus": g.index, "theta": theta}).reset_index(drop=True)
+        return _slope_through_origin(table["locus"].to_numpy(), t.dx.to_numpy(), t.dy_causal.to_numpy())
 
     def augment_variants(self, data: dict, fraction: float = 0.25, seed: int | None = None) -> dict:
         """Variant augmentation: copies of a random ``fraction`` of sequences, each with
@@ -272,6 +267,14 @@ class CooperativityModel:
         counts = rng.poisson(self.expected_counts(X, b_conf)).astype(np.float64)
         return {"X": X, "b_conf": b_conf, "config": data["config"][idx], "sites": data["sites"][idx],
                 "counts": counts, "y": anscombe(counts)}
+
+
+def _slope_through_origin(locus, dx, dy) -> pd.DataFrame:
+    """Per-locus ``sum(dx * dy) / sum(dx^2)``: the true local effect over a locus's instruments
+    (NaN where the instruments do not move the exposure)."""
+    g = pd.DataFrame({"locus": locus, "xy": dx * dy, "xx": dx * dx}).groupby("locus", sort=False).sum()
+    theta = np.where(g.xx > 1e-12, g.xy / g.xx.where(g.xx > 1e-12, 1.0), np.nan)
+    return pd.DataFrame({"locus": g.index, "theta": theta}).reset_index(drop=True)
 
 
 def draw_effect_ratio(rng: np.random.Generator, *, p_large: float = 0.5, large: float = 10.0,
@@ -423,14 +426,13 @@ class ChipNexusModel:
         shape = peak / peak.sum(axis=(2, 3), keepdims=True) + self.profile_background / (2 * L)
         return shape / shape.sum(axis=(2, 3), keepdims=True)
 
-    def true_local_effects(self, X, table, exposure: int, outcome: int) -> "pd.DataFrame":
+    def true_local_effects(self, X, table, exposure: int, outcome: int) -> pd.DataFrame:
         """True local effect of TF ``exposure`` on TF ``outcome`` per locus, on the given instruments.
 
         Instrument ``v`` changes the exposure's direct occupancy (and best site); the causal
         change of the outcome is the cascade recomputed with only the exposure's direct
         binding taken from the mutant. Slope through the origin, as in the simulation chapter.
         """
-        import pandas as pd
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
         p = table["position"].to_numpy().astype(int)
@@ -446,8 +448,4 @@ class ChipNexusModel:
         q_c, pos_c = q_ref[loc].copy(), pos_ref[loc].copy()
         q_c[:, exposure], pos_c[:, exposure] = q_mut[:, exposure], pos_mut[:, exposure]
         causal = np.log1p(1 + depth * self.binding(None, q=q_c, pos=pos_c))
-        dx = causal[:, exposure] - ref[:, exposure]
-        dy = causal[:, outcome] - ref[:, outcome]
-        g = pd.DataFrame({"locus": loc, "xy": dx * dy, "xx": dx * dx}).groupby("locus", sort=False).sum()
-        theta = np.where(g.xx > 1e-12, g.xy / g.xx.where(g.xx > 1e-12, 1.0), np.nan)
-        return pd.DataFrame({"locus": g.index, "theta": theta}).reset_index(drop=True)
+        return _slope_through_origin(loc, causal[:, exposure] - ref[:, exposure], causal[:, outcome] - ref[:, outcome])
