@@ -69,8 +69,8 @@ def tangermeme_ism(models, X, batch_size, device, fast):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = tsm(m, X, batch_size=batch_size, raw_outputs=True, fast=fast, device=device, verbose=False)
-        y0, y_hat = res.y0, res.y_hat  # (N, O), (N, 4, L, O)
-        pred = y_hat.permute(0, 2, 1, 3).clone()  # (N, L, 4, O); identity edits hold y0 already
+        # y_hat (N, 4, L, O); its identity edits already hold the reference prediction y0
+        pred = res.y_hat.permute(0, 2, 1, 3).clone()  # (N, L, 4, O)
         per_member.append(pred)
     return torch.stack(per_member, dim=1).float()
 

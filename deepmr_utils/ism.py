@@ -15,11 +15,9 @@ only on the window a mutation can change.
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -105,6 +105,7 @@ def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int =
                                             "exposure": ie, "outcome": io}, indent=1))
 
     names_list = list(names) if names is not None else None
+    pos = None if positions is None else _pos_array(positions)
     frames = []
     bar = tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)
     for c, (a, b) in enumerate(bar):
@@ -116,7 +117,6 @@ def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int =
                                       batch_size=batch_size, device=device, **ism_kwargs)
         if calibration is not None:
             pred = calibration.transform_members(pred, axis=1, ids=loci[a:b])
-        pos = None if positions is None else _pos_array(positions)
         effect, se = paired_effects(pred, X[a:b], pos, ddof=ddof)
         table = instruments.variant_table(effect, se, X[a:b], exposure=ie, outcome=io, positions=pos,
                                           loci=loci[a:b], output_names=names_list)

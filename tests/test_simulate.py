@@ -183,7 +183,7 @@ def test_chip_nexus_sampling_and_truth():
     i = 0
     table = pd.DataFrame({"locus": i, "position": np.arange(150), "alt": [
         "ACGT"[(int(d["X"][i, :, p].argmax()) + 1) % 4] for p in range(150)]})
-    sox2, oct4, nanog, klf4 = 1, 0, 2, 3
+    sox2, oct4, nanog = 1, 0, 2  # indices in simulate.OSKN
     assert gen.true_local_effects(d["X"], table, nanog, sox2).theta.fillna(0).abs().max() < 1e-12
     assert (gen.true_local_effects(d["X"], table, sox2, oct4).theta.dropna() >= 0).all()
     assert np.isclose(gen.oracle(d["X"][:3]), np.log1p(1 + np.asarray(gen.depth) * b[:3])).all()
