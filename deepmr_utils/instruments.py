@@ -56,7 +56,7 @@ def variant_table(effect, se, X, *, exposure: int, outcome: int, positions=None,
 
 
 def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float | None = None,
-           k: int | None = None, one_per_position: bool = False) -> pd.DataFrame:
+           k: int | None = None, one_per_position: bool = False, steiger=None) -> pd.DataFrame:
     """Choose instruments among the candidate variants of each locus.
 
     Strategies (instrument strength ``|bx| / bxse`` unless stated):
@@ -74,6 +74,15 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     position, so no two instruments share a base. Variants with a zero SE cannot
     be instruments and are never kept.
 
+    ``steiger=(sd_exposure, sd_outcome)`` adds a directionality filter in the spirit of
+    MR Steiger filtering (Hemani et al. 2017, PLoS Genet; ``steiger_filtering`` in
+    TwoSampleMR): a variant is kept only if it moves the exposure more than the
+    outcome on a common scale, ``|bx| / sd_exposure > |by| / sd_outcome``. The two
+    SDs are the outputs' spread across reference sequences (ISM has no sample size,
+    so standardised effects stand in for variance explained). It removes instruments
+    that act on the outcome first and on the exposure only through it (reverse
+    causation), which otherwise bias every reverse-direction estimate.
+
     The result has the kept rows plus ``n_candidates`` and ``n_kept`` of their
     locus; ``result.attrs["selection"]`` lists every locus, including those that
     kept nothing.
@@ -84,14 +93,21 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     if strategy not in ("local_z", "global_z", "top_k"):
         raise ValueError(f"strategy must be 'local_z', 'global_z' or 'top_k', got {strategy!r}")
     t = table.reset_index(drop=True)
-    usable = (t.bxse > 0) & (t.byse > 0) & np.isfinite(t.bx) & np.isfinite(t.by)
+    valid = (t.bxse > 0) & (t.byse > 0) & np.isfinite(t.bx) & np.isfinite(t.by)
+    usable = valid
+    if steiger is not None:
+        sd = np.asarray(steiger, dtype=np.float64)
+        if sd.shape != (2,) or not np.isfinite(sd).all() or (sd <= 0).any():
+            raise ValueError(f"steiger must be two positive, finite SDs (exposure, outcome), got {steiger!r}")
+        usable = valid & (t.bx.abs() / sd[0] > t.by.abs() / sd[1])
     strength = (t.bx.abs() / t.bxse).where(usable, -np.inf)
     if strategy == "local_z":
         thr = 3.0 if threshold is None else threshold
         keep = strength >= thr
     elif strategy == "global_z":
         thr = 2.0 if threshold is None else threshold
-        z = (t.bx - t.bx[usable].mean()) / t.bx[usable].std(ddof=0)
+        # standardised over all valid variants, as in the original rule, whatever the direction filter
+        z = (t.bx - t.bx[valid].mean()) / t.bx[valid].std(ddof=0)
         keep = usable & (z.abs() >= thr)
     else:
         kk = 10 if k is None else int(k)
@@ -115,5 +131,6 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     out = out.sort_values(["locus", "position", "alt"], kind="stable").reset_index(drop=True)
     out.attrs["selection"] = summary.reset_index().rename(columns={"index": "locus"})
     out.attrs["strategy"] = {"strategy": strategy, "threshold": threshold, "k": k,
-                             "one_per_position": one_per_position}
+                             "one_per_position": one_per_position,
+                             "steiger": None if steiger is None else tuple(map(float, steiger))}
     return out

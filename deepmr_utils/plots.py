@@ -1,4 +1,4 @@
-"""Figures for MR results: scatter with fitted lines, forest plot, funnel plot.
+"""Figures: MR scatter with fitted lines, forest and funnel plots, and the chapters' panels.
 
 Each function draws on an existing ``matplotlib`` Axes (or a new one) and
 returns it, so chapters can compose panels. Nothing is shown or saved here.
@@ -13,7 +13,8 @@ import numpy as np
 from ._validate import as_1d
 from .mr import MRResult, _ratio_se
 
-__all__ = ["mr_scatter", "forest", "funnel", "estimate_vs_truth"]
+__all__ = ["mr_scatter", "forest", "funnel", "estimate_vs_truth", "loss_curves", "binding_tracks", "ism_heatmap",
+           "coverage", "profiles", "effect_matrix"]
 
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -207,4 +208,63 @@ def coverage(frames: dict, *, ax=None):
     ax.set_xlabel("expected coverage")
     ax.set_ylabel("observed coverage")
     ax.legend(frameon=False, fontsize="x-small")
+    return ax
+
+
+def profiles(observed, predicted=None, *, names=None, sites=None, widths=None, axes=None):
+    """Two-strand base-resolution profiles ``(T, 2, L)``, one panel per task.
+
+    Observed counts are drawn as bars (+ strand up, - strand down); ``predicted``
+    (same shape, expected counts) as lines. Motif instances (``sites``: start per
+    motif, -1 = none; ``widths``) are shaded in every panel.
+    """
+    observed = np.asarray(observed, dtype=float)
+    if observed.ndim != 3 or observed.shape[1] != 2:
+        raise ValueError(f"observed must be (T, 2, L), got {observed.shape}")
+    T, _, L = observed.shape
+    if axes is None:
+        _, axes = plt.subplots(T, 1, figsize=(10, 1.5 * T + 0.5), sharex=True)
+    axes = np.atleast_1d(axes)
+    x = np.arange(L)
+    for t, ax in enumerate(axes):
+        c = _COLORS[t % len(_COLORS)]
+        ax.bar(x, observed[t, 0], width=1.0, color=c, alpha=0.45, lw=0)
+        ax.bar(x, -observed[t, 1], width=1.0, color=c, alpha=0.45, lw=0)
+        if predicted is not None:
+            ax.plot(x, predicted[t, 0], color=c, lw=1.2)
+            ax.plot(x, -np.asarray(predicted)[t, 1], color=c, lw=1.2)
+        ax.axhline(0, color="0.6", lw=0.5)
+        ax.set_ylabel(names[t] if names is not None else f"task {t}")
+        if sites is not None and widths is not None:
+            for j, s in enumerate(sites):
+                if s >= 0:
+                    ax.axvspan(s - 0.5, s + widths[j] - 0.5, color=_COLORS[j % len(_COLORS)], alpha=0.12, lw=0)
+    axes[-1].set_xlabel("position (+ strand up, - strand down)")
+    return axes
+
+
+def effect_matrix(matrix, *, low=None, high=None, ax=None, title: str = "", vmax=None, cmap: str = "RdBu_r"):
+    """Heatmap of an exposure x outcome effect matrix (a DataFrame), annotated with the values.
+
+    ``low``/``high`` (same shape) add the CI to each annotation.
+    """
+    m = matrix.to_numpy(dtype=float)
+    ax = _axes(ax, (4.2, 3.8))
+    lim = vmax if vmax is not None else (np.nanmax(np.abs(m)) or 1.0)
+    im = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
+    ax.set_xticks(range(m.shape[1]), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(m.shape[0]), matrix.index)
+    ax.set_xlabel("outcome")
+    ax.set_ylabel("exposure")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if np.isnan(m[i, j]):
+                continue
+            text = f"{m[i, j]:.2f}"
+            if low is not None and high is not None:
+                text += f"\n[{low.iloc[i, j]:.2f}, {high.iloc[i, j]:.2f}]"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="white" if abs(m[i, j]) > 0.6 * lim else "black")
+    ax.set_title(title)
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax

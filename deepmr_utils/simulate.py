@@ -289,17 +289,19 @@ def draw_effect_ratio(rng: np.random.Generator, *, p_large: float = 0.5, large: 
 # =============================================================================
 
 OSKN = ("Oct4", "Sox2", "Nanog", "Klf4")
-# motifs that recruit each TF directly; Oct4 binds as the Oct4-Sox2 composite
-OSKN_MOTIFS = {"Oct4": ("Pou5f1::Sox2",), "Sox2": ("Sox2", "Pou5f1::Sox2"), "Nanog": ("Nanog",), "Klf4": ("Klf4",)}
+# Motifs that recruit each TF directly. Oct4 binds the Oct4-Sox2 composite; Sox2 binds its own
+# motif, and also (weakly) the composite's Sox half wherever the Sox2 matrix scores it.
+OSKN_MOTIFS = {"Oct4": ("Pou5f1::Sox2",), "Sox2": ("Sox2",), "Nanog": ("Nanog",), "Klf4": ("Klf4",)}
 # B[s, t]: how strongly binding of TF s raises binding of TF t (rows: exposure, columns: outcome).
-# Sox2 strongly helps the others, Klf4 weakly, Oct4 helps Nanog; the rest is zero. Acyclic in the
-# order Sox2 -> Klf4 -> Oct4 -> Nanog, so the cascade below is well defined.
+# Sox2 strongly helps the others, Oct4 helps Nanog, Klf4 weakly helps Oct4 and Nanog; the other
+# six pairs are zero, so the reverse directions are all null. Acyclic in the order
+# Sox2 -> Klf4 -> Oct4 -> Nanog, so the cascade below is well defined.
 OSKN_EFFECTS = np.array([
     # Oct4  Sox2  Nanog  Klf4
-    [0.0,  0.0,  0.4,  0.0],   # Oct4
-    [0.8,  0.0,  0.8,  0.6],   # Sox2
+    [0.0,  0.0,  1.0,  0.0],   # Oct4
+    [2.0,  0.0,  2.0,  1.5],   # Sox2
     [0.0,  0.0,  0.0,  0.0],   # Nanog
-    [0.25, 0.0,  0.15, 0.0],   # Klf4
+    [0.6,  0.0,  0.4,  0.0],   # Klf4
 ])
 _CASCADE_ORDER = (1, 3, 0, 2)  # Sox2, Klf4, Oct4, Nanog
 
@@ -308,15 +310,20 @@ _CASCADE_ORDER = (1, 3, 0, 2)  # Sox2, Klf4, Oct4, Nanog
 class ChipNexusModel:
     """Base-resolution, two-strand ChIP-nexus-like counts for the four OSKN TFs.
 
-    Each sequence carries 0-3 sampled motif instances (Oct4-Sox2 composite, Sox2,
-    Nanog, Klf4 from JASPAR). TF ``t`` binds directly with occupancy ``q_t`` (its
+    Each sequence carries each of four motifs (Oct4-Sox2 composite, Sox2, Nanog,
+    Klf4, from JASPAR) independently with probability ``motif_prob``, at random
+    non-overlapping positions. Instances are drawn from the PWM raised to the power
+    ``site_strength`` (renormalised): near-consensus sites, like those under real
+    ChIP-nexus peaks, rather than the weak matches that random DNA also contains. Independence matters: if motifs co-occurred, a model
+    could predict one TF from another TF's motif without any causal link. TF ``t`` binds directly with occupancy ``q_t`` (its
     own motifs; :mod:`deepmr_utils.motifs`) and is recruited by the TFs upstream of
     it: ``b_t = q_t (1 + sum_s B[s, t] k_st b_s)`` in the order Sox2, Klf4, Oct4,
     Nanog, with ``k_st = exp(-d_st / spacing)`` for the distance ``d_st`` between the
     two TFs' best sites (spacing-dependent cooperativity). Expected total counts are
-    ``1 + depth_t b_t``; the profile puts them in footprints (strand + left, strand -
-    right of the site) on a flat background. ``B`` = :data:`OSKN_EFFECTS` by default.
-    Models learn ``log(1 + counts)``; the oracle gives its noise-free value.
+    ``1 + depth_t b_t``: one background read spread evenly over both strands, and
+    ``depth_t b_t`` bound reads in footprints (strand + left, strand - right of the
+    best site). ``B`` = :data:`OSKN_EFFECTS` by default.
+    Models learn ``log(1 + counts)`` per strand; :meth:`oracle` gives its noise-free value.
     The binding threshold ``mu`` defaults to ``-(log(length) + 1)``, so that background
     occupancy stays low whatever the number of windows.
     """
@@ -332,10 +339,19 @@ class ChipNexusModel:
     spacing: float = 100.0
     mu: float | None = None
     pseudocount: float = 1e-3
-    max_motifs: int = 3
+    motif_prob: float = 0.5
     footprint_offset: int = 6
     footprint_sd: float = 3.0
-    profile_background: float = 0.3
+    site_strength: float = 2.0
+
+    def __post_init__(self):
+        if self.site_strength <= 0:
+            raise ValueError(f"site_strength must be > 0, got {self.site_strength}")
+        if not 0.0 <= self.motif_prob <= 1.0:
+            raise ValueError(f"motif_prob must lie in [0, 1], got {self.motif_prob}")
+        widths = sum(self.pwm(m).shape[0] for m in ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4"))
+        if self.length < widths:
+            raise ValueError(f"length {self.length} cannot hold the four motifs ({widths} bases)")
 
     @property
     def tasks(self):
@@ -377,21 +393,32 @@ class ChipNexusModel:
             b[:, t] = q[:, t] * (1 + recruit)
         return b
 
+    def log_counts(self, b) -> np.ndarray:
+        """``log(1 + expected counts per strand)`` for binding ``b`` ``(n, T)``: BPNet's counts scale."""
+        return np.log1p(0.5 * (1 + np.asarray(self.depth) * b))
+
     def oracle(self, X) -> np.ndarray:
-        """Noise-free ``log(1 + expected total counts)`` ``(n, T)``."""
-        return np.log1p(1 + np.asarray(self.depth) * self.binding(X))
+        """Noise-free ``log(1 + expected counts per strand)`` ``(n, T)``, the scale of :func:`bpnet.counts`."""
+        return self.log_counts(self.binding(X))
 
     def sample(self, n: int, seed: int | None = None) -> dict:
-        """``X`` ``(n, 4, L)``, observed profiles ``(n, T, 2, L)``, total counts ``(n, T)``, motif sites."""
+        """Sequences and ChIP-nexus-like reads.
+
+        Returns ``X`` ``(n, 4, L)``, observed ``profiles`` ``(n, T, 2, L)``, ``total`` counts
+        ``(n, T)``, ``y`` = strand mean of ``log(1 + strand counts)`` ``(n, T)`` (what the
+        BPNet counts head predicts), the motif start ``sites`` ``(n, 4)`` (-1 = absent;
+        columns in the order of ``motifs``, which is also the TF order) and ``motifs``.
+        """
         rng = np.random.default_rng(seed)
         L = self.length
         codes = rng.choice(4, size=(n, L), p=np.asarray(self.background))
         names = ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")
-        pwms = [self.pwm(m) for m in names]
+        pwms = [self.pwm(m) ** self.site_strength for m in names]
+        pwms = [p / p.sum(axis=1, keepdims=True) for p in pwms]
         sites = np.full((n, 4), -1)
         for i in range(n):
-            k = rng.integers(0, self.max_motifs + 1)
-            chosen = rng.choice(4, size=k, replace=False)
+            chosen = rng.permutation(np.flatnonzero(rng.random(4) < self.motif_prob))
+            k = chosen.size
             widths = [pwms[j].shape[0] for j in chosen]
             free = L - sum(widths)
             cuts = np.sort(rng.integers(0, free + 1, k))
@@ -408,23 +435,30 @@ class ChipNexusModel:
         b = self.binding(X, q=q, pos=pos)
         lam = 1 + np.asarray(self.depth) * b
         total = rng.poisson(lam)
-        shape = self.profile_shape(pos, q)
+        shape = self.profile_shape(pos, b)
         profiles = np.zeros((n, 4, 2, L), dtype=np.float32)
         for i in range(n):
             for t in range(4):
                 profiles[i, t] = rng.multinomial(total[i, t], shape[i, t].ravel()).reshape(2, L)
         return {"X": X, "profiles": torch.from_numpy(profiles), "total": total.astype(np.float64),
-                "y": np.log1p(total.astype(np.float64)), "sites": sites, "motifs": names}
+                "y": np.log1p(profiles.sum(axis=3, dtype=np.float64)).mean(axis=2), "sites": sites, "motifs": names}
 
-    def profile_shape(self, pos, q) -> np.ndarray:
-        """Per-strand footprint shapes ``(n, T, 2, L)`` summing to 1 over strands and positions."""
+    def profile_shape(self, pos, b) -> np.ndarray:
+        """Expected read distribution ``(n, T, 2, L)`` (sums to 1 per task) for binding ``b`` ``(n, T)``.
+
+        A fraction ``depth b / (1 + depth b)`` of the reads falls in the footprint at the
+        best site (+ strand ``footprint_offset`` left of it, - strand right), the rest
+        evenly over both strands and all positions.
+        """
         L = self.length
         x = np.arange(L)
         plus = np.exp(-0.5 * ((x[None, None, :] - (pos[..., None] - self.footprint_offset)) / self.footprint_sd) ** 2)
         minus = np.exp(-0.5 * ((x[None, None, :] - (pos[..., None] + self.footprint_offset)) / self.footprint_sd) ** 2)
-        peak = np.stack([plus, minus], axis=2) * q[..., None, None]
-        shape = peak / peak.sum(axis=(2, 3), keepdims=True) + self.profile_background / (2 * L)
-        return shape / shape.sum(axis=(2, 3), keepdims=True)
+        peak = np.stack([plus, minus], axis=2)
+        peak /= peak.sum(axis=(2, 3), keepdims=True)
+        bound = np.asarray(self.depth) * b
+        w = (bound / (1 + bound))[..., None, None]
+        return w * peak + (1 - w) / (2 * L)
 
     def true_local_effects(self, X, table, exposure: int, outcome: int) -> pd.DataFrame:
         """True local effect of TF ``exposure`` on TF ``outcome`` per locus, on the given instruments.
@@ -443,9 +477,8 @@ class ChipNexusModel:
         mut[r, :, p] = 0
         mut[r, alt, p] = 1
         q_mut, pos_mut = self._sites(mut)
-        depth = np.asarray(self.depth)
-        ref = np.log1p(1 + depth * self.binding(None, q=q_ref[loc], pos=pos_ref[loc]))
+        ref = self.log_counts(self.binding(None, q=q_ref[loc], pos=pos_ref[loc]))
         q_c, pos_c = q_ref[loc].copy(), pos_ref[loc].copy()
         q_c[:, exposure], pos_c[:, exposure] = q_mut[:, exposure], pos_mut[:, exposure]
-        causal = np.log1p(1 + depth * self.binding(None, q=q_c, pos=pos_c))
+        causal = self.log_counts(self.binding(None, q=q_c, pos=pos_c))
         return _slope_through_origin(loc, causal[:, exposure] - ref[:, exposure], causal[:, outcome] - ref[:, outcome])

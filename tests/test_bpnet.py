@@ -133,3 +133,27 @@ def test_loss_decreases_when_fitting_profiles():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < first
+
+
+def test_evaluate_profile_and_counts_metrics():
+    torch.manual_seed(0)
+    m = BPNet(TASKS[:2], n_filters=4, n_layers=2, stem_kernel=5, tconv_kernel=5)
+    X = sq.random_sequences(6, 40, seed=1)
+    rng = np.random.default_rng(0)
+    counts = torch.from_numpy(rng.poisson(0.3, size=(6, 2, 2, 40)).astype(np.float32))
+    with torch.no_grad():  # a flat profile head: the model's NLL must equal the uniform floor
+        m.profile.weight.zero_()
+        m.profile.bias.zero_()
+    res = bpnet.evaluate([m, m], X, counts, tasks=TASKS[:2])
+    assert list(res.task) == list(TASKS[:2])
+    assert np.allclose(res.profile_nll, np.log(80)) and np.allclose(res.uniform_nll, np.log(80))
+    # counts metrics against a direct computation
+    with torch.no_grad():
+        pred = m(X)[1].mean(dim=-1).double().numpy()
+    y = np.log1p(counts.numpy().sum(axis=-1, dtype=np.float64)).mean(axis=-1)
+    assert res.counts_pearson[1] == pytest.approx(np.corrcoef(y[:, 1], pred[:, 1])[0, 1])
+    assert res.counts_r2[0] == pytest.approx(1 - np.mean((y[:, 0] - pred[:, 0]) ** 2) / y[:, 0].var())
+    # a reference shape that puts all reads where they are scores far better than uniform
+    shape = (counts + 1e-3) / (counts + 1e-3).sum(dim=(2, 3), keepdim=True)
+    res = bpnet.evaluate(m, X, counts, reference_shape=shape.numpy())
+    assert (res.reference_nll < res.uniform_nll - 0.5).all()

@@ -172,7 +172,7 @@ def test_chip_nexus_sampling_and_truth():
     d = gen.sample(40, seed=0)
     assert d["X"].shape == (40, 4, 150) and d["profiles"].shape == (40, 4, 2, 150)
     assert np.array_equal(d["profiles"].sum(dim=(2, 3)).numpy(), d["total"])  # profiles distribute the totals
-    assert np.allclose(d["y"], np.log1p(d["total"]))
+    assert np.allclose(d["y"], np.log1p(d["profiles"].numpy().sum(axis=3, dtype=np.float64)).mean(axis=2))
     # recruitment: with all effects zero, binding equals direct occupancy
     q, pos = gen._sites(d["X"])
     flat = simulate.ChipNexusModel(length=150, effects=tuple(map(tuple, np.zeros((4, 4)))))
@@ -186,4 +186,25 @@ def test_chip_nexus_sampling_and_truth():
     sox2, oct4, nanog = 1, 0, 2  # indices in simulate.OSKN
     assert gen.true_local_effects(d["X"], table, nanog, sox2).theta.fillna(0).abs().max() < 1e-12
     assert (gen.true_local_effects(d["X"], table, sox2, oct4).theta.dropna() >= 0).all()
-    assert np.isclose(gen.oracle(d["X"][:3]), np.log1p(1 + np.asarray(gen.depth) * b[:3])).all()
+    assert np.isclose(gen.oracle(d["X"][:3]), np.log1p(0.5 * (1 + np.asarray(gen.depth) * b[:3]))).all()
+    # read distribution: sums to one; an unbound TF's reads are flat, a bound TF's sit in the footprint
+    shape = gen.profile_shape(pos[:2], np.array([[0.0, 1.0, 0.0, 1.0]] * 2))
+    assert np.allclose(shape.sum(axis=(2, 3)), 1.0)
+    assert np.allclose(shape[:, 0], 1 / 300) and shape[:, 1].max() > 10 / 300
+
+
+def test_chip_nexus_motifs_are_independent_and_strong():
+    gen = simulate.ChipNexusModel(length=100)
+    d = gen.sample(1500, seed=1)
+    present = d["sites"] >= 0
+    assert abs(present.mean() - 0.5) < 0.03
+    # no motif predicts another's presence (otherwise a model could shortcut the causal structure)
+    corr = np.corrcoef(present.T)[np.triu_indices(4, 1)]
+    assert np.abs(corr).max() < 0.08
+    # planted sites are bound more than chance matches of the same motif elsewhere
+    q, _ = gen._sites(d["X"])
+    for t in range(4):
+        assert np.median(q[present[:, t], t]) > 0.6 > 3 * np.median(q[~present[:, t], t])
+    for bad in ({"motif_prob": 1.5}, {"site_strength": 0.0}, {"length": 30}):
+        with pytest.raises(ValueError):
+            simulate.ChipNexusModel(**bad)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dilated import DilatedResidualNet
 
-__all__ = ["BPNet", "bpnet_loss", "counts", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
+__all__ = ["BPNet", "bpnet_loss", "counts", "evaluate", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
 
 # Zenodo record 4294904, bpnet.model.h5 (Kipoi BPNet-OSKN), MIT licence
 OSKN_MD5 = "bbe883baef261877bfad07d05feb627d"
@@ -76,6 +77,50 @@ def bpnet_loss(output, profile_counts: torch.Tensor, *, count_weight: float = 10
     nll = -(profile_counts * logp).sum(dim=-1) - torch.lgamma(total + 1) + torch.lgamma(profile_counts + 1).sum(dim=-1)
     mse = F.mse_loss(log_counts, torch.log1p(total))
     return nll.sum(dim=(1, 2)).mean() + count_weight * mse
+
+
+@torch.no_grad()
+def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Sequence[str] | None = None,
+             batch_size: int = 128, reference_shape=None) -> pd.DataFrame:
+    """Held-out accuracy of a BPNet ensemble, one row per task.
+
+    ``X``: ``(N, 4, L)``; ``profile_counts``: observed reads ``(N, T, 2, L)``. Columns:
+
+    * ``counts_pearson``, ``counts_r2``: ensemble-mean counts head against the strand mean of
+      ``log(1 + strand counts)`` (BPNet's counts metric);
+    * ``profile_nll``: multinomial negative log-likelihood per read of the observed profiles
+      under the ensemble's mean profile (lower is better), next to ``uniform_nll`` (a flat
+      profile: the floor a useless model reaches) and, if ``reference_shape`` ``(N, T, 2, L)``
+      is given (e.g. the simulator's expected read distribution), ``reference_nll``.
+    """
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    dev = next(models[0].parameters()).device
+    N, T, _, L = profile_counts.shape
+    probs = torch.zeros(N, T, 2 * L, dtype=torch.float64)
+    logc = torch.zeros(N, T, dtype=torch.float64)
+    for m in models:
+        m.eval()
+        for i in range(0, N, batch_size):
+            prof, lc = m(X[i:i + batch_size].to(dev).float())
+            probs[i:i + batch_size] += torch.softmax(prof.reshape(prof.shape[0], T, -1), dim=-1).double().cpu()
+            logc[i:i + batch_size] += lc.mean(dim=-1).double().cpu()
+    probs /= len(models)
+    logc /= len(models)
+    obs = profile_counts.double().reshape(N, T, -1)
+    reads = obs.sum(dim=(0, 2))
+    y = torch.log1p(profile_counts.double().sum(dim=-1)).mean(dim=-1)
+
+    def nll(p):
+        return (-(obs * torch.log(p.clamp_min(1e-300))).sum(dim=(0, 2)) / reads).numpy()
+
+    rows = {"task": list(tasks) if tasks is not None else list(range(T)),
+            "counts_pearson": [float(np.corrcoef(y[:, t], logc[:, t])[0, 1]) for t in range(T)],
+            "counts_r2": (1 - ((y - logc) ** 2).mean(dim=0) / y.var(dim=0, unbiased=False)).numpy(),
+            "profile_nll": nll(probs), "uniform_nll": np.full(T, np.log(2 * L))}
+    if reference_shape is not None:
+        ref = torch.as_tensor(np.asarray(reference_shape), dtype=torch.float64).reshape(N, T, -1)
+        rows["reference_nll"] = nll(ref)
+    return pd.DataFrame(rows)
 
 
 # Keras layer names of the published file (Kipoi BPNet-OSKN): the body, then per task

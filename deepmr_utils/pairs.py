@@ -1,0 +1,100 @@
+"""DeepMR for every ordered pair of a model's outputs, from one mutagenesis run.
+
+ISM is run once; each (exposure, outcome) pair then only needs a variant table,
+instrument selection, per-locus MR and a meta-analysis. :func:`all_pairs` does
+that for all ``T (T - 1)`` pairs and returns tidy frames: one row per pair (the
+global effect) and one row per pair and locus (the local effects).
+"""
+from __future__ import annotations
+
+from itertools import permutations
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import instruments, meta, mr
+
+__all__ = ["all_pairs", "effect_matrix"]
+
+
+def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | None = None,
+              steiger_sd=None, method: str = "ivw", meta_method: str = "REML", min_loci: int = 2,
+              truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
+              pairs=None, **mr_kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Local and global MR effects for every ordered pair of outputs.
+
+    Parameters
+    ----------
+    effect, se : ``(N, P, 4, T)`` from :func:`deepmr_utils.uncertainty.paired_effects`.
+    X : the one-hot ``(N, 4, L)`` sequences they came from.
+    names : the ``T`` output names.
+    loci : ``None`` (every sequence for every pair) or a callable
+        ``loci(exposure, outcome) -> indices`` of the sequences to analyse for that pair.
+    select : keyword arguments for :func:`deepmr_utils.instruments.select`.
+    steiger_sd : ``(T,)`` spread of each output across reference sequences; when given,
+        instruments must pass the Steiger direction filter (see ``select``).
+    method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`.
+    truth : optional ``truth(selected_table, exposure, outcome)`` returning
+        ``locus, theta`` (the true local effects); adds ``theta`` and ``truth`` columns.
+    pairs : ``None`` (all ordered pairs) or a list of ``(exposure, outcome)`` indices.
+
+    Returns
+    -------
+    ``(global, local)``: ``global`` has one row per pair with the random-effects
+    estimate, SE, CI, tau, p-value, number of loci and instruments (and ``truth``,
+    the mean true local effect over the same loci); ``local`` has the per-locus rows
+    of :func:`~deepmr_utils.mr.per_locus` with ``exposure`` and ``outcome`` columns.
+    """
+    effect, se = np.asarray(effect), np.asarray(se)
+    if effect.ndim != 4 or effect.shape != se.shape:
+        raise ValueError(f"effect and se must both be (N, P, 4, T), got {effect.shape} and {se.shape}")
+    T = effect.shape[3]
+    if len(names) != T:
+        raise ValueError(f"names has {len(names)} entries for {T} outputs")
+    if steiger_sd is not None:
+        steiger_sd = np.asarray(steiger_sd, dtype=np.float64)
+        if steiger_sd.shape != (T,):
+            raise ValueError(f"steiger_sd must have one SD per output ({T}), got shape {steiger_sd.shape}")
+    select = dict(select or {})
+    todo = list(permutations(range(T), 2)) if pairs is None else [tuple(map(int, p)) for p in pairs]
+    rows, local_all = [], []
+    for e, o in todo:
+        keep = np.arange(effect.shape[0]) if loci is None else np.asarray(loci(e, o), dtype=int)
+        row = {"exposure": names[e], "outcome": names[o], "n_loci": 0, "n_instruments": 0}
+        if keep.size == 0:
+            rows.append(row)
+            continue
+        table = instruments.variant_table(effect[keep], se[keep], X[keep], exposure=e, outcome=o,
+                                          loci=keep, output_names=list(names))
+        sd = None if steiger_sd is None else (steiger_sd[e], steiger_sd[o])
+        chosen = instruments.select(table, steiger=sd, **select)
+        if len(chosen) == 0:
+            rows.append(row)
+            continue
+        local = mr.per_locus(chosen, method, **mr_kwargs)
+        if truth is not None:
+            local = local.merge(truth(chosen, e, o), on="locus", how="left")
+        local.insert(0, "exposure", names[e])
+        local.insert(1, "outcome", names[o])
+        local_all.append(local)
+        ok = local[local.status == "ok"]
+        row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()))
+        if len(ok) >= min_loci:
+            g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy(), method=meta_method)
+            row.update(estimate=g.estimate, se=g.se, ci_low=g.ci_low, ci_high=g.ci_high, tau=g.tau,
+                       pvalue=g.pvalue, i2=g.i2)
+        if truth is not None:
+            row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
+        rows.append(row)
+    local = pd.concat(local_all, ignore_index=True) if local_all else pd.DataFrame()
+    return pd.DataFrame(rows), local
+
+
+def effect_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Pivot a per-pair frame to an exposure x outcome matrix (diagonal NaN)."""
+    m = frame.pivot(index="exposure", columns="outcome", values=value)
+    if names is not None:
+        m = m.reindex(index=list(names), columns=list(names))
+    m.index.name, m.columns.name = "exposure", "outcome"
+    return m
