@@ -42,13 +42,14 @@ _SIZES = {
                   "max_epochs": 100, "patience": 10, "n_boot": 1000},
     },
     "bpnet": {
-        # sequence length, architecture, ensemble, training data and mutated loci
-        "quick": {"length": 200, "n_layers": 4, "n_filters": 16, "n_members": 3, "n_train": 1500,
-                  "max_epochs": 15, "patience": 4, "n_loci": 60},
-        "default": {"length": 400, "n_layers": 6, "n_filters": 32, "n_members": 4, "n_train": 5000,
-                    "max_epochs": 30, "patience": 5, "n_loci": 200},
+        # sequence length, architecture, ensemble, training data and mutated loci. Six dilated
+        # layers reach 277 bp, so the receptive field spans both sites of most motif pairs.
+        "quick": {"length": 200, "n_layers": 6, "n_filters": 16, "n_members": 3, "n_train": 1500,
+                  "max_epochs": 25, "patience": 4, "batch_size": 32, "n_loci": 80},
+        "default": {"length": 300, "n_layers": 6, "n_filters": 32, "n_members": 4, "n_train": 4000,
+                    "max_epochs": 40, "patience": 5, "batch_size": 32, "n_loci": 300},
         "paper": {"length": 1000, "n_layers": 9, "n_filters": 64, "n_members": 5, "n_train": 20000,
-                  "max_epochs": 200, "patience": 5, "n_loci": 2000},
+                  "max_epochs": 200, "patience": 5, "batch_size": 128, "n_loci": 2000},
     },
 }
 

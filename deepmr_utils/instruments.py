@@ -74,14 +74,16 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     position, so no two instruments share a base. Variants with a zero SE cannot
     be instruments and are never kept.
 
-    ``steiger=(sd_exposure, sd_outcome)`` adds a directionality filter in the spirit of
-    MR Steiger filtering (Hemani et al. 2017, PLoS Genet; ``steiger_filtering`` in
-    TwoSampleMR): a variant is kept only if it moves the exposure more than the
-    outcome on a common scale, ``|bx| / sd_exposure > |by| / sd_outcome``. The two
-    SDs are the outputs' spread across reference sequences (ISM has no sample size,
-    so standardised effects stand in for variance explained). It removes instruments
-    that act on the outcome first and on the exposure only through it (reverse
-    causation), which otherwise bias every reverse-direction estimate.
+    ``steiger`` adds a direction filter in the spirit of MR Steiger filtering (Hemani
+    et al. 2017, PLoS Genet; ``steiger_filtering`` in TwoSampleMR): a variant is kept
+    only if it moves the exposure more than the outcome, ``|bx| / s_x > |by| / s_y``.
+    ``steiger=True`` compares the effects directly (``s_x = s_y = 1``: right when both
+    outputs are on the same scale, e.g. two counts heads of one model); a pair
+    ``(s_x, s_y)``, e.g. the outputs' SDs across sequences, puts outputs in different
+    units on a common scale (ISM has no sample size, so this stands in for variance
+    explained). It drops instruments that act on the outcome first and on the exposure
+    only through it (reverse causation), which otherwise bias every reverse-direction
+    estimate.
 
     The result has the kept rows plus ``n_candidates`` and ``n_kept`` of their
     locus; ``result.attrs["selection"]`` lists every locus, including those that
@@ -95,10 +97,10 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     t = table.reset_index(drop=True)
     valid = (t.bxse > 0) & (t.byse > 0) & np.isfinite(t.bx) & np.isfinite(t.by)
     usable = valid
-    if steiger is not None:
-        sd = np.asarray(steiger, dtype=np.float64)
+    if steiger is not None and steiger is not False:
+        sd = np.ones(2) if steiger is True else np.asarray(steiger, dtype=np.float64)
         if sd.shape != (2,) or not np.isfinite(sd).all() or (sd <= 0).any():
-            raise ValueError(f"steiger must be two positive, finite SDs (exposure, outcome), got {steiger!r}")
+            raise ValueError(f"steiger must be True or two positive, finite scales (exposure, outcome), got {steiger!r}")
         usable = valid & (t.bx.abs() / sd[0] > t.by.abs() / sd[1])
     strength = (t.bx.abs() / t.bxse).where(usable, -np.inf)
     if strategy == "local_z":
@@ -132,5 +134,6 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     out.attrs["selection"] = summary.reset_index().rename(columns={"index": "locus"})
     out.attrs["strategy"] = {"strategy": strategy, "threshold": threshold, "k": k,
                              "one_per_position": one_per_position,
-                             "steiger": None if steiger is None else tuple(map(float, steiger))}
+                             "steiger": None if steiger is None or steiger is False else
+                             (1.0, 1.0) if steiger is True else tuple(map(float, steiger))}
     return out

@@ -19,7 +19,7 @@ __all__ = ["all_pairs", "effect_matrix"]
 
 
 def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | None = None,
-              steiger_sd=None, method: str = "ivw", meta_method: str = "REML", min_loci: int = 2,
+              steiger=None, method: str = "ivw", meta_method: str = "REML", min_loci: int = 2,
               truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
               pairs=None, **mr_kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Local and global MR effects for every ordered pair of outputs.
@@ -32,8 +32,9 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
     loci : ``None`` (every sequence for every pair) or a callable
         ``loci(exposure, outcome) -> indices`` of the sequences to analyse for that pair.
     select : keyword arguments for :func:`deepmr_utils.instruments.select`.
-    steiger_sd : ``(T,)`` spread of each output across reference sequences; when given,
-        instruments must pass the Steiger direction filter (see ``select``).
+    steiger : ``None`` (no direction filter), ``True`` (instruments must move the exposure
+        more than the outcome; outputs on one scale) or ``(T,)`` per-output scales (e.g. SDs
+        across sequences) to compare outputs in different units. See ``instruments.select``.
     method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`.
     truth : optional ``truth(selected_table, exposure, outcome)`` returning
         ``locus, theta`` (the true local effects); adds ``theta`` and ``truth`` columns.
@@ -52,10 +53,13 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
     T = effect.shape[3]
     if len(names) != T:
         raise ValueError(f"names has {len(names)} entries for {T} outputs")
-    if steiger_sd is not None:
-        steiger_sd = np.asarray(steiger_sd, dtype=np.float64)
-        if steiger_sd.shape != (T,):
-            raise ValueError(f"steiger_sd must have one SD per output ({T}), got shape {steiger_sd.shape}")
+    scales = None
+    if steiger is True:
+        scales = np.ones(T)
+    elif steiger is not None and steiger is not False:
+        scales = np.asarray(steiger, dtype=np.float64)
+        if scales.shape != (T,):
+            raise ValueError(f"steiger must be True or one scale per output ({T}), got shape {scales.shape}")
     select = dict(select or {})
     todo = list(permutations(range(T), 2)) if pairs is None else [tuple(map(int, p)) for p in pairs]
     rows, local_all = [], []
@@ -67,7 +71,7 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
             continue
         table = instruments.variant_table(effect[keep], se[keep], X[keep], exposure=e, outcome=o,
                                           loci=keep, output_names=list(names))
-        sd = None if steiger_sd is None else (steiger_sd[e], steiger_sd[o])
+        sd = None if scales is None else (scales[e], scales[o])
         chosen = instruments.select(table, steiger=sd, **select)
         if len(chosen) == 0:
             rows.append(row)

@@ -443,6 +443,21 @@ class ChipNexusModel:
         return {"X": X, "profiles": torch.from_numpy(profiles), "total": total.astype(np.float64),
                 "y": np.log1p(profiles.sum(axis=3, dtype=np.float64)).mean(axis=2), "sites": sites, "motifs": names}
 
+    def expected_profiles(self, X) -> np.ndarray:
+        """Expected read distribution ``(n, T, 2, L)`` of sequences ``X`` (the profile oracle)."""
+        q, pos = self._sites(X)
+        return self.profile_shape(pos, self.binding(X, q=q, pos=pos))
+
+    def motif_distance(self, sites, a: int, b: int) -> np.ndarray:
+        """Gap in bases between the planted instances of motifs ``a`` and ``b`` (``sites`` from
+        :meth:`sample`; 0 when they touch, NaN when either is absent), as in the original
+        study's motif-spacing analysis."""
+        sites = np.asarray(sites)
+        w = [self.pwm(m).shape[0] for m in ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")]
+        sa, sb = sites[:, a].astype(float), sites[:, b].astype(float)
+        gap = np.maximum(sb - (sa + w[a]), sa - (sb + w[b])).clip(min=0)
+        return np.where((sa >= 0) & (sb >= 0), gap, np.nan)
+
     def profile_shape(self, pos, b) -> np.ndarray:
         """Expected read distribution ``(n, T, 2, L)`` (sums to 1 per task) for binding ``b`` ``(n, T)``.
 

@@ -157,3 +157,16 @@ def test_evaluate_profile_and_counts_metrics():
     shape = (counts + 1e-3) / (counts + 1e-3).sum(dim=(2, 3), keepdim=True)
     res = bpnet.evaluate(m, X, counts, reference_shape=shape.numpy())
     assert (res.reference_nll < res.uniform_nll - 0.5).all()
+
+
+def test_init_counts_bias_starts_at_the_mean():
+    m = BPNet(TASKS[:2], n_filters=4, n_layers=2, stem_kernel=5, tconv_kernel=5)
+    counts = torch.zeros(3, 2, 2, 10)
+    counts[:, 1, 0, 0] = torch.tensor([0.0, 1.0, 3.0])
+    bpnet.init_counts_bias(m, counts)
+    assert torch.allclose(m.head.bias, torch.tensor([0.0, 0.0, np.log([1, 2, 4]).mean(), 0.0], dtype=torch.float32))
+    with torch.no_grad():
+        m.head.weight.zero_()
+    assert torch.allclose(m(sq.random_sequences(1, 10, seed=0))[1][0, 1, 0], m.head.bias[2])
+    with pytest.raises(ValueError, match="profile_counts must be"):
+        bpnet.init_counts_bias(m, counts[:, :1])

@@ -209,3 +209,16 @@ def test_non_finite_predictions_raise(X):
 
     with pytest.raises(ValueError, match="non-finite prediction: sequence 0, model 0, position 3, base A"):
         ism.saturation_mutagenesis(Bad(), sq.one_hot("CCCCCC"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kw", [{"fast": True}, {"fast": False, "ensemble": "vmap"}, {"fast": False, "ensemble": "loop"}])
+def test_cuda_matches_cpu(dilated_ensemble, X, reference, kw):
+    """The same numbers on the GPU (TF32 off), and bf16 autocast stays close."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out = ism.saturation_mutagenesis(dilated_ensemble, X, device="cuda", **kw)
+    assert out.device.type == "cpu" and (out - reference).abs().max() < 1e-4
+    assert all(next(m.parameters()).device.type == "cpu" for m in dilated_ensemble)  # caller's models not moved
+    half = ism.saturation_mutagenesis(dilated_ensemble, X, device="cuda", dtype=torch.bfloat16, **kw)
+    assert torch.isfinite(half).all() and (half - reference).abs().max() < 0.05 * reference.abs().max()

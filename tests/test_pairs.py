@@ -36,13 +36,17 @@ def test_steiger_filter_keeps_exactly_the_forward_variants():
     assert len(kept) == len(want) > 0
     assert np.array_equal(kept[["locus", "position", "alt"]].to_numpy(), want[["locus", "position", "alt"]].to_numpy())
     assert kept.attrs["strategy"]["steiger"] == (2.0, 1.0)
+    same = instruments.select(t, threshold=3, steiger=True)
+    unit = instruments.select(t, threshold=3)
+    unit = unit[unit.bx.abs() > unit.by.abs()]
+    assert len(same) == len(unit) and same.attrs["strategy"]["steiger"] == (1.0, 1.0)
     # the original global-z rule standardises over all variants, whatever the direction filter
     g_all = instruments.select(t, "global_z", threshold=1.0)
     g_dir = instruments.select(t, "global_z", threshold=1.0, steiger=(1.0, 1.0))
     assert set(map(tuple, g_dir[["locus", "position", "alt"]].to_numpy())) <= set(
         map(tuple, g_all[["locus", "position", "alt"]].to_numpy()))
     for bad in [(1.0,), (1.0, 0.0), (1.0, np.nan), (-1.0, 1.0)]:
-        with pytest.raises(ValueError, match="steiger must be two positive"):
+        with pytest.raises(ValueError, match="steiger must be True or two positive"):
             instruments.select(t, steiger=bad)
 
 
@@ -57,7 +61,7 @@ def test_all_pairs_recovers_the_arrow_and_steiger_removes_reverse_causation():
     assert abs(est.loc["a", "c"]) < 0.02 and abs(est.loc["c", "a"]) < 0.02
     # without a direction filter, output 0's own variants are instruments for output 1 too: reverse bias
     assert est.loc["b", "a"] > 0.3
-    g2, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger_sd=[1.0, 1.0, 1.0])
+    g2, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger=True)
     est2 = pairs.effect_matrix(g2, names=names)
     assert abs(est2.loc["b", "a"]) < 0.02
     assert est2.loc["a", "b"] == pytest.approx(0.5, abs=0.02)
@@ -77,7 +81,10 @@ def test_all_pairs_loci_truth_and_errors():
     assert g.truth[0] == 0.5 and set(local.locus) == {0, 1, 2, 3} and "theta" in local
     with pytest.raises(ValueError, match="names has 2 entries"):
         pairs.all_pairs(eff, se, X, names[:2])
-    with pytest.raises(ValueError, match="steiger_sd must have one SD per output"):
-        pairs.all_pairs(eff, se, X, names, steiger_sd=[1.0, 1.0])
+    with pytest.raises(ValueError, match="one scale per output"):
+        pairs.all_pairs(eff, se, X, names, steiger=[1.0, 1.0])
+    # per-output scales: dividing output 0 by 4 makes its own variants look weaker than their effect on 1
+    g3, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger=[4.0, 1.0, 1.0], pairs=[(0, 1)])
+    assert g3.n_instruments[0] == 0
     with pytest.raises(ValueError, match=r"\(N, P, 4, T\)"):
         pairs.all_pairs(eff[0], se[0], X, names)

@@ -191,6 +191,14 @@ def test_chip_nexus_sampling_and_truth():
     shape = gen.profile_shape(pos[:2], np.array([[0.0, 1.0, 0.0, 1.0]] * 2))
     assert np.allclose(shape.sum(axis=(2, 3)), 1.0)
     assert np.allclose(shape[:, 0], 1 / 300) and shape[:, 1].max() > 10 / 300
+    assert np.allclose(gen.expected_profiles(d["X"][:2]), gen.profile_shape(pos[:2], b[:2]))
+    # motif spacing: gap between instance intervals, NaN where a motif is absent
+    sites = np.array([[10, 40, -1, 0], [50, 20, 5, 90]])
+    # widths: composite 15, Sox2 11, Nanog 7, Klf4 12
+    assert gen.motif_distance(sites, 0, 1).tolist() == [40 - 25, 50 - 31]
+    assert gen.motif_distance(sites, 1, 0).tolist() == [15, 19]
+    assert np.isnan(gen.motif_distance(sites, 0, 2)[0]) and gen.motif_distance(sites, 0, 2)[1] == 50 - 12
+    assert gen.motif_distance(sites, 3, 0)[0] == 0  # overlapping instances
 
 
 def test_chip_nexus_motifs_are_independent_and_strong():

@@ -25,7 +25,7 @@ from torch import nn
 
 from .dilated import DilatedResidualNet
 
-__all__ = ["BPNet", "bpnet_loss", "counts", "evaluate", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
+__all__ = ["BPNet", "bpnet_loss", "counts", "init_counts_bias", "evaluate", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
 
 # Zenodo record 4294904, bpnet.model.h5 (Kipoi BPNet-OSKN), MIT licence
 OSKN_MD5 = "bbe883baef261877bfad07d05feb627d"
@@ -63,6 +63,21 @@ class BPNet(DilatedResidualNet):
 def counts(output) -> torch.Tensor:
     """Strand-averaged log counts ``(N, T)`` from a BPNet output (DeepMR's exposure/outcome)."""
     return output[1].mean(dim=-1)
+
+
+@torch.no_grad()
+def init_counts_bias(model: BPNet, profile_counts: torch.Tensor) -> BPNet:
+    """Start the counts head at the training data's mean ``log(1 + counts)`` per task and strand.
+
+    The head sits on *averaged* features, so a site's signal is diluted by the sequence
+    length and the head's output moves slowly; starting at the mean spares the first epochs
+    the job of finding the offset. ``profile_counts``: ``(N, T, 2, L)``. Returns the model.
+    """
+    T = len(model.tasks)
+    if profile_counts.ndim != 4 or profile_counts.shape[1:3] != (T, 2):
+        raise ValueError(f"profile_counts must be (N, {T}, 2, L), got {tuple(profile_counts.shape)}")
+    model.head.bias.copy_(torch.log1p(profile_counts.double().sum(dim=-1)).mean(dim=0).reshape(-1).float())
+    return model
 
 
 def bpnet_loss(output, profile_counts: torch.Tensor, *, count_weight: float = 10.0) -> torch.Tensor:
