@@ -7,7 +7,7 @@ dilated layers, 4 count heads; random weights), ensemble of ``--members``. Each
 method produces the same candidate variant table (every substitution of every
 sequence, exposure = head 0, outcome = head 1, effects and SEs over members):
 
-* ``deepmr``     ``pipeline.variant_effects`` (windowed fast path, all members per mutant batch);
+* ``deepmr``     ``pipeline.variant_effects`` (windowed fast path on CPU, large plain batches on GPU);
 * ``naive``      per sequence, all 3L mutants built by tensor indexing, each member run in
                  batches of ``--batch-size``, then the same post-processing;
 * ``tangermeme`` ``tangermeme.saturation_mutagenesis(raw_outputs=True)`` once per member,
@@ -116,6 +116,9 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     methods = args.methods.split(",")
+    # exact float32 everywhere, so the methods' tables can be compared (TF32 would differ by ~1e-3)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
     torch.manual_seed(args.seed)
     models = [DilatedResidualNet(args.tasks, args.filters, args.layers, stem_kernel=25).to(device).eval()

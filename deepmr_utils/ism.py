@@ -208,10 +208,14 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     mc_dropout : number of MC-dropout passes (0 = off). Each pass draws one
         dropout mask per layer, shared by every reference and mutant in the pass;
         the passes fill the model axis. Requires exactly one model.
-    fast : use the model's receptive-field path (``ism_reference``/``ism_block``);
-        ``None`` = whenever the model provides it. Exact: same numbers as the plain path.
-    ensemble : ``"vmap"`` (stacked weights, one batched call), ``"loop"``, or
-        ``"auto"`` (vmap when members share an architecture).
+    fast : use the model's receptive-field path (``ism_reference``/``ism_block``), which
+        recomputes only the window a mutation can reach: exact (same numbers as the plain
+        path) and several times fewer FLOPs. ``None`` = on the CPU whenever the model provides
+        it; on a GPU the plain path's large batches win, because the windowed path issues many
+        small kernels.
+    ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
+        one ``torch.func`` call for all members). ``"auto"`` = loop: measured faster for
+        convolutional models on both CPU and GPU (``benchmarks/bench_ism.py``).
     block : positions per window batch on the fast path.
 
     Returns
@@ -244,7 +248,7 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     has_fast = all(hasattr(m, "ism_block") and hasattr(m, "ism_reference") for m in models)
     if fast and not has_fast:
         raise ValueError("fast=True needs models that implement ism_reference/ism_block")
-    use_fast = has_fast and fast is not False and not mc_dropout
+    use_fast = has_fast and not mc_dropout and (fast is True or (fast is None and dev.type == "cpu"))
 
     with _eval_mode(models), torch.inference_mode():
         ctx = torch.autocast(dev.type, dtype=dtype) if autocast else _null()
@@ -285,7 +289,7 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
     N, _, L = X.shape
     P = pos.numel()
     pos = pos.to(dev)
-    stack = ensemble == "vmap" or (ensemble == "auto" and len(models) > 1 and _same_architecture(models))
+    stack = ensemble == "vmap"
     if ensemble == "vmap" and not _same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     if mc_dropout:
