@@ -7,7 +7,8 @@ dilated layers, 4 count heads; random weights), ensemble of ``--members``. Each
 method produces the same candidate variant table (every substitution of every
 sequence, exposure = head 0, outcome = head 1, effects and SEs over members):
 
-* ``deepmr``     ``pipeline.variant_effects`` (windowed fast path on CPU, large plain batches on GPU);
+* ``deepmr``     ``pipeline.variant_effects`` with the library's defaults (the windowed path);
+                 ``deepmr-windowed`` / ``deepmr-plain`` force the windowed or the plain batched path;
 * ``naive``      per sequence, all 3L mutants built by tensor indexing, each member run in
                  batches of ``--batch-size``, then the same post-processing;
 * ``tangermeme`` ``tangermeme.saturation_mutagenesis(raw_outputs=True)`` once per member,
@@ -132,9 +133,11 @@ def main():
 
     tables, times = {}, {}
     for name in methods:
-        if name == "deepmr":
+        if name.startswith("deepmr"):
+            # "deepmr": the library's defaults; "-windowed" / "-plain" force one path
+            kw = {"deepmr-windowed": {"fast": True}, "deepmr-plain": {"fast": False}}.get(name, {})
             t, tab = timed(lambda: pipeline.variant_effects(models, X, exposure=0, outcome=1, select=False,
-                                                            device=device, progress=False))
+                                                            device=device, progress=False, **kw))
         elif name == "naive":
             t, tab = timed(lambda: post_process(naive(models, X, args.batch_size, device), X))
         elif name.startswith("tangermeme"):

@@ -216,7 +216,9 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
         one ``torch.func`` call for all members). ``"auto"`` = loop: measured faster for
         convolutional models on both CPU and GPU (``benchmarks/bench_ism.py``).
-    block : positions per window batch on the fast path.
+    block : positions per window on the fast path. On a GPU, windows are widened (up to
+        128 positions) and references batched so that each call holds about
+        ``batch_size`` (default 4096) mutants.
 
     Returns
     -------
@@ -254,7 +256,13 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
         ctx = torch.autocast(dev.type, dtype=dtype) if autocast else _null()
         with ctx:
             if use_fast:
-                out = _fast_path(models, X, pos, outputs, batch_size, block)
+                if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
+                    out = _fast_path(models, X, pos, outputs, batch_size, block, 1)
+                else:  # many references and a wider window per call, about `batch_size` mutants each
+                    target = batch_size or 4096
+                    chunk = max(1, target // (3 * block))
+                    wide = max(block, min(128, target // (3 * min(N, chunk))))
+                    out = _fast_path(models, X, pos, outputs, None, wide, chunk)
             else:
                 out = _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ensemble)
     if not torch.isfinite(out).all():
@@ -334,42 +342,49 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
     return out.cpu()
 
 
-def _fast_path(models, X, pos, outputs, batch_size, block):
-    """Windowed ISM: mutants at ``block`` neighbouring positions share one window per layer."""
+def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
+    """Windowed ISM: mutants at ``block`` neighbouring positions share one window per layer.
+
+    ``chunk`` references are cached together and their mutants at the same window go
+    through one call (on a GPU, large calls keep the device busy; on a CPU, one sequence
+    at a time keeps the caches small).
+    """
     N, _, L = X.shape
     P = pos.numel()
     dev = X.device
     pos_cpu = pos.cpu().numpy()
     out = None
     per_batch = max(1, (batch_size or 3 * block) // 3)
-    for n in range(N):
-        x = X[n:n + 1]
+    # group positions into runs of at most `per_batch` positions spanning <= per_batch bases
+    groups, i = [], 0
+    while i < P:
+        j = i
+        while j + 1 < P and j + 1 - i < per_batch and pos_cpu[j + 1] - pos_cpu[i] < per_batch:
+            j += 1
+        groups.append((i, j + 1))
+        i = j + 1
+    for n0 in range(0, N, chunk):
+        x = X[n0:n0 + chunk]
         caches = [m.ism_reference(x) for m in models]
-        refs = torch.stack([_select(m(x), outputs)[0] for m in models]).float()  # (M, O)
+        refs = torch.stack([_select(m(x), outputs) for m in models], dim=1).float().cpu()  # (n, M, O)
         if out is None:
             out = torch.empty(N, len(models), P, 4, refs.shape[-1])
-        out[n] = refs[:, None, None, :].expand(len(models), P, 4, -1)
-        # group positions into runs of at most `per_batch` positions spanning <= per_batch bases
-        groups, i = [], 0
-        while i < P:
-            j = i
-            while j + 1 < P and j + 1 - i < per_batch and pos_cpu[j + 1] - pos_cpu[i] < per_batch:
-                j += 1
-            groups.append((i, j + 1))
-            i = j + 1
+        out[n0:n0 + x.shape[0]] = refs[:, :, None, None, :]
         for a, b in groups:
             start, stop = int(pos_cpu[a]), int(pos_cpu[b - 1]) + 1
             window = x[:, :, start:stop]
             rel = torch.as_tensor(pos_cpu[a:b] - start, device=dev)
-            col = window[0][:, rel]  # (4, npos)
-            pp, bb = torch.nonzero(col.T == 0, as_tuple=True)  # mutants: (position in group, base)
-            xm = window.expand(pp.numel(), -1, -1).clone()
-            r = torch.arange(pp.numel(), device=dev)
+            col = window[:, :, rel]  # (n, 4, npos)
+            rr, bb, pp = torch.nonzero(col == 0, as_tuple=True)  # mutants: (reference, base, position in group)
+            xm = window[rr]
+            r = torch.arange(rr.numel(), device=dev)
             xm[r, :, rel[pp]] = 0
             xm[r, bb, rel[pp]] = 1
+            rows = rr if x.shape[0] > 1 else None
+            idx = ((n0 + rr).cpu(), (a + pp).cpu(), bb.cpu())
             for k, (m, c) in enumerate(zip(models, caches)):
-                y = _select(m.ism_block(c, xm, start), outputs).float().cpu()
-                out[n, k, (a + pp).cpu(), bb.cpu(), :] = y
+                y = _select(m.ism_block(c, xm, start, rows), outputs).float().cpu()
+                out[idx[0], k, idx[1], idx[2], :] = y
     return out
 
 

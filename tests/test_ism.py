@@ -222,3 +222,19 @@ def test_cuda_matches_cpu(dilated_ensemble, X, reference, kw):
     assert all(next(m.parameters()).device.type == "cpu" for m in dilated_ensemble)  # caller's models not moved
     half = ism.saturation_mutagenesis(dilated_ensemble, X, device="cuda", dtype=torch.bfloat16, **kw)
     assert torch.isfinite(half).all() and (half - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+@pytest.mark.parametrize("positions", [None, [3, 4, 50, 51, 69]])
+def test_windowed_path_batched_over_references(dilated_ensemble, X, reference, positions):
+    """The GPU layout of the windowed path (several references per call) on the CPU: same numbers."""
+    Xn = torch.cat([X, X[:1]])
+    Xn[2, :, 5] = 0  # an N base: all four substitutions are mutants there
+    ref = torch.cat([reference, naive(dilated_ensemble, Xn[2:])])
+    pos = torch.arange(70) if positions is None else torch.as_tensor(positions)
+    with torch.no_grad():
+        for m in dilated_ensemble:
+            m.eval()
+        for chunk in (2, 3):
+            out = ism._fast_path(dilated_ensemble, Xn, pos, None, None, 12, chunk)
+            assert out.shape == (3, 3, pos.numel(), 4, 3)
+            assert (out - ref[:, :, pos]).abs().max() < TOL

@@ -73,7 +73,7 @@ class DilatedResidualNet(nn.Module):
 
     @torch.no_grad()
     def ism_reference(self, x: torch.Tensor):
-        """Cache each layer's pre-activation and activation increment for one reference ``(1, 4, L)``."""
+        """Cache each layer's pre-activation and activation increment for references ``(N, 4, L)``."""
         if self.training:
             raise RuntimeError("the windowed ISM path needs eval mode")
         layers = []
@@ -96,15 +96,22 @@ class DilatedResidualNet(nn.Module):
         return conv.weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def ism_block(self, cache, x_mut: torch.Tensor, start: int) -> torch.Tensor:
-        """Predictions for ``B`` mutants that differ from the reference only on ``[start, start + w)``.
+    def ism_block(self, cache, x_mut: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions for ``B`` mutants that differ from their reference only on ``[start, start + w)``.
 
-        ``x_mut``: ``(B, 4, w)`` the mutants' one-hot over that window. Returns ``(B, n_tasks)``.
-        Exact: a mutation changes layer ``l`` only within its receptive-field cone.
+        ``x_mut``: ``(B, 4, w)`` the mutants' one-hot over that window; ``rows``: ``(B,)`` which
+        cached reference each mutant comes from (``None``: the cache holds one reference).
+        Returns ``(B, n_tasks)``. Exact: a mutation changes layer ``l`` only within its
+        receptive-field cone.
         """
         L, layers, weights = cache["L"], cache["layers"], cache["weights"]
+
+        def ref(t, a, b):  # the references' slice [a, b) of a cached (N, C, 1, L) tensor, one row per mutant
+            t = t[..., a:b]
+            return t if rows is None else t[rows]
+
         s, e = start, start + x_mut.shape[-1]
-        delta = self._cl(x_mut) - cache["x"][..., s:e]
+        delta = self._cl(x_mut) - ref(cache["x"], s, e)
         k = self.stem.kernel_size[0] // 2
         for i in range(len(layers)):
             half, dil = (k, 1) if i == 0 else (self.dilations[i - 1], self.dilations[i - 1])
@@ -113,11 +120,11 @@ class DilatedResidualNet(nn.Module):
             dz = F.conv2d(delta, weights[i], None, dilation=(1, dil), padding=(0, 2 * half))
             dz = dz[..., so - (s - half): so - (s - half) + (eo - so)]  # clip the cone to the sequence
             z_ref, a_ref = layers[i]
-            da = F.relu(self._bn(bn, z_ref[..., so:eo] + dz)) - a_ref[..., so:eo]
+            da = F.relu(self._bn(bn, ref(z_ref, so, eo) + dz)) - ref(a_ref, so, eo)
             if i == 0:
                 delta = da  # the stem has no residual connection
             else:
                 delta = F.pad(delta, (s - so, eo - e)) + da
             s, e = so, eo
-        total = cache["sum"] + delta.sum(dim=(2, 3))
+        total = (cache["sum"] if rows is None else cache["sum"][rows]) + delta.sum(dim=(2, 3))
         return self.pooled_head(total / L)
