@@ -210,9 +210,7 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
         the passes fill the model axis. Requires exactly one model.
     fast : use the model's receptive-field path (``ism_reference``/``ism_block``), which
         recomputes only the window a mutation can reach: exact (same numbers as the plain
-        path) and several times fewer FLOPs. ``None`` = on the CPU whenever the model provides
-        it; on a GPU the plain path's large batches win, because the windowed path issues many
-        small kernels.
+        path) with several times fewer FLOPs. ``None`` = whenever the model provides it.
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
         one ``torch.func`` call for all members). ``"auto"`` = loop: measured faster for
         convolutional models on both CPU and GPU (``benchmarks/bench_ism.py``).
@@ -250,7 +248,7 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     has_fast = all(hasattr(m, "ism_block") and hasattr(m, "ism_reference") for m in models)
     if fast and not has_fast:
         raise ValueError("fast=True needs models that implement ism_reference/ism_block")
-    use_fast = has_fast and not mc_dropout and (fast is True or (fast is None and dev.type == "cpu"))
+    use_fast = has_fast and fast is not False and not mc_dropout
 
     with _eval_mode(models), torch.inference_mode():
         ctx = torch.autocast(dev.type, dtype=dtype) if autocast else _null()
