@@ -292,6 +292,8 @@ OSKN = ("Oct4", "Sox2", "Nanog", "Klf4")
 # Motifs that recruit each TF directly. Oct4 binds the Oct4-Sox2 composite; Sox2 binds its own
 # motif, and also (weakly) the composite's Sox half wherever the Sox2 matrix scores it.
 OSKN_MOTIFS = {"Oct4": ("Pou5f1::Sox2",), "Sox2": ("Sox2",), "Nanog": ("Nanog",), "Klf4": ("Klf4",)}
+# the motif planted for each TF, in OSKN order (the columns of ``sites``)
+_PLANTED = ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")
 # B[s, t]: how strongly binding of TF s raises binding of TF t (rows: exposure, columns: outcome).
 # Sox2 strongly helps the others, Oct4 helps Nanog, Klf4 weakly helps Oct4 and Nanog; the other
 # six pairs are zero, so the reverse directions are all null. Acyclic in the order
@@ -314,10 +316,11 @@ class ChipNexusModel:
     Klf4, from JASPAR) independently with probability ``motif_prob``, at random
     non-overlapping positions. Instances are drawn from the PWM raised to the power
     ``site_strength`` (renormalised): near-consensus sites, like those under real
-    ChIP-nexus peaks, rather than the weak matches that random DNA also contains. Independence matters: if motifs co-occurred, a model
-    could predict one TF from another TF's motif without any causal link. TF ``t`` binds directly with occupancy ``q_t`` (its
-    own motifs; :mod:`deepmr_utils.motifs`) and is recruited by the TFs upstream of
-    it: ``b_t = q_t (1 + sum_s B[s, t] k_st b_s)`` in the order Sox2, Klf4, Oct4,
+    ChIP-nexus peaks, rather than the weak matches that random DNA also contains.
+    Independence matters: if motifs co-occurred, a model could predict one TF from
+    another TF's motif without any causal link. TF ``t`` binds directly with occupancy
+    ``q_t`` (its own motifs; :mod:`deepmr_utils.motifs`) and is recruited by the TFs
+    upstream of it: ``b_t = q_t (1 + sum_s B[s, t] k_st b_s)`` in the order Sox2, Klf4, Oct4,
     Nanog, with ``k_st = exp(-d_st / spacing)`` for the distance ``d_st`` between the
     two TFs' best sites (spacing-dependent cooperativity). Expected total counts are
     ``1 + depth_t b_t``: one background read spread evenly over both strands, and
@@ -349,7 +352,7 @@ class ChipNexusModel:
             raise ValueError(f"site_strength must be > 0, got {self.site_strength}")
         if not 0.0 <= self.motif_prob <= 1.0:
             raise ValueError(f"motif_prob must lie in [0, 1], got {self.motif_prob}")
-        widths = sum(self.pwm(m).shape[0] for m in ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4"))
+        widths = sum(self.pwm(m).shape[0] for m in _PLANTED)
         if self.length < widths:
             raise ValueError(f"length {self.length} cannot hold the four motifs ({widths} bases)")
 
@@ -412,7 +415,7 @@ class ChipNexusModel:
         rng = np.random.default_rng(seed)
         L = self.length
         codes = rng.choice(4, size=(n, L), p=np.asarray(self.background))
-        names = ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")
+        names = _PLANTED
         pwms = [self.pwm(m) ** self.site_strength for m in names]
         pwms = [p / p.sum(axis=1, keepdims=True) for p in pwms]
         sites = np.full((n, 4), -1)
@@ -453,7 +456,7 @@ class ChipNexusModel:
         :meth:`sample`; 0 when they touch, NaN when either is absent), as in the original
         study's motif-spacing analysis."""
         sites = np.asarray(sites)
-        w = [self.pwm(m).shape[0] for m in ("Pou5f1::Sox2", "Sox2", "Nanog", "Klf4")]
+        w = [self.pwm(m).shape[0] for m in _PLANTED]
         sa, sb = sites[:, a].astype(float), sites[:, b].astype(float)
         gap = np.maximum(sb - (sa + w[a]), sa - (sb + w[b])).clip(min=0)
         return np.where((sa >= 0) & (sb >= 0), gap, np.nan)

@@ -108,17 +108,19 @@ def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Se
       profile: the floor a useless model reaches) and, if ``reference_shape`` ``(N, T, 2, L)``
       is given (e.g. the simulator's expected read distribution), ``reference_nll``.
     """
+    from ..ism import _eval_mode
+
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     dev = next(models[0].parameters()).device
     N, T, _, L = profile_counts.shape
     probs = torch.zeros(N, T, 2 * L, dtype=torch.float64)
     logc = torch.zeros(N, T, dtype=torch.float64)
-    for m in models:
-        m.eval()
-        for i in range(0, N, batch_size):
-            prof, lc = m(X[i:i + batch_size].to(dev).float())
-            probs[i:i + batch_size] += torch.softmax(prof.reshape(prof.shape[0], T, -1), dim=-1).double().cpu()
-            logc[i:i + batch_size] += lc.mean(dim=-1).double().cpu()
+    with _eval_mode(models):
+        for m in models:
+            for i in range(0, N, batch_size):
+                prof, lc = m(X[i:i + batch_size].to(dev).float())
+                probs[i:i + batch_size] += torch.softmax(prof.reshape(prof.shape[0], T, -1), dim=-1).double().cpu()
+                logc[i:i + batch_size] += lc.mean(dim=-1).double().cpu()
     probs /= len(models)
     logc /= len(models)
     obs = profile_counts.double().reshape(N, T, -1)
