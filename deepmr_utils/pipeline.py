@@ -8,6 +8,10 @@ instruments over all chunks. Run again with the same ``out`` and it resumes
 after the last finished chunk; a finished run returns at once. A manifest pins
 the inputs (sequences, models, outputs, options): a different run pointed at the
 same folder is refused rather than silently mixed.
+
+``effects(models, X, out=...)`` does the same up to the effects and SEs of every
+output, ``(N, P, 4, O)``, for DeepMR over all output pairs at once
+(:func:`deepmr_utils.pairs.all_pairs`).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from .ism import OutputSpec, _as_models, saturation_mutagenesis
 from .sequence import as_one_hot
 from .uncertainty import paired_effects
 
-__all__ = ["variant_effects"]
+__all__ = ["variant_effects", "effects"]
 
 
 def _resolve(idx, names, what):
@@ -52,6 +56,45 @@ def _fingerprint(X, models, payload) -> str:
     return h.hexdigest()
 
 
+def _open_run(out, X, models, payload: dict, info: dict) -> Path | None:
+    """The run folder, with a manifest that pins the inputs; a different run there is refused."""
+    if out is None:
+        return None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(X, models, payload)
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        if json.loads(manifest.read_text()).get("fingerprint") != fp:
+            raise ValueError(f"{folder} holds a different run (other sequences, models or options); "
+                             "use a new out folder or delete it")
+    else:
+        manifest.write_text(json.dumps({"fingerprint": fp, **info}, indent=1))
+    return folder
+
+
+def _chunk_effects(models, X, positions, pos, outputs, calibration, ids, ddof, batch_size, device, ism_kwargs):
+    pred = saturation_mutagenesis(models, X, outputs=outputs, positions=positions,
+                                  batch_size=batch_size, device=device, **ism_kwargs)
+    if calibration is not None:
+        pred = calibration.transform_members(pred, axis=1, ids=ids)
+    return paired_effects(pred, X, pos, ddof=ddof)
+
+
+def _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs, **extra) -> dict:
+    # the fast path, ensemble mode and window size change how, not what, is computed
+    return {"chunk_size": chunk_size, "ddof": ddof,
+            "positions": None if positions is None else np.asarray(positions).tolist(),
+            "loci": loci.tolist(), "outputs": repr(outputs), "calibration": repr(calibration),
+            "ism": {k: repr(v) for k, v in ism_kwargs.items() if k not in ("fast", "ensemble", "block")}, **extra}
+
+
+def _save(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a chunk file exists only once it is complete
+
+
 def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int = 64,
                     select: dict | Callable[[pd.DataFrame], pd.DataFrame] | None = None,
                     loci=None, positions=None, output_names=None, outputs: OutputSpec = None,
@@ -69,61 +112,27 @@ def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int =
     predictions before effects are computed. ``device``: ``None`` = CUDA when present.
     Further keyword arguments go to :func:`deepmr_utils.ism.saturation_mutagenesis`.
     """
-    models = _as_models(models)
-    X = as_one_hot(X)
-    N = X.shape[0]
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    models, X, loci, chunks, device = _setup(models, X, loci, chunk_size, device)
     names = output_names if output_names is not None else getattr(models[0], "output_names", None)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
-    loci = np.arange(N) if loci is None else np.asarray(loci)
-    if loci.size != N:
-        raise ValueError(f"loci has {loci.size} labels for {N} sequences")
-    if len(set(loci.tolist())) != N:
-        raise ValueError("loci labels must be unique")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else None
-
-    chunks = [(i, min(i + chunk_size, N)) for i in range(0, N, chunk_size)]
-    folder = None
-    if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        payload = {"exposure": ie, "outcome": io, "chunk_size": chunk_size, "ddof": ddof,
-                   "positions": None if positions is None else np.asarray(positions).tolist(),
-                   "loci": loci.tolist(), "outputs": repr(outputs), "calibration": repr(calibration),
-                   "ism": {k: repr(v) for k, v in ism_kwargs.items() if k not in ("fast", "ensemble", "block")}}
-        fp = _fingerprint(X, models, payload)
-        manifest = folder / "manifest.json"
-        if manifest.exists():
-            old = json.loads(manifest.read_text())
-            if old.get("fingerprint") != fp:
-                raise ValueError(f"{folder} holds a different run (other sequences, models or options); "
-                                 "use a new out folder or delete it")
-        else:
-            manifest.write_text(json.dumps({"fingerprint": fp, "n_sequences": N, "n_chunks": len(chunks),
-                                            "exposure": ie, "outcome": io}, indent=1))
-
+    folder = _open_run(out, X, models,
+                       _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs,
+                                exposure=ie, outcome=io),
+                       {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io})
     names_list = list(names) if names is not None else None
     pos = None if positions is None else _pos_array(positions)
     frames = []
-    bar = tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)
-    for c, (a, b) in enumerate(bar):
+    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
         path = folder / f"chunk_{c:05d}.parquet" if folder is not None else None
         if path is not None and path.exists():
             frames.append(pd.read_parquet(path))
             continue
-        pred = saturation_mutagenesis(models, X[a:b], outputs=outputs, positions=positions,
-                                      batch_size=batch_size, device=device, **ism_kwargs)
-        if calibration is not None:
-            pred = calibration.transform_members(pred, axis=1, ids=loci[a:b])
-        effect, se = paired_effects(pred, X[a:b], pos, ddof=ddof)
+        effect, se = _chunk_effects(models, X[a:b], positions, pos, outputs, calibration, loci[a:b], ddof,
+                                    batch_size, device, ism_kwargs)
         table = instruments.variant_table(effect, se, X[a:b], exposure=ie, outcome=io, positions=pos,
                                           loci=loci[a:b], output_names=names_list)
         if path is not None:
-            tmp = path.with_suffix(".tmp")
-            table.to_parquet(tmp, index=False)
-            os.replace(tmp, path)  # a chunk file exists only once it is complete
+            _save(path, lambda p: table.to_parquet(p, index=False))
         frames.append(table)
     candidates = pd.concat(frames, ignore_index=True)
     if select is False:
@@ -131,6 +140,60 @@ def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int =
     if callable(select):
         return select(candidates)
     return instruments.select(candidates, **(select or {}))
+
+
+def effects(models, X, *, out=None, chunk_size: int = 64, positions=None, outputs: OutputSpec = None,
+            calibration=None, ddof: int = 1, device=None, batch_size: int | None = None,
+            progress: bool = True, **ism_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Effects and SEs of every substitution on every output, ``(N, P, 4, O)`` each.
+
+    What :func:`deepmr_utils.uncertainty.paired_effects` returns for the whole of ``X``,
+    computed chunk by chunk; with ``out`` each chunk is written to
+    ``out/effects_#####.npz`` as soon as it is done and a rerun resumes after the last
+    finished one (a different run in the same folder is refused). This is the input of
+    :func:`deepmr_utils.pairs.all_pairs`, for all exposure/outcome pairs at once.
+    Arguments as for :func:`variant_effects`.
+    """
+    models, X, loci, chunks, device = _setup(models, X, None, chunk_size, device)
+    folder = _open_run(out, X, models,
+                       _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs, kind="effects"),
+                       {"n_sequences": X.shape[0], "n_chunks": len(chunks), "kind": "effects"})
+    pos = None if positions is None else _pos_array(positions)
+    parts = []
+    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
+        path = folder / f"effects_{c:05d}.npz" if folder is not None else None
+        if path is not None and path.exists():
+            with np.load(path) as f:
+                parts.append((f["effect"], f["se"]))
+            continue
+        effect, se = _chunk_effects(models, X[a:b], positions, pos, outputs, calibration, loci[a:b], ddof,
+                                    batch_size, device, ism_kwargs)
+        if path is not None:
+            _save(path, lambda p: _savez(p, effect=effect, se=se))
+        parts.append((effect, se))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _savez(path: Path, **arrays) -> None:
+    with open(path, "wb") as fh:  # a file object, so numpy does not append ".npz" to the temporary name
+        np.savez(fh, **arrays)
+
+
+def _setup(models, X, loci, chunk_size, device):
+    models = _as_models(models)
+    X = as_one_hot(X)
+    N = X.shape[0]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    loci = np.arange(N) if loci is None else np.asarray(loci)
+    if loci.size != N:
+        raise ValueError(f"loci has {loci.size} labels for {N} sequences")
+    if len(set(loci.tolist())) != N:
+        raise ValueError("loci labels must be unique")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else None
+    chunks = [(i, min(i + chunk_size, N)) for i in range(0, N, chunk_size)]
+    return models, X, loci, chunks, device
 
 
 def _pos_array(positions):

@@ -82,3 +82,38 @@ def test_strings_and_calibration(setup):
                                  calibration=cal)
     assert (b.bx - a.bx).abs().max() < 1e-6
     assert ((b.bxse / a.bxse).dropna() - 2.0).abs().max() < 1e-4
+
+
+def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monkeypatch):
+    import numpy as np
+
+    from deepmr_utils import ism, uncertainty
+
+    models, X = setup
+    want = uncertainty.paired_effects(ism.saturation_mutagenesis(models, X), X)
+    got = pipeline.effects(models, X, chunk_size=4, progress=False)
+    for g, w in zip(got, want):
+        assert g.shape == (10, 60, 4, 3)
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+    real, calls = pipeline.saturation_mutagenesis, []
+
+    def flaky(*args, **kw):
+        calls.append(args[1].shape[0])
+        if len(calls) == 2:  # chunk 0 finishes, chunk 1 dies
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "saturation_mutagenesis", flaky)
+    out = tmp_path / "effects"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["effects_00000.npz", "manifest.json"]
+    calls.clear()
+    monkeypatch.setattr(pipeline, "saturation_mutagenesis", lambda *a, **k: (calls.append(a[1].shape[0]), real(*a, **k))[1])
+    resumed = pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
+    assert calls == [4, 2]
+    for r, g in zip(resumed, got):
+        np.testing.assert_array_equal(r, g)
+    with pytest.raises(ValueError, match="holds a different run"):
+        pipeline.effects(models[:2], X, chunk_size=4, out=out, progress=False)
