@@ -81,11 +81,18 @@ def _chunk_effects(models, X, positions, pos, outputs, calibration, ids, ddof, b
     return paired_effects(pred, X, pos, ddof=ddof)
 
 
+def _describe(obj) -> str:
+    """A description that is the same in every process: a function by its name, not its address."""
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return repr(obj)
+
+
 def _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs, **extra) -> dict:
     # the fast path, ensemble mode and window size change how, not what, is computed
     return {"chunk_size": chunk_size, "ddof": ddof,
             "positions": None if positions is None else np.asarray(positions).tolist(),
-            "loci": loci.tolist(), "outputs": repr(outputs), "calibration": repr(calibration),
+            "loci": loci.tolist(), "outputs": _describe(outputs), "calibration": repr(calibration),
             "ism": {k: repr(v) for k, v in ism_kwargs.items() if k not in ("fast", "ensemble", "block")}, **extra}
 
 

@@ -117,3 +117,29 @@ def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monke
         np.testing.assert_array_equal(r, g)
     with pytest.raises(ValueError, match="holds a different run"):
         pipeline.effects(models[:2], X, chunk_size=4, out=out, progress=False)
+
+
+def test_run_folder_fingerprint_is_stable_across_processes(setup, tmp_path):
+    """A function passed as ``outputs`` is pinned by name, not address: a rerun in a new process resumes."""
+    import subprocess
+    import sys
+
+    models, X = setup
+    torch.save({"models": [m.state_dict() for m in models], "X": X}, tmp_path / "inputs.pt")
+    script = f"""
+import torch
+from deepmr_utils import pipeline
+from deepmr_utils.models import DilatedResidualNet
+
+def pick(y):
+    return y[:, :2]
+
+d = torch.load({str(tmp_path / 'inputs.pt')!r})
+models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
+for m, sd in zip(models, d["models"]):
+    m.load_state_dict(sd)
+pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / 'run')!r}, progress=False)
+"""
+    for _ in range(2):  # the second process finds the first one's manifest and must accept it
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    assert pipeline._describe(torch.sigmoid).endswith("sigmoid") and "0x" not in pipeline._describe(pipeline.effects)
