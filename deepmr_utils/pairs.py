@@ -54,9 +54,7 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
     if len(names) != T:
         raise ValueError(f"names has {len(names)} entries for {T} outputs")
     scales = None
-    if steiger is True:
-        scales = np.ones(T)
-    elif steiger is not None and steiger is not False:
+    if steiger is not None and not isinstance(steiger, bool):
         scales = np.asarray(steiger, dtype=np.float64)
         if scales.shape != (T,):
             raise ValueError(f"steiger must be True or one scale per output ({T}), got shape {scales.shape}")
@@ -71,8 +69,8 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
             continue
         table = instruments.variant_table(effect[keep], se[keep], X[keep], exposure=e, outcome=o,
                                           loci=keep, output_names=list(names))
-        sd = None if scales is None else (scales[e], scales[o])
-        chosen = instruments.select(table, steiger=sd, **select)
+        direction = steiger if scales is None else (scales[e], scales[o])
+        chosen = instruments.select(table, steiger=direction, **select)
         if len(chosen) == 0:
             rows.append(row)
             continue

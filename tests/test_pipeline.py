@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import mr, pipeline
+from deepmr_utils import ism, mr, pipeline, uncertainty
 from deepmr_utils import sequence as sq
 from deepmr_utils.models import DilatedResidualNet
 
@@ -29,28 +33,33 @@ def test_variant_table_feeds_per_locus(setup):
         pipeline.variant_effects(models, X, exposure="z", outcome="a", progress=False)
 
 
+def _count_ism_calls(monkeypatch, die_at=None) -> list:
+    """Record the chunk size of every ISM call; with ``die_at=k`` the k-th call is killed."""
+    real, calls = pipeline.saturation_mutagenesis, []
+
+    def counted(*args, **kw):
+        calls.append(args[1].shape[0])
+        if len(calls) == die_at:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "saturation_mutagenesis", counted)
+    return calls
+
+
 def test_resume_after_interruption(setup, tmp_path, monkeypatch):
     models, X = setup
     full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, progress=False)
 
-    calls = []
-    real = pipeline.saturation_mutagenesis
-
-    def flaky(*args, **kw):
-        calls.append(args[1].shape[0])
-        if len(calls) == 3:  # chunks 0 and 1 finish, chunk 2 dies
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(pipeline, "saturation_mutagenesis", flaky)
+    _count_ism_calls(monkeypatch, die_at=3)  # chunks 0 and 1 finish, chunk 2 dies
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, out=out, progress=False)
     assert sorted(p.name for p in out.glob("chunk_*.parquet")) == ["chunk_00000.parquet", "chunk_00001.parquet"]
     assert not list(out.glob("*.tmp"))
 
-    calls.clear()
-    monkeypatch.setattr(pipeline, "saturation_mutagenesis", lambda *a, **k: (calls.append(a[1].shape[0]), real(*a, **k))[1])
+    monkeypatch.undo()
+    calls = _count_ism_calls(monkeypatch)
     resumed = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=3, out=out, progress=False)
     assert calls == [3, 1]  # only chunks 2 and 3 were computed
     pd.testing.assert_frame_equal(resumed, full)
@@ -85,10 +94,6 @@ def test_strings_and_calibration(setup):
 
 
 def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monkeypatch):
-    import numpy as np
-
-    from deepmr_utils import ism, uncertainty
-
     models, X = setup
     want = uncertainty.paired_effects(ism.saturation_mutagenesis(models, X), X)
     got = pipeline.effects(models, X, chunk_size=4, progress=False)
@@ -96,21 +101,13 @@ def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monke
         assert g.shape == (10, 60, 4, 3)
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, equal_nan=True)
 
-    real, calls = pipeline.saturation_mutagenesis, []
-
-    def flaky(*args, **kw):
-        calls.append(args[1].shape[0])
-        if len(calls) == 2:  # chunk 0 finishes, chunk 1 dies
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(pipeline, "saturation_mutagenesis", flaky)
+    _count_ism_calls(monkeypatch, die_at=2)  # chunk 0 finishes, chunk 1 dies
     out = tmp_path / "effects"
     with pytest.raises(KeyboardInterrupt):
         pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["effects_00000.npz", "manifest.json"]
-    calls.clear()
-    monkeypatch.setattr(pipeline, "saturation_mutagenesis", lambda *a, **k: (calls.append(a[1].shape[0]), real(*a, **k))[1])
+    monkeypatch.undo()
+    calls = _count_ism_calls(monkeypatch)
     resumed = pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
     assert calls == [4, 2]
     for r, g in zip(resumed, got):
@@ -121,9 +118,6 @@ def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monke
 
 def test_run_folder_fingerprint_is_stable_across_processes(setup, tmp_path):
     """A function passed as ``outputs`` is pinned by name, not address: a rerun in a new process resumes."""
-    import subprocess
-    import sys
-
     models, X = setup
     torch.save({"models": [m.state_dict() for m in models], "X": X}, tmp_path / "inputs.pt")
     script = f"""
