@@ -87,7 +87,7 @@ def set_seed(seed: int) -> np.random.Generator:
 
 
 def default_device():
-    """``torch.device("cuda")`` when a GPU is visible, else the CPU."""
-    import torch
+    """``torch.device("cuda")`` when a GPU is visible, else the CPU (the package's one device rule)."""
+    from ._torch import resolve_device
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .sequence import ALPHABET
+
 __all__ = ["variant_table", "select"]
 
-_BASES = np.array(list("ACGT"))
+_BASES = np.array(list(ALPHABET))
 COLUMNS = ["locus", "position", "ref", "alt", "exposure", "outcome", "bx", "bxse", "by", "byse"]
 
 
@@ -21,7 +23,8 @@ def variant_table(effect, se, X, *, exposure: int, outcome: int, positions=None,
 
     ``effect``/``se``: ``(N, P, 4, O)``; ``X``: one-hot ``(N, 4, L)``; ``exposure`` and
     ``outcome``: output indices; ``loci``: N locus labels (default ``0..N-1``).
-    Positions whose reference column is all zero get ``ref = "N"``.
+    Positions whose reference column is all zero get ``ref = "N"`` and four rows, one per
+    base, each measured against the unmutated sequence (see ``paired_effects``).
     """
     effect, se = np.asarray(effect), np.asarray(se)
     if effect.shape != se.shape or effect.ndim != 4 or effect.shape[2] != 4:
@@ -40,11 +43,14 @@ def variant_table(effect, se, X, *, exposure: int, outcome: int, positions=None,
     ref_oh = Xn[:, :, pos].transpose(0, 2, 1)  # (N, P, 4)
     ref_idx = np.where(ref_oh.sum(axis=2) == 0, 4, ref_oh.argmax(axis=2))
     n, p, b = np.nonzero(ref_oh != 1)
-    names = output_names if output_names is not None else [str(i) for i in range(O)]
+    names = list(output_names) if output_names is not None else [str(i) for i in range(O)]
+    if len(names) != O:
+        raise ValueError(f"output_names has {len(names)} names for the {O} outputs of effect (name the selected "
+                         "outputs, e.g. with deepmr_utils.predict.output_names(models, outputs))")
     return pd.DataFrame({
         "locus": loci[n],
         "position": pos[p],
-        "ref": np.array(list("ACGTN"))[ref_idx[n, p]],
+        "ref": np.array(list(ALPHABET + "N"))[ref_idx[n, p]],
         "alt": _BASES[b],
         "exposure": names[exposure],
         "outcome": names[outcome],

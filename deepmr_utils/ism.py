@@ -15,59 +15,27 @@ only on the window a mutation can change.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
-from .sequence import as_one_hot
+from ._torch import (
+    OutputSpec,
+    as_models,
+    check_outputs,
+    eval_mode,
+    on_device,
+    prepare_input,
+    resolve_device,
+    select_outputs,
+)
+from .sequence import ALPHABET, substitute
 
-__all__ = ["saturation_mutagenesis", "mutant_index", "predict"]
-
-OutputSpec = Callable[[torch.Tensor], torch.Tensor] | Sequence[int] | int | None
+__all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "OutputSpec"]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _as_models(models) -> list[nn.Module]:
-    if isinstance(models, nn.Module):
-        models = [models]
-    models = list(models)
-    if not models:
-        raise ValueError("models is empty: pass one nn.Module or a non-empty list of them")
-    for i, m in enumerate(models):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"models[{i}] is a {type(m).__name__}, not a torch.nn.Module")
-    return models
-
-
-def _model_device(models: list[nn.Module]) -> torch.device:
-    devs = []
-    for i, m in enumerate(models):
-        ds = {p.device for p in m.parameters()} | {b.device for b in m.buffers()}
-        if len(ds) > 1:
-            raise ValueError(f"models[{i}] has tensors on several devices: {sorted(map(str, ds))}")
-        devs.append(ds.pop() if ds else torch.device("cpu"))
-    if len(set(devs)) > 1:
-        raise ValueError("ensemble members are on different devices: "
-                         + ", ".join(f"models[{i}] on {d}" for i, d in enumerate(devs)))
-    return devs[0]
-
-
-@contextmanager
-def _eval_mode(models: list[nn.Module]):
-    """Eval mode for the forward pass, each submodule's own flag restored afterwards."""
-    saved = [[(mod, mod.training) for mod in m.modules()] for m in models]
-    try:
-        for m in models:
-            m.eval()
-        yield
-    finally:
-        for group in saved:
-            for mod, flag in group:
-                mod.train(flag)
-
 
 class _SharedDropout:
     """MC-dropout with one mask per pass, shared by a reference and all its mutants.
@@ -82,6 +50,9 @@ class _SharedDropout:
         self.mods = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         if not self.mods:
             raise ValueError("mc_dropout needs a model with torch.nn.Dropout layers; this one has none")
+        if all(m.p == 0 for m in self.mods):
+            raise ValueError(f"mc_dropout: all {len(self.mods)} Dropout layers of this model have p=0, so every "
+                             "pass would be identical and every SE zero; rebuild it with p > 0 or use an ensemble")
         self.seed = seed
         self.pass_index = 0
         self.masks: dict = {}
@@ -107,26 +78,6 @@ class _SharedDropout:
                 self.masks[key] = (keep.to(output.dtype) / (1 - mod.p)).to(output.device)
             return output * self.masks[key]
         return hook
-
-
-def _select(y, outputs: OutputSpec, n_out_hint=None) -> torch.Tensor:
-    if callable(outputs):
-        y = outputs(y)
-    elif isinstance(y, (tuple, list, dict)):
-        raise TypeError("the model returns a tuple/list/dict; pass outputs=callable that maps it to a (batch, n_outputs) tensor")
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"outputs must produce a tensor, got {type(y).__name__}")
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2:
-        raise ValueError(f"selected outputs must have shape (batch, n_outputs), got {tuple(y.shape)}")
-    if outputs is None or callable(outputs):
-        return y
-    idx = [outputs] if isinstance(outputs, int) else list(outputs)
-    bad = [i for i in idx if not -y.shape[1] <= int(i) < y.shape[1]]
-    if bad:
-        raise ValueError(f"outputs index {bad[0]} does not exist: the model has {y.shape[1]} outputs")
-    return y[:, idx]
 
 
 def mutant_index(X: torch.Tensor, positions: torch.Tensor):
@@ -202,8 +153,9 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
         ``(batch, n_outputs)`` (e.g. to pick the counts heads of two TFs).
     positions : ``None`` (all), a ``(start, stop)`` window, or 1-D positions.
     batch_size : mutants per forward pass; ``None`` picks one from free memory.
-    device : where to compute; ``None`` = where the models are. Models on another
-        device are copied there (the caller's models are not moved).
+    device : where to compute; ``None`` = CUDA when visible, else the CPU (the package's
+        one device rule). Models on another device are copied there (the caller's models
+        are not moved).
     dtype : ``torch.bfloat16`` / ``torch.float16`` for autocast (GPU), else float32.
     mc_dropout : number of MC-dropout passes (0 = off). Each pass draws one
         dropout mask per layer, shared by every reference and mutant in the pass;
@@ -223,8 +175,8 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     Tensor ``(N, M, P, 4, O)`` (float32, CPU): M members (or MC passes), P positions;
     slot ``[n, m, p, ref_base]`` holds the reference prediction.
     """
-    models = _as_models(models)
-    X = as_one_hot(X)
+    models = as_models(models)
+    outputs = check_outputs(outputs)
     if ensemble not in ("auto", "vmap", "loop"):
         raise ValueError(f"ensemble must be 'auto', 'vmap' or 'loop', got {ensemble!r}")
     if mc_dropout < 0 or int(mc_dropout) != mc_dropout:
@@ -233,14 +185,11 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
         raise ValueError("mc_dropout draws its samples from one model; pass a single model, not an ensemble")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    models = on_device(models, dev)
+    X = prepare_input(X, models, dev)
     N, _, L = X.shape
-    pos = _positions(positions, L)
-
-    home = _model_device(models)
-    dev = torch.device(device) if device is not None else home
-    if dev != home:
-        models = [copy.deepcopy(m).to(dev) for m in models]
-    X = X.to(dev)
+    pos = resolve_positions(positions, L)
     autocast = dtype not in (None, torch.float32)
     if autocast and dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
@@ -250,8 +199,8 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
         raise ValueError("fast=True needs models that implement ism_reference/ism_block")
     use_fast = has_fast and fast is not False and not mc_dropout
 
-    with _eval_mode(models), torch.inference_mode():
-        ctx = torch.autocast(dev.type, dtype=dtype) if autocast else _null()
+    with eval_mode(models), torch.inference_mode():
+        ctx = torch.autocast(dev.type, dtype=dtype) if autocast else nullcontext()
         with ctx:
             if use_fast:
                 if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
@@ -266,16 +215,16 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
         raise ValueError(f"non-finite prediction: sequence {n}, model {m}, position {int(pos[p])}, "
-                         f"base {'ACGT'[b]}, output {o}")
+                         f"base {ALPHABET[b]}, output {o}")
     return out
 
 
-@contextmanager
-def _null():
-    yield
+def resolve_positions(positions, L: int) -> torch.Tensor:
+    """The mutated positions as a sorted 1-D tensor.
 
-
-def _positions(positions, L) -> torch.Tensor:
+    ``positions``: ``None`` (all ``L``), a ``(start, stop)`` **tuple** (a window), or any
+    other sequence of positions (a list ``[0, 10]`` means positions 0 and 10, not a window).
+    """
     if positions is None:
         return torch.arange(L)
     if isinstance(positions, tuple) and len(positions) == 2:
@@ -306,7 +255,7 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
             ys = []
             for s in range(mc_dropout):
                 shared.pass_index = s
-                ys.append(_select(models[0](x), outputs))
+                ys.append(select_outputs(models[0](x), outputs))
             return torch.stack(ys)
     elif stack:
         fn = _stacked(models, dev)
@@ -314,14 +263,14 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
 
         def run(x):
             raw = fn(x)  # every leaf has a leading member axis
-            return torch.stack([_select(_member(raw, i), outputs) for i in range(n_members)])
+            return torch.stack([select_outputs(_member(raw, i), outputs) for i in range(n_members)])
     else:
         n_members = len(models)
 
         def run(x):
-            return torch.stack([_select(m(x), outputs) for m in models])
+            return torch.stack([select_outputs(m(x), outputs) for m in models])
 
-    with (shared if mc_dropout else _null()):
+    with shared if mc_dropout else nullcontext():
         if batch_size is None:
             batch_size = _default_batch_size(lambda x: run(x), X[:1], dev)
         # references first: fill every slot, mutants overwrite theirs
@@ -331,10 +280,7 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
         seq, pidx, base = (t.to(dev) for t in mutant_index(X, pos))
         for i in range(0, seq.numel(), batch_size):
             s, p, b = seq[i:i + batch_size], pidx[i:i + batch_size], base[i:i + batch_size]
-            xb = X[s].clone()
-            r = torch.arange(s.numel(), device=dev)
-            xb[r, :, pos[p]] = 0
-            xb[r, b, pos[p]] = 1
+            xb = substitute(X[s], pos[p], b)
             y = run(xb).float()  # (M, B, O)
             out[s, :, p, b, :] = y.permute(1, 0, 2)
     return out.cpu()
@@ -364,7 +310,7 @@ def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
     for n0 in range(0, N, chunk):
         x = X[n0:n0 + chunk]
         caches = [m.ism_reference(x) for m in models]
-        refs = torch.stack([_select(m(x), outputs) for m in models], dim=1).float().cpu()  # (n, M, O)
+        refs = torch.stack([select_outputs(m(x), outputs) for m in models], dim=1).float().cpu()  # (n, M, O)
         if out is None:
             out = torch.empty(N, len(models), P, 4, refs.shape[-1])
         out[n0:n0 + x.shape[0]] = refs[:, :, None, None, :]
@@ -374,29 +320,10 @@ def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
             rel = torch.as_tensor(pos_cpu[a:b] - start, device=dev)
             col = window[:, :, rel]  # (n, 4, npos)
             rr, bb, pp = torch.nonzero(col == 0, as_tuple=True)  # mutants: (reference, base, position in group)
-            xm = window[rr]
-            r = torch.arange(rr.numel(), device=dev)
-            xm[r, :, rel[pp]] = 0
-            xm[r, bb, rel[pp]] = 1
+            xm = substitute(window[rr], rel[pp], bb, inplace=True)
             rows = rr if x.shape[0] > 1 else None
             idx = ((n0 + rr).cpu(), (a + pp).cpu(), bb.cpu())
             for k, (m, c) in enumerate(zip(models, caches)):
-                y = _select(m.ism_block(c, xm, start, rows), outputs).float().cpu()
+                y = select_outputs(m.ism_block(c, xm, start, rows), outputs).float().cpu()
                 out[idx[0], k, idx[1], idx[2], :] = y
     return out
-
-
-def predict(models, X, *, outputs: OutputSpec = None, batch_size: int = 64, device=None) -> torch.Tensor:
-    """Plain predictions ``(N, M, O)`` of every member for every sequence (eval mode, no grad)."""
-    models = _as_models(models)
-    X = as_one_hot(X)
-    home = _model_device(models)
-    dev = torch.device(device) if device is not None else home
-    if dev != home:
-        models = [copy.deepcopy(m).to(dev) for m in models]
-    with _eval_mode(models), torch.inference_mode():
-        ys = []
-        for i in range(0, X.shape[0], batch_size):
-            xb = X[i:i + batch_size].to(dev)
-            ys.append(torch.stack([_select(m(xb), outputs) for m in models], dim=1).float().cpu())
-    return torch.cat(ys)

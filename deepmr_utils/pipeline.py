@@ -5,205 +5,408 @@ the sequences chunk by chunk, turns each chunk's predictions into candidate
 variants (all substitutions with their effects and SEs), writes the chunk to
 ``out/chunk_#####.parquet`` as soon as it is finished, and finally selects the
 instruments over all chunks. Run again with the same ``out`` and it resumes
-after the last finished chunk; a finished run returns at once. A manifest pins
-the inputs (sequences, models, outputs, options): a different run pointed at the
-same folder is refused rather than silently mixed.
+after the last finished chunk; a finished run returns at once.
+
+A run folder checks itself. ``manifest.json`` (written atomically) pins a
+fingerprint of the inputs' *values*: the sequences, every member's class and
+state dict, the explicit mutated positions, the output choice, the calibration's
+fitted arrays and the options that change the numbers. A different run pointed at
+the same folder is refused. Every chunk file carries the fingerprint and its own
+index too, so a chunk copied in from another run (or another chunk's slot), or
+one that cannot be read, is recomputed with a warning instead of used.
 
 ``effects(models, X, out=...)`` does the same up to the effects and SEs of every
 output, ``(N, P, 4, O)``, for DeepMR over all output pairs at once
 (:func:`deepmr_utils.pairs.all_pairs`).
 """
+
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from . import instruments
-from .ism import OutputSpec, _as_models, saturation_mutagenesis
+from ._torch import OutputSpec, as_models, check_outputs, selected_names
+from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
 from .uncertainty import paired_effects
 
 __all__ = ["variant_effects", "effects"]
 
-
-def _resolve(idx, names, what):
-    if isinstance(idx, str):
-        if names is None:
-            raise ValueError(f"{what} is given by name ({idx!r}) but the model has no output_names; "
-                             "pass output_names=[...] or an integer index")
-        if idx not in names:
-            raise ValueError(f"{what} {idx!r} is not an output; outputs are {list(names)}")
-        return list(names).index(idx)
-    return int(idx)
+_FP_KEY = b"deepmr_fingerprint"
+_CHUNK_KEY = b"deepmr_chunk"
 
 
-def _fingerprint(X, models, payload) -> str:
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _describe(obj, key: str | None = None, what: str = "outputs") -> str:
+    """A description of ``obj`` that is the same in every process and differs between different values.
+
+    A function is pinned by module and name, a ``functools.partial`` by its function and
+    arguments. Anonymous callables (lambdas, nested functions) and objects whose repr is
+    a memory address cannot be told apart between runs: they need ``key=``.
+    """
+    if key is not None:
+        return f"key:{key}"
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return repr(obj)
+    if isinstance(obj, (list, tuple)):
+        return "[" + ",".join(_describe(v, None, what) for v in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ",".join(f"{k!r}:{_describe(v, None, what)}" for k, v in sorted(obj.items())) + "}"
+    if isinstance(obj, functools.partial):
+        return f"partial({_describe(obj.func, None, what)}, {_describe(list(obj.args), None, what)}, " \
+               f"{_describe(dict(obj.keywords), None, what)})"
+    qual = getattr(obj, "__qualname__", None)
+    if callable(obj) and qual is not None:
+        if "<lambda>" in qual or "<locals>" in qual:
+            raise ValueError(
+                f"{what} is an anonymous function ({qual}): two of them cannot be told apart between runs, "
+                f"so a run folder cannot check it; define it at module level or pass key='a name for it'"
+            )
+        return f"{getattr(obj, '__module__', '')}.{qual}"
+    text = repr(obj)
+    if " at 0x" in text:
+        raise ValueError(
+            f"{what} ({text}) is known only by its memory address, which changes between runs; "
+            "pass key='a name for it' to pin it in the run folder"
+        )
+    return text
+
+
+def _digest(obj, h) -> None:
+    """Feed the *values* of ``obj`` (arrays, dataclass fields, containers) into the hash ``h``."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(repr(obj).encode())
+    elif isinstance(obj, torch.Tensor):
+        _digest(obj.detach().cpu().numpy(), h)
+    elif isinstance(obj, np.ndarray):
+        h.update(f"array{obj.shape}{obj.dtype}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"seq{len(obj)}".encode())
+        for v in obj:
+            _digest(v, h)
+    elif isinstance(obj, (set, frozenset)):
+        _digest(sorted(obj, key=repr), h)
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif dataclasses.is_dataclass(obj):
+        h.update(type(obj).__qualname__.encode())
+        for f in dataclasses.fields(obj):
+            h.update(f.name.encode())
+            _digest(getattr(obj, f.name), h)
+    else:
+        h.update(_describe(obj, what="a calibration field").encode())
+
+
+def _fingerprint(X: torch.Tensor, models, payload: dict) -> str:
     h = hashlib.sha256()
-    h.update(X.detach().cpu().numpy().tobytes())
+    # the bases, not the float dtype they came in
+    h.update(f"X{tuple(X.shape)}".encode())
+    h.update((X != 0).cpu().numpy().tobytes())
     for m in models:
+        h.update(f"{type(m).__module__}.{type(m).__qualname__}".encode())
         for k, v in m.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps(payload, sort_keys=True, default=str).encode())
+            h.update(f"{tuple(v.shape)}{v.dtype}".encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    _digest(payload, h)
     return h.hexdigest()
 
 
-def _open_run(out, X, models, payload: dict, info: dict) -> Path | None:
+# ----------------------------------------------------------------------------- the run folder
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_run(out, fp: str, info: dict) -> Path | None:
     """The run folder, with a manifest that pins the inputs; a different run there is refused."""
     if out is None:
         return None
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(X, models, payload)
     manifest = folder / "manifest.json"
     if manifest.exists():
-        if json.loads(manifest.read_text()).get("fingerprint") != fp:
-            raise ValueError(f"{folder} holds a different run (other sequences, models or options); "
-                             "use a new out folder or delete it")
+        try:
+            stored = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{manifest} is unreadable ({exc}); it was probably cut short by a crash. Delete that file and "
+                "rerun: finished chunks carry their run's fingerprint, so only matching ones are reused"
+            ) from None
+        if stored.get("fingerprint") != fp:
+            raise ValueError(
+                f"{folder} holds a different run (other sequences, models, outputs or options); "
+                "use a new out folder or delete it"
+            )
     else:
-        manifest.write_text(json.dumps({"fingerprint": fp, **info}, indent=1))
+        tmp = manifest.with_name(manifest.name + ".tmp")
+        _fsync_write(tmp, json.dumps({"fingerprint": fp, **info}, indent=1).encode())
+        _replace(tmp, manifest)
     return folder
 
 
-def _chunk_effects(models, X, positions, pos, outputs, calibration, ids, ddof, batch_size, device, ism_kwargs):
-    pred = saturation_mutagenesis(models, X, outputs=outputs, positions=positions,
-                                  batch_size=batch_size, device=device, **ism_kwargs)
-    if calibration is not None:
-        pred = calibration.transform_members(pred, axis=1, ids=ids)
-    return paired_effects(pred, X, pos, ddof=ddof)
-
-
-def _describe(obj) -> str:
-    """A description that is the same in every process: a function by its name, not its address."""
-    if callable(obj) and hasattr(obj, "__qualname__"):
-        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
-    return repr(obj)
-
-
-def _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs, **extra) -> dict:
-    # the fast path, ensemble mode and window size change how, not what, is computed
-    return {"chunk_size": chunk_size, "ddof": ddof,
-            "positions": None if positions is None else np.asarray(positions).tolist(),
-            "loci": loci.tolist(), "outputs": _describe(outputs), "calibration": repr(calibration),
-            "ism": {k: repr(v) for k, v in ism_kwargs.items() if k not in ("fast", "ensemble", "block")}, **extra}
-
-
-def _save(path: Path, write) -> None:
+def _write_chunk(path: Path, fp: str, index: int, table: pd.DataFrame | None = None, **arrays) -> None:
+    """Write a chunk atomically, stamped with the run's fingerprint and the chunk's index."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)  # a chunk file exists only once it is complete
+    if table is not None:
+        t = pa.Table.from_pandas(table, preserve_index=False)
+        meta = dict(t.schema.metadata or {})
+        meta.update({_FP_KEY: fp.encode(), _CHUNK_KEY: str(index).encode()})
+        pq.write_table(t.replace_schema_metadata(meta), tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    else:
+        with open(tmp, "wb") as fh:  # a file object, so numpy does not append ".npz" to the temporary name
+            np.savez(fh, fingerprint=np.array(fp), chunk=np.array(index), **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+    _replace(tmp, path)  # a chunk file exists only once it is complete
 
 
-def variant_effects(models, X, *, exposure, outcome, out=None, chunk_size: int = 64,
-                    select: dict | Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-                    loci=None, positions=None, output_names=None, outputs: OutputSpec = None,
-                    calibration=None, ddof: int = 1, device=None, batch_size: int | None = None,
-                    progress: bool = True, **ism_kwargs) -> pd.DataFrame:
+def _read_chunk(path: Path, fp: str, index: int):
+    """A finished chunk of this run, or None (with a warning saying why) if it must be recomputed."""
+    if not path.exists():
+        return None
+    try:
+        if path.suffix == ".parquet":
+            t = pq.read_table(path)
+            meta = t.schema.metadata or {}
+            stamp, chunk = meta.get(_FP_KEY, b"").decode(), meta.get(_CHUNK_KEY, b"-1").decode()
+            value = t.to_pandas()
+        else:
+            with np.load(path) as f:
+                stamp, chunk = str(f["fingerprint"]), str(f["chunk"])
+                value = (f["effect"], f["se"])
+    except Exception as exc:  # any unreadable file: the fix is the same, recompute it
+        warnings.warn(f"{path} is unreadable ({type(exc).__name__}: {exc}); recomputing that chunk", stacklevel=3)
+        return None
+    if stamp != fp or chunk != str(index):
+        why = "another run" if stamp != fp else f"chunk {chunk}, not chunk {index}"
+        warnings.warn(f"{path} belongs to {why}; recomputing that chunk", stacklevel=3)
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _resolve(idx, names, what: str) -> int:
+    if isinstance(idx, str):
+        if names is None:
+            raise ValueError(
+                f"{what} is given by name ({idx!r}) but the selected outputs have no names; pass "
+                "output_names=[...] naming the outputs that `outputs` selects, or an integer index"
+            )
+        if idx not in names:
+            raise ValueError(f"{what} {idx!r} is not an output; the selected outputs are {list(names)}")
+        return list(names).index(idx)
+    if isinstance(idx, (bool, np.bool_)) or not isinstance(idx, (int, np.integer)):
+        raise TypeError(f"{what} must be an output name or an integer index, got {idx!r}")
+    if names is not None and not 0 <= int(idx) < len(names):
+        raise ValueError(f"{what} index {idx} does not exist: the selected outputs are {list(names)}")
+    return int(idx)
+
+
+def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype):
+    # batch size, the fast path, ensemble mode and window size change how, not what, is computed
+    return {
+        "kind": kind,
+        "chunk_size": chunk_size,
+        "ddof": ddof,
+        "positions": pos,
+        "loci": loci,
+        "outputs": _describe(outputs, outputs_key),
+        "calibration": calibration,
+        "mc_dropout": mc_dropout,
+        "seed": seed,
+        "dtype": str(dtype),
+    }
+
+
+def variant_effects(
+    models,
+    X,
+    *,
+    exposure: str | int,
+    outcome: str | int,
+    out: str | os.PathLike | None = None,
+    chunk_size: int = 64,
+    select: dict | Callable[[pd.DataFrame], pd.DataFrame] | bool | None = None,
+    loci=None,
+    positions=None,
+    output_names=None,
+    outputs: OutputSpec = None,
+    outputs_key: str | None = None,
+    calibration=None,
+    ddof: int = 1,
+    device=None,
+    batch_size: int | None = None,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    dtype=None,
+    fast: bool | None = None,
+    ensemble: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
     """Variant table of the selected instruments for every sequence of ``X``.
 
-    ``X``: one-hot ``(N, 4, L)`` or sequence strings. ``exposure``/``outcome``:
-    output indices, or names from ``output_names`` (default: the first model's
-    ``output_names`` attribute). ``select``: keyword arguments for
-    :func:`deepmr_utils.instruments.select` (default ``{}``: local ``|bx|/bxse >= 3``),
-    a callable on the candidate table, or ``False`` to return all candidates.
-    ``calibration``: a fitted :class:`~deepmr_utils.uncertainty.VarianceScaling` or
+    ``X``: one-hot ``(N, 4, L)`` or sequence strings. ``exposure``/``outcome``: indices
+    into the *selected* outputs (the columns ``outputs`` picks), or their names.
+    ``output_names`` names the selected outputs; by default the first model's
+    ``output_names`` attribute, subset by ``outputs`` (a callable ``outputs`` needs
+    ``output_names`` to use names). ``outputs_key``: a name for a callable ``outputs``
+    that cannot be pinned by its module and name (a lambda or nested function), so the
+    run folder can tell two of them apart.
+
+    ``select``: keyword arguments for :func:`deepmr_utils.instruments.select`
+    (default ``{}``: local ``|bx|/bxse >= 3``), a callable on the candidate table, or
+    ``False`` to return all candidates. ``calibration``: a fitted
+    :class:`~deepmr_utils.uncertainty.VarianceScaling` or
     :class:`~deepmr_utils.uncertainty.IsotonicCalibration`, applied to the member
     predictions before effects are computed. ``device``: ``None`` = CUDA when present.
-    Further keyword arguments go to :func:`deepmr_utils.ism.saturation_mutagenesis`.
+    ``mc_dropout``, ``seed``, ``dtype``, ``fast``, ``ensemble`` and ``batch_size`` go to
+    :func:`deepmr_utils.ism.saturation_mutagenesis`.
     """
-    models, X, loci, chunks, device = _setup(models, X, loci, chunk_size, device)
-    names = output_names if output_names is not None else getattr(models[0], "output_names", None)
+    models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, positions)
+    outputs = check_outputs(outputs)
+    names = selected_names(models, outputs, output_names)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
-    folder = _open_run(out, X, models,
-                       _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs,
-                                exposure=ie, outcome=io),
-                       {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io})
-    names_list = list(names) if names is not None else None
-    pos = None if positions is None else _pos_array(positions)
+    payload = _payload("variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed,
+                       dtype)
+    payload.update(exposure=ie, outcome=io, output_names=names)
+    fp = _fingerprint(X, models, payload)
+    folder = _open_run(out, fp, {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie,
+                                 "outcome": io, "output_names": names})
+    ism_options = dict(batch_size=batch_size, device=device, mc_dropout=mc_dropout, seed=seed, dtype=dtype,
+                       fast=fast, ensemble=ensemble)
     frames = []
     for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
         path = folder / f"chunk_{c:05d}.parquet" if folder is not None else None
-        if path is not None and path.exists():
-            frames.append(pd.read_parquet(path))
-            continue
-        effect, se = _chunk_effects(models, X[a:b], positions, pos, outputs, calibration, loci[a:b], ddof,
-                                    batch_size, device, ism_kwargs)
-        table = instruments.variant_table(effect, se, X[a:b], exposure=ie, outcome=io, positions=pos,
-                                          loci=loci[a:b], output_names=names_list)
-        if path is not None:
-            _save(path, lambda p: table.to_parquet(p, index=False))
+        table = _read_chunk(path, fp, c) if path is not None else None
+        if table is None:
+            effect, se = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
+            table = instruments.variant_table(effect, se, X[a:b], exposure=ie, outcome=io, positions=pos,
+                                              loci=loci[a:b], output_names=names)
+            if path is not None:
+                _write_chunk(path, fp, c, table)
         frames.append(table)
     candidates = pd.concat(frames, ignore_index=True)
     if select is False:
         return candidates
     if callable(select):
         return select(candidates)
+    if select is True:
+        select = None
     return instruments.select(candidates, **(select or {}))
 
 
-def effects(models, X, *, out=None, chunk_size: int = 64, positions=None, outputs: OutputSpec = None,
-            calibration=None, ddof: int = 1, device=None, batch_size: int | None = None,
-            progress: bool = True, **ism_kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """Effects and SEs of every substitution on every output, ``(N, P, 4, O)`` each.
+def effects(
+    models,
+    X,
+    *,
+    out: str | os.PathLike | None = None,
+    chunk_size: int = 64,
+    positions=None,
+    outputs: OutputSpec = None,
+    outputs_key: str | None = None,
+    calibration=None,
+    ddof: int = 1,
+    device=None,
+    batch_size: int | None = None,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    dtype=None,
+    fast: bool | None = None,
+    ensemble: str = "auto",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Effects and SEs of every substitution on every selected output, ``(N, P, 4, O)`` each.
 
     What :func:`deepmr_utils.uncertainty.paired_effects` returns for the whole of ``X``,
     computed chunk by chunk; with ``out`` each chunk is written to
     ``out/effects_#####.npz`` as soon as it is done and a rerun resumes after the last
     finished one (a different run in the same folder is refused). This is the input of
-    :func:`deepmr_utils.pairs.all_pairs`, for all exposure/outcome pairs at once.
+    :func:`deepmr_utils.pairs.all_pairs`, for all exposure/outcome pairs at once; name
+    its outputs with :func:`deepmr_utils.predict.output_names` ``(models, outputs)``.
     Arguments as for :func:`variant_effects`.
     """
-    models, X, loci, chunks, device = _setup(models, X, None, chunk_size, device)
-    folder = _open_run(out, X, models,
-                       _payload(chunk_size, ddof, positions, loci, outputs, calibration, ism_kwargs, kind="effects"),
-                       {"n_sequences": X.shape[0], "n_chunks": len(chunks), "kind": "effects"})
-    pos = None if positions is None else _pos_array(positions)
+    models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, positions)
+    outputs = check_outputs(outputs)
+    payload = _payload("effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed,
+                       dtype)
+    fp = _fingerprint(X, models, payload)
+    folder = _open_run(out, fp, {"n_sequences": X.shape[0], "n_chunks": len(chunks), "kind": "effects",
+                                 "output_names": selected_names(models, outputs)})
+    ism_options = dict(batch_size=batch_size, device=device, mc_dropout=mc_dropout, seed=seed, dtype=dtype,
+                       fast=fast, ensemble=ensemble)
     parts = []
     for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
         path = folder / f"effects_{c:05d}.npz" if folder is not None else None
-        if path is not None and path.exists():
-            with np.load(path) as f:
-                parts.append((f["effect"], f["se"]))
-            continue
-        effect, se = _chunk_effects(models, X[a:b], positions, pos, outputs, calibration, loci[a:b], ddof,
-                                    batch_size, device, ism_kwargs)
-        if path is not None:
-            _save(path, lambda p: _savez(p, effect=effect, se=se))
-        parts.append((effect, se))
+        part = _read_chunk(path, fp, c) if path is not None else None
+        if part is None:
+            part = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
+            if path is not None:
+                _write_chunk(path, fp, c, effect=part[0], se=part[1])
+        parts.append(part)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _savez(path: Path, **arrays) -> None:
-    with open(path, "wb") as fh:  # a file object, so numpy does not append ".npz" to the temporary name
-        np.savez(fh, **arrays)
+def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options):
+    pred = saturation_mutagenesis(models, X, outputs=outputs, positions=pos, **ism_options)
+    if calibration is not None:
+        pred = calibration.transform_members(pred, axis=1, ids=ids)
+    return paired_effects(pred, X, pos, ddof=ddof)
 
 
-def _setup(models, X, loci, chunk_size, device):
-    models = _as_models(models)
+def _setup(models, X, loci, chunk_size, positions):
+    models = as_models(models)
     X = as_one_hot(X)
     N = X.shape[0]
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     loci = np.arange(N) if loci is None else np.asarray(loci)
     if loci.size != N:
         raise ValueError(f"loci has {loci.size} labels for {N} sequences")
     if len(set(loci.tolist())) != N:
         raise ValueError("loci labels must be unique")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else None
+    # explicit positions: a (start, stop) tuple and the list [start, stop] are different runs
+    pos = resolve_positions(positions, X.shape[2]).numpy()
     chunks = [(i, min(i + chunk_size, N)) for i in range(0, N, chunk_size)]
-    return models, X, loci, chunks, device
-
-
-def _pos_array(positions):
-    if isinstance(positions, tuple) and len(positions) == 2:
-        return np.arange(*positions)
-    return np.unique(np.asarray(positions))
+    return models, X, loci, chunks, pos

@@ -14,7 +14,7 @@ import torch
 
 __all__ = [
     "ALPHABET", "one_hot", "decode", "reverse_complement", "random_sequences",
-    "dinucleotide_shuffle", "read_fasta", "check_one_hot",
+    "dinucleotide_shuffle", "read_fasta", "check_one_hot", "substitute", "from_codes",
 ]
 
 ALPHABET = "ACGT"
@@ -49,11 +49,10 @@ def one_hot(seqs: str | Sequence[str], *, non_acgt: str = "error", dtype=torch.f
     lengths = {len(s) for s in seqs if isinstance(s, str)}
     if len(lengths) > 1:
         raise ValueError(f"sequences must have equal length to stack into (N, 4, L), got lengths {sorted(lengths)}")
+    if lengths == {0}:
+        raise ValueError("sequences are empty (length 0): nothing to encode")
     codes = np.stack([_codes(s, non_acgt, i) for i, s in enumerate(seqs)])
-    out = np.zeros((codes.shape[0], 4, codes.shape[1]), dtype=np.float32)
-    n, l = np.nonzero(codes >= 0)
-    out[n, codes[n, l], l] = 1.0
-    return torch.from_numpy(out).to(dtype)
+    return from_codes(codes.astype(np.int64), dtype=dtype)
 
 
 def check_one_hot(X, name: str = "X", *, allow_zero_columns: bool = True) -> torch.Tensor:
@@ -74,6 +73,39 @@ def check_one_hot(X, name: str = "X", *, allow_zero_columns: bool = True) -> tor
         raise ValueError(f"{name} is not one-hot: sequence {bad[0]}, position {bad[1]} has "
                          f"values {X[bad[0], :, bad[1]].tolist()}")
     return X
+
+
+def from_codes(codes, *, dtype=torch.float32) -> torch.Tensor:
+    """One-hot ``(N, 4, L)`` from integer base codes ``(N, L)`` (0-3 in ACGT order; -1 or 4 = N)."""
+    codes = np.asarray(codes.cpu() if isinstance(codes, torch.Tensor) else codes)
+    if codes.ndim == 1:
+        codes = codes[None]
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"codes must be an integer array (N, L), got {codes.dtype} of shape {codes.shape}")
+    bad = (codes < -1) | (codes > 4)
+    if bad.any():
+        n, p = np.argwhere(bad)[0]
+        raise ValueError(f"codes must lie in 0..3 (ACGT) or be -1/4 (N); sequence {n}, position {p} has {codes[n, p]}")
+    out = np.zeros((codes.shape[0], 4, codes.shape[1]), dtype=np.float32)
+    n, pos = np.nonzero((codes >= 0) & (codes < 4))
+    out[n, codes[n, pos], pos] = 1.0
+    return torch.from_numpy(out).to(dtype)
+
+
+def substitute(X, positions, bases, *, inplace: bool = False):
+    """Row ``i`` of ``X`` with base ``bases[i]`` at position ``positions[i]`` (one substitution per row).
+
+    ``X``: one-hot ``(B, 4, L)``, a torch tensor or a NumPy array; ``positions`` and
+    ``bases`` (0-3, ACGT): ``(B,)``. Returns a new array unless ``inplace=True``.
+    """
+    out = X if inplace else (X.clone() if isinstance(X, torch.Tensor) else np.array(X, copy=True))
+    if isinstance(out, torch.Tensor):
+        rows = torch.arange(out.shape[0], device=out.device)
+    else:
+        rows = np.arange(out.shape[0])
+    out[rows, :, positions] = 0
+    out[rows, bases, positions] = 1
+    return out
 
 
 def decode(X: torch.Tensor) -> list[str]:

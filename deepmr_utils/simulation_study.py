@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from . import meta, mr, pipeline, simulate, train
-from .ism import predict
+from .predict import predict
 from .models import CountsRegressor
 from .uncertainty import IsotonicCalibration, VarianceScaling
 

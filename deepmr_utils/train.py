@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .config import default_device
+from ._torch import resolve_device
+from .predict import predict
 
 __all__ = ["TrainConfig", "History", "fit", "train_ensemble", "evaluate"]
 
@@ -77,7 +78,7 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
     defaults to the mean squared error.
     """
     X, y = _check_xy(X, y)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     n = X.shape[0]
     perm = torch.randperm(n, generator=g)
@@ -137,8 +138,6 @@ def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
 
 def evaluate(models, X, y, *, names=None) -> pd.DataFrame:
     """Held-out accuracy of the ensemble mean per output: Pearson r, R^2 and MSE."""
-    from .ism import predict
-
     _, y = _check_xy(X, y)
     pred = predict(models, X).mean(dim=1).numpy()
     y = y.numpy()

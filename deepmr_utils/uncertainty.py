@@ -41,12 +41,19 @@ def _np(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def paired_effects(pred, X, positions=None, *, ddof: int = 1):
+def paired_effects(pred, X, positions=None, *, ddof: int = 1, reference=None):
     """Effects and SEs of every substitution from an ISM tensor.
 
     ``pred``: ``(N, M, P, 4, O)`` from :func:`deepmr_utils.ism.saturation_mutagenesis`;
     ``X``: the one-hot ``(N, 4, L)`` it was computed from; ``positions``: the ``P``
     positions (default all ``L``).
+
+    Every substitution is measured against the prediction for the unmutated sequence,
+    which ISM stores in the reference base's slot of every known position. At an
+    unknown base (an all-zero ``N`` column) all four slots hold mutants, so all four
+    get an effect against that same reference prediction. A sequence whose mutated
+    positions are all ``N`` has no reference slot: pass ``reference`` ``(N, M, O)``
+    (e.g. from :func:`deepmr_utils.predict.predict`).
 
     Returns ``(effect, se)``, each ``(N, P, 4, O)`` float64 arrays with NaN in the
     reference base's slot.
@@ -66,10 +73,21 @@ def paired_effects(pred, X, positions=None, *, ddof: int = 1):
     if pos.size != P:
         raise ValueError(f"positions has {pos.size} entries but pred has {P} positions")
     ref_oh = Xn[:, :, pos].transpose(0, 2, 1)  # (N, P, 4)
-    # reference prediction per (N, M, P, O): the slot of the reference base
-    ref_base = ref_oh.argmax(axis=2)
-    ref_pred = np.take_along_axis(pred, ref_base[:, None, :, None, None], axis=3)  # (N, M, P, 1, O)
-    d = pred - ref_pred
+    known = ref_oh.sum(axis=2) == 1  # (N, P); False at N positions
+    if reference is not None:
+        ref_pred = _np(reference).astype(np.float64)
+        if ref_pred.shape != (N, M, O):
+            raise ValueError(f"reference must be (N, M, O) = {(N, M, O)}, got {ref_pred.shape}")
+    else:
+        no_ref = ~known.any(axis=1)
+        if no_ref.any():
+            raise ValueError(f"sequence {int(np.flatnonzero(no_ref)[0])} has no known base (A/C/G/T) among the "
+                             "mutated positions, so pred holds no reference prediction; pass reference=(N, M, O)")
+        # the unmutated sequence's prediction, from its first known position
+        first = known.argmax(axis=1)
+        base = ref_oh[np.arange(N), first].argmax(axis=1)
+        ref_pred = pred[np.arange(N), :, first, base, :]  # (N, M, O)
+    d = pred - ref_pred[:, :, None, None, :]
     effect = d.mean(axis=1)
     se = d.std(axis=1, ddof=ddof)
     is_ref = (ref_oh == 1)[..., None]

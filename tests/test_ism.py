@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from deepmr_utils import ism
+from deepmr_utils.predict import predict
 from deepmr_utils import sequence as sq
 from deepmr_utils.models import DilatedResidualNet
 
@@ -86,7 +87,7 @@ def test_dilated_residual_bn_dropout_exact(dilated_ensemble, X, reference, kw):
 
 def test_reference_slot_holds_reference_prediction(dilated_ensemble, X):
     out = ism.saturation_mutagenesis(dilated_ensemble, X)
-    ref = ism.predict(dilated_ensemble, X)  # (N, M, O)
+    ref = predict(dilated_ensemble, X)  # (N, M, O)
     base = X.argmax(1)  # (N, L)
     for n in range(2):
         slots = out[n][:, torch.arange(70), base[n], :]  # (M, L, O)
@@ -143,10 +144,10 @@ def test_mc_dropout_shares_one_mask_per_pass():
                     assert torch.allclose(model(x)[0], out[0, s, p, b], atol=TOL)
     # reproducible with the same seed
     assert torch.equal(out, ism.saturation_mutagenesis(model, X, mc_dropout=3, seed=7))
-    # dropout p = 0: every pass equals the deterministic prediction
+    # dropout p = 0 everywhere: every pass would be identical and every SE zero, so it is refused
     model.drop.p = 0.0
-    out0 = ism.saturation_mutagenesis(model, X, mc_dropout=2)
-    assert torch.allclose(out0[0, 0], out0[0, 1])
+    with pytest.raises(ValueError, match="all 1 Dropout layers of this model have p=0"):
+        ism.saturation_mutagenesis(model, X, mc_dropout=2)
 
 
 def test_callable_outputs_and_tuple_models():

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._torch import as_models, eval_mode, model_device
 from .dilated import DilatedResidualNet
 
 __all__ = ["BPNet", "bpnet_loss", "counts", "init_counts_bias", "evaluate", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
@@ -108,14 +109,13 @@ def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Se
       profile: the floor a useless model reaches) and, if ``reference_shape`` ``(N, T, 2, L)``
       is given (e.g. the simulator's expected read distribution), ``reference_nll``.
     """
-    from ..ism import _eval_mode
 
-    models = list(models) if isinstance(models, (list, tuple)) else [models]
-    dev = next(models[0].parameters()).device
+    models = as_models(models)
+    dev = model_device(models)
     N, T, _, L = profile_counts.shape
     probs = torch.zeros(N, T, 2 * L, dtype=torch.float64)
     logc = torch.zeros(N, T, dtype=torch.float64)
-    with _eval_mode(models):
+    with eval_mode(models):
         for m in models:
             for i in range(0, N, batch_size):
                 prof, lc = m(X[i:i + batch_size].to(dev).float())
