@@ -56,12 +56,23 @@ def summary_stats(bx, bxse, by, byse, *, min_k: int, method: str):
         check_finite(a, n)
     check_positive(arrays["bxse"], "bxse")
     check_positive(arrays["byse"], "byse")
+    check_weights(arrays["byse"], "byse")
     k = arrays["bx"].size
     if k < min_k:
         raise ValueError(f"{method} needs at least {min_k} instrument(s), got {k}")
     if not np.any(arrays["bx"] != 0):
         raise ValueError("all bx are zero: the instruments carry no information on the exposure")
     return arrays["bx"], arrays["bxse"], arrays["by"], arrays["byse"]
+
+
+def check_weights(se: np.ndarray, name: str) -> None:
+    """Inverse-variance weights 1/se^2 must be finite: a tiny SE overflows them to inf."""
+    with np.errstate(over="ignore", divide="ignore"):
+        bad = ~np.isfinite(1.0 / (se * se))
+    if bad.any():
+        i = first_bad(bad)
+        raise ValueError(f"{name} is {se[i]} at index {i}: so small that its weight 1/{name}^2 overflows; "
+                         "rescale the effects or drop that instrument")
 
 
 def check_nonzero_bx(bx: np.ndarray, method: str) -> None:

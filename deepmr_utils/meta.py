@@ -14,14 +14,15 @@ is *multiplicative* (SE scaled by the residual SE); this one is *additive*
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive
 
-__all__ = ["MetaResult", "random_effects", "fixed_effect"]
+__all__ = ["MetaResult", "random_effects", "fixed_effect", "pool"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,16 @@ class MetaResult:
     alpha: float = 0.05
     converged: bool = True
     iterations: int = 0
+    n_excluded: int = 0
 
     def __repr__(self) -> str:
         level = round(100 * (1 - self.alpha))
         return (f"{self.method} meta-analysis ({self.test}): {self.estimate:.4g} (SE {self.se:.4g}, "
                 f"{level}% CI {self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, k={self.k}; "
                 f"tau^2={self.tau2:.4g}, I^2={100 * self.i2:.1f}%, Q={self.q:.4g} on {self.q_df} df, "
-                f"PI {self.pi_low:.4g} to {self.pi_high:.4g})")
+                f"PI {self.pi_low:.4g} to {self.pi_high:.4g}"
+                + ("" if self.converged else f"; NOT CONVERGED after {self.iterations} iterations")
+                + (f"; {self.n_excluded} loci excluded" if self.n_excluded else "") + ")")
 
     __str__ = __repr__
 
@@ -188,3 +192,29 @@ def fixed_effect(estimates, ses, *, alpha: float = 0.05) -> MetaResult:
         q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else float("nan"),
         pi_low=mu - crit * se, pi_high=mu + crit * se, alpha=alpha,
     )
+
+
+def pool(local, *, method: str = "REML", knapp_hartung: bool = False, alpha: float = 0.05,
+         min_loci: int = 2, estimate: str = "estimate", se: str = "se") -> MetaResult:
+    """The global effect: random-effects meta-analysis of the usable loci of a per-locus table.
+
+    ``local``: a frame from :func:`deepmr_utils.mr.per_locus` (columns ``estimate``,
+    ``se`` and ``status``). Loci whose status is not ``"ok"`` (too few instruments,
+    degenerate fits, bad input) are left out and counted in ``n_excluded``; a result
+    whose REML did not converge says so in ``converged`` and in its one-line summary.
+    Raises ``ValueError`` when fewer than ``min_loci`` loci are usable.
+    """
+    if not isinstance(local, pd.DataFrame):
+        raise TypeError(f"local must be a pandas DataFrame from mr.per_locus, got {type(local).__name__}")
+    missing = [c for c in (estimate, se, "status") if c not in local.columns]
+    if missing:
+        raise ValueError(f"local is missing column(s) {missing}; pass the output of mr.per_locus")
+    ok = (local.status == "ok").to_numpy()
+    if int(ok.sum()) < max(min_loci, 2):
+        reasons = local.status[~ok].str.split(":").str[0].value_counts().to_dict()
+        raise ValueError(f"only {int(ok.sum())} of {len(local)} loci have an estimate (need {min_loci}); "
+                         f"the others: {reasons}")
+    use = local[ok]
+    res = random_effects(use[estimate].to_numpy(), use[se].to_numpy(), method=method,
+                         knapp_hartung=knapp_hartung, alpha=alpha)
+    return replace(res, n_excluded=int((~ok).sum()))

@@ -164,17 +164,35 @@ def _i2_gx(bx, bxse, byse):
     return float(max(0.0, (q - (bx.size - 1)) / q)) if q > 0 else 0.0
 
 
-def _egger_inference(est, se_lm, sigma, alpha, distribution, df):
-    """MendelianRandomization's Egger CI/p: SE x max(1, sigma); with t, the wider rule."""
-    se = se_lm / min(sigma, 1.0)
+# Egger's slope and intercept are separable only if the oriented |bx| vary: the weighted
+# design's determinant, relative to its scale, must exceed this (one rule for egger and per_locus).
+_EGGER_SINGULAR = 1e-10
+
+
+def _egger_design_ok(sw, sx, sxx):
+    """True where the weighted Egger design [1, |bx|] has full rank (relative determinant)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (sw * sxx - sx * sx) > _EGGER_SINGULAR * sw * sxx
+
+
+def _egger_inference(est, se_fixed, sigma, alpha, distribution, df):
+    """MendelianRandomization's Egger CI/p: SE = fixed-effect SE x max(1, sigma); with t, the wider rule.
+
+    R computes ``se_lm / min(1, sigma)`` with ``se_lm = sigma * se_fixed``: the same number
+    for sigma > 0, and written this way an exact fit (sigma = 0) gets the fixed-effect SE,
+    its limit, instead of 0/0.
+    """
+    se = se_fixed * max(1.0, sigma)
     if distribution == "normal":
         lo, hi, p = _interval(est, se, alpha)
         return se, lo, hi, p
-    # t uses the unfloored lm SE; with RSE >= 1 that is the reported SE anyway
-    lo_t, hi_t, p_t = _interval(est, se_lm, alpha, df=df)
-    if sigma >= 1:
-        return se, lo_t, hi_t, p_t
     lo_n, hi_n, p_n = _interval(est, se, alpha)
+    se_lm = se_fixed * sigma  # t uses the unfloored lm SE; with RSE >= 1 that is the reported SE anyway
+    if sigma >= 1:
+        return se, *_interval(est, se_lm, alpha, df=df)
+    if se_lm == 0:  # exact fit: the t interval has zero width, so the wider rule gives the normal one
+        return se, lo_n, hi_n, p_n
+    lo_t, hi_t, p_t = _interval(est, se_lm, alpha, df=df)
     return se, min(lo_t, lo_n), max(hi_t, hi_n), max(p_t, p_n)
 
 
@@ -199,18 +217,26 @@ def egger(bx, bxse, by, byse, *, robust: bool = False, distribution: str = "norm
     ox, oy = np.abs(bx), by * sgn
     w = byse**-2
     X = np.column_stack([np.ones(k), ox])
+    if not _egger_design_ok(w.sum(), np.sum(w * ox), np.sum(w * ox * ox)):
+        raise ValueError("egger: all |bx| are (nearly) equal, so the intercept and the slope cannot be "
+                         "separated (singular design); use ivw, or instruments of different strength")
     if robust:
-        fit = _robust.lmrob_mm(X, oy, w, seed=seed)
-        coef, se_lm, sigma = fit.coef, np.sqrt(np.diag(fit.cov)), fit.scale
+        with np.errstate(invalid="ignore", divide="ignore"):  # an exact fit is reported below
+            fit = _robust.lmrob_mm(X, oy, w, seed=seed)
+        coef, sigma = fit.coef, fit.scale
+        if not (np.isfinite(sigma) and sigma > 0 and np.isfinite(fit.cov).all()):
+            raise ValueError(f"egger(robust=True): the MM fit is exact or degenerate (robust scale {sigma}), "
+                             "so it has no standard error; use robust=False")
+        se_fixed = np.sqrt(np.diag(fit.cov)) / sigma
     else:
         sw = np.sqrt(w)
         coef, *_ = np.linalg.lstsq(X * sw[:, None], oy * sw, rcond=None)
         resid = oy - X @ coef
         sigma = float(np.sqrt(np.sum(w * resid**2) / (k - 2)))
-        se_lm = sigma * np.sqrt(np.diag(np.linalg.inv(X.T @ (X * w[:, None]))))
+        se_fixed = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * w[:, None]))))
     q = float(np.sum(w * (oy - X @ coef) ** 2))
-    se, lo, hi, p = _egger_inference(coef[1], se_lm[1], sigma, alpha, distribution, k - 2)
-    ise, ilo, ihi, ip = _egger_inference(coef[0], se_lm[0], sigma, alpha, distribution, k - 2)
+    se, lo, hi, p = _egger_inference(coef[1], se_fixed[1], sigma, alpha, distribution, k - 2)
+    ise, ilo, ihi, ip = _egger_inference(coef[0], se_fixed[0], sigma, alpha, distribution, k - 2)
     return MRResult(
         "MR-Egger (robust)" if robust else "MR-Egger", float(coef[1]), float(se), float(lo), float(hi),
         float(p), k, alpha=alpha, model="MM (bisquare)" if robust else "random",
@@ -439,11 +465,14 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
     ok_locus = np.ones(n_loci, dtype=bool)
     finite = np.isfinite(bx) & np.isfinite(by) & np.isfinite(bxse) & np.isfinite(byse)
     positive = (bxse > 0) & (byse > 0)
-    valid_row = finite & positive
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        weighable = np.isfinite(1.0 / (byse * byse))
+    valid_row = finite & positive & weighable
     if not valid_row.all():
         # report the first offending row of each locus; non-finite values take precedence
         rows = np.arange(len(frame))
-        for mask, text in ((finite & ~positive, "bxse/byse must be > 0"), (~finite, "non-finite bx/bxse/by/byse")):
+        for mask, text in ((finite & positive & ~weighable, "byse so small that 1/byse^2 overflows"),
+                           (finite & ~positive, "bxse/byse must be > 0"), (~finite, "non-finite bx/bxse/by/byse")):
             if mask.any():
                 first = np.full(n_loci, -1)
                 bad_rows = rows[mask][::-1]
@@ -487,13 +516,16 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
             x, y = np.abs(x), y * np.sign(x)
             sw, sx, sxx = seg(w), seg(w * x), seg(w * x * x)
             sy, sxy = seg(w * y), seg(w * x * y)
+            singular = ok_locus & ~_egger_design_ok(sw, sx, sxx)
+            status[singular] = "degenerate: all |bx| are equal (singular Egger design)"
+            ok_locus &= ~singular
             with np.errstate(divide="ignore", invalid="ignore"):
                 det = sw * sxx - sx * sx
                 est = (sw * sxy - sx * sy) / det
                 est_i = (sy - est * sx) / sw
                 q = seg(w * (y - est_i[codes] - est[codes] * x) ** 2)
                 rse = np.sqrt(q / (kk - 2))
-                inflate = rse / np.minimum(rse, 1.0)  # = max(1, rse), the lm SE is rse * fixed SE
+                inflate = np.maximum(1.0, rse)  # as in egger(): an exact fit keeps the fixed-effect SE
                 se = np.sqrt(sw / det) * inflate
                 se_i = np.sqrt(sxx / det) * inflate
             df = kk - 2
@@ -515,6 +547,7 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
             sei_t = np.where(rse >= 1, se_i, se_i * rse)
             ip = np.where(rse >= 1, 2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)),
                           np.maximum(2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)), 2 * stats.norm.sf(np.abs(est_i / se_i))))
+        out["status"] = status
         m = ok_locus
         out.loc[m, "estimate"] = est[m]
         out.loc[m, "se"] = se[m]
@@ -529,7 +562,7 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
             out.loc[m, "intercept"] = est_i[m]
             out.loc[m, "intercept_se"] = se_i[m]
             out.loc[m, "intercept_pvalue"] = ip[m]
-        return out
+        return _flag_degenerate(out)
 
     # estimators without a closed form: one call per locus, failures kept per locus
     fn = {"egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha, **kwargs),
@@ -541,8 +574,8 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
         idx = order[bounds[i]:bounds[i + 1]]
         try:
             res = fn(bx[idx], bxse[idx], by[idx], byse[idx])
-        except ValueError as exc:
-            out.loc[i, "status"] = f"failed: {exc}"
+        except ValueError as exc:  # inputs passed the checks above, so this is a degenerate fit
+            out.loc[i, "status"] = f"degenerate: {exc}"
             continue
         if not (np.isfinite(res.se) and res.se > 1e-12 * max(1.0, abs(res.estimate))):
             # e.g. every bootstrap draw gave the same mode: no usable uncertainty
@@ -552,4 +585,20 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
                   "intercept", "intercept_se", "intercept_pvalue"):
             out.loc[i, c] = getattr(res, c)
         out.loc[i, "q_df"] = res.q_df if np.isfinite(res.q) else np.nan
+    return _flag_degenerate(out)
+
+
+def _flag_degenerate(out: pd.DataFrame) -> pd.DataFrame:
+    """Never "ok" with a NaN: a locus whose estimate, SE, CI or p-value is not usable is degenerate."""
+    ok = out.status == "ok"
+    cols = ["estimate", "se", "ci_low", "ci_high", "pvalue"]
+    vals = out.loc[ok, cols].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(vals).all(axis=1) | ~(vals[:, 1] > 0)
+    if bad.any():
+        idx = out.index[ok][bad]
+        out.loc[idx, "status"] = [
+            "degenerate: " + ", ".join(f"{c}={v:.3g}" for c, v in zip(cols, row) if not np.isfinite(v) or
+                                       (c == "se" and not v > 0))
+            for row in vals[bad]]
+        out.loc[idx, cols] = np.nan
     return out

@@ -81,11 +81,11 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
         local.insert(1, "outcome", names[o])
         local_all.append(local)
         ok = local[local.status == "ok"]
-        row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()))
+        row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()), n_excluded=len(local) - len(ok))
         if len(ok) >= min_loci:
-            g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy(), method=meta_method)
+            g = meta.pool(local, method=meta_method, min_loci=min_loci)
             row.update(estimate=g.estimate, se=g.se, ci_low=g.ci_low, ci_high=g.ci_high, tau=g.tau,
-                       pvalue=g.pvalue, i2=g.i2)
+                       pvalue=g.pvalue, i2=g.i2, converged=g.converged)
         if truth is not None:
             row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
         rows.append(row)

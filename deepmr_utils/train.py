@@ -9,6 +9,7 @@ original study did. Models come back in eval mode.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,7 +76,9 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
     """Train ``model`` in place on ``(X, y)``; returns the loss history.
 
     ``y``: targets with one row per sequence (any trailing shape); ``loss_fn(output, y)``
-    defaults to the mean squared error.
+    defaults to the mean squared error. ``seed`` fixes the validation split, the batch
+    order and every random draw inside the model (dropout), whatever the global RNG
+    state; the global RNG is left as it was.
     """
     X, y = _check_xy(X, y)
     dev = resolve_device(device)
@@ -92,33 +95,54 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
     loss_fn = loss_fn or nn.MSELoss()
     hist, best, best_state, waited = History(), float("inf"), None, 0
     epochs = tqdm(range(config.max_epochs), desc="epochs", disable=not progress, leave=False)
-    for epoch in epochs:
-        model.train()
-        order = torch.randperm(tr.numel(), generator=g).to(dev)
-        total = 0.0
-        for i in range(0, order.numel(), config.batch_size):
-            b = order[i:i + config.batch_size]
-            if b.numel() < 2:  # BatchNorm cannot train on a single example
+    # dropout draws from the global RNG: fork it so `seed`, not the caller's RNG state, decides them
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for epoch in epochs:
+            model.train()
+            order = torch.randperm(tr.numel(), generator=g).to(dev)
+            total = 0.0
+            for i in range(0, order.numel(), config.batch_size):
+                b = order[i:i + config.batch_size]
+                if b.numel() < 2:  # BatchNorm cannot train on a single example
+                    continue
+                opt.zero_grad()
+                loss = loss_fn(model(Xtr[b]), ytr[b])
+                if not torch.isfinite(loss):
+                    _diverged(best_state, f"training loss is {loss.item()} at epoch {epoch + 1}, "
+                              f"batch {i // config.batch_size + 1}")
+                    break
+                loss.backward()
+                opt.step()
+                total += loss.item() * b.numel()
+            else:
+                model.eval()
+                with torch.no_grad():
+                    vloss = loss_fn(model(Xva), yva).item()
+                if not np.isfinite(vloss):
+                    _diverged(best_state, f"validation loss is {vloss} at epoch {epoch + 1}")
+                    break
+                hist.train_loss.append(total / tr.numel())
+                hist.val_loss.append(vloss)
+                if vloss < best:
+                    best, best_state, waited, hist.best_epoch = vloss, copy.deepcopy(model.state_dict()), 0, epoch
+                else:
+                    waited += 1
+                    if waited >= config.patience:
+                        break
                 continue
-            opt.zero_grad()
-            loss = loss_fn(model(Xtr[b]), ytr[b])
-            loss.backward()
-            opt.step()
-            total += loss.item() * b.numel()
-        model.eval()
-        with torch.no_grad():
-            vloss = loss_fn(model(Xva), yva).item()
-        hist.train_loss.append(total / tr.numel())
-        hist.val_loss.append(vloss)
-        if vloss < best:
-            best, best_state, waited, hist.best_epoch = vloss, copy.deepcopy(model.state_dict()), 0, epoch
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
+            break  # the batch loop stopped on a non-finite loss after a good epoch: keep the best one
     model.load_state_dict(best_state)
     model.eval()
     return hist
+
+
+def _diverged(best_state, what: str) -> None:
+    """A non-finite loss: an error before any good epoch, else a warning and the best checkpoint."""
+    if best_state is None:
+        raise ValueError(f"{what}, before any epoch finished with a finite loss: lower the learning rate, "
+                         "check the targets' scale and the model's output (e.g. log of a negative number)")
+    warnings.warn(f"{what}; stopped and restored the best epoch", RuntimeWarning, stacklevel=3)
 
 
 def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,

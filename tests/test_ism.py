@@ -1,4 +1,6 @@
 """Exactness of saturation_mutagenesis against a naive one-mutant-at-a-time loop."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -239,3 +241,22 @@ def test_windowed_path_batched_over_references(dilated_ensemble, X, reference, p
             out = ism._fast_path(dilated_ensemble, Xn, pos, None, None, 12, chunk)
             assert out.shape == (3, 3, pos.numel(), 4, 3)
             assert (out - ref[:, :, pos]).abs().max() < TOL
+
+
+def test_dtypes_lengths_and_outputs_are_checked(dilated_ensemble, X):
+    m = dilated_ensemble[0]
+    want = ism.saturation_mutagenesis(m, X[:1], positions=(0, 5))
+    # a float64 one-hot batch is the same bases: cast, not refused
+    got = ism.saturation_mutagenesis(m, X[:1].double(), positions=(0, 5))
+    assert torch.equal(got, want)
+    # a float64 model gets a float64 batch
+    m64 = copy.deepcopy(m).double()
+    got64 = ism.saturation_mutagenesis(m64, X[:1], positions=(0, 5))
+    assert torch.allclose(got64, want, atol=1e-5)
+    with pytest.raises(TypeError, match="ensemble members have different dtypes"):
+        ism.saturation_mutagenesis([m, m64], X[:1])
+    with pytest.raises(ValueError, match="empty"):
+        ism.saturation_mutagenesis(m, [""])
+    for bad, err in (([], ValueError), ([0, 1.5], TypeError), ("0", TypeError)):
+        with pytest.raises(err, match="outputs"):
+            ism.saturation_mutagenesis(m, X[:1], outputs=bad)

@@ -125,3 +125,22 @@ def test_bad_input(kw, msg):
 def test_repr_one_line(ref):
     text = repr(meta.random_effects(*_data(ref, "dat.bcg_RR")))
     assert "\n" not in text and "REML" in text and "I^2=92.2%" in text
+
+
+def test_pool_skips_unusable_loci_with_a_count():
+    import pandas as pd
+
+    local = pd.DataFrame({"estimate": [0.4, 0.5, np.nan, 0.7, np.nan], "se": [0.1, 0.2, np.nan, 0.1, np.nan],
+                          "status": ["ok", "ok", "degenerate: se=0", "ok", "too few instruments (1 < 2)"]})
+    res = meta.pool(local)
+    want = meta.random_effects([0.4, 0.5, 0.7], [0.1, 0.2, 0.1])
+    assert res.estimate == want.estimate and res.se == want.se and res.n_excluded == 2
+    assert "2 loci excluded" in repr(res)
+    with pytest.raises(ValueError, match=r"only 1 of 2 loci have an estimate .*'degenerate': 1"):
+        meta.pool(local.iloc[1:3])
+
+
+def test_reml_that_does_not_converge_says_so():
+    y, s = np.array([0.1, 1.5, -0.8, 2.2, 0.4]), np.array([0.3, 0.2, 0.5, 0.4, 0.1])
+    res = meta.random_effects(y, s, max_iter=1, threshold=1e-12)
+    assert not res.converged and "NOT CONVERGED" in repr(res)

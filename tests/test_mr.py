@@ -375,3 +375,38 @@ def test_result_repr_is_one_line(lipids):
     assert res.to_dict()["estimate"] == res.estimate
     with pytest.raises(Exception):
         res.estimate = 0  # frozen
+
+
+def test_degenerate_fits_raise_or_are_flagged():
+    bxse, byse = np.full(4, 0.1), np.full(4, 0.1)
+    same = np.ones(4)
+    by = np.array([0.5, 0.6, 0.4, 0.55])
+    for robust in (False, True):
+        with pytest.raises(ValueError, match="all \\|bx\\| are .*equal"):
+            mr.egger(same * [1, -1, 1, -1], bxse, by, byse, robust=robust)
+    with pytest.raises(ValueError, match="byse is 1e-300 at index 0: so small that its weight"):
+        mr.ivw(np.arange(1.0, 5.0), bxse, by, np.array([1e-300, 0.1, 0.1, 0.1]))
+    # an exact fit: the slope is known, its SE is the fixed-effect SE (the limit of R's formula), not 0/0
+    bx = np.arange(1.0, 5.0)
+    res = mr.egger(bx, bxse, 0.5 * bx + 0.1, byse)
+    w = byse**-2
+    fixed = np.sqrt(np.sum(w) / (np.sum(w) * np.sum(w * bx**2) - np.sum(w * bx) ** 2))
+    assert res.estimate == pytest.approx(0.5) and res.se == pytest.approx(fixed) and np.isfinite(res.pvalue)
+    with pytest.raises(ValueError, match="exact"):
+        mr.egger(bx, bxse, 0.5 * bx + 0.1, byse, robust=True)
+    frame = pd.DataFrame({"locus": np.repeat(["same", "exact", "tiny", "fine"], 4),
+                          "bx": np.r_[same, bx, bx, bx], "bxse": 0.1,
+                          "by": np.r_[by, 0.5 * bx + 0.1, by, by + [0.01, -0.02, 0.0, 0.03]],
+                          "byse": np.r_[np.full(8, 0.1), [1e-300, 0.1, 0.1, 0.1], np.full(4, 0.1)]})
+    for method in ("egger", "egger_robust", "ivw", "weighted_median"):
+        out = mr.per_locus(frame, method, **({"n_boot": 100, "seed": 0} if method == "weighted_median" else {}))
+        ok = out[out.status == "ok"]
+        assert np.isfinite(ok[["estimate", "se", "ci_low", "ci_high", "pvalue"]].to_numpy()).all(), method
+        assert out.status[2].startswith("byse so small"), method
+        assert out.status[3] == "ok", method
+        if method in ("egger", "egger_robust"):
+            assert out.status[0].startswith("degenerate: "), (method, out.status[0])
+            assert np.isnan(out.estimate[0])
+    egger = mr.per_locus(frame, "egger")
+    assert egger.status[1] == "ok" and egger.se[1] == pytest.approx(fixed)
+    assert mr.per_locus(frame, "egger_robust").status[1].startswith("degenerate: ")

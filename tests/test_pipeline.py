@@ -137,3 +137,186 @@ pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_pa
     for _ in range(2):  # the second process finds the first one's manifest and must accept it
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     assert pipeline._describe(torch.sigmoid).endswith("sigmoid") and "0x" not in pipeline._describe(pipeline.effects)
+
+
+# ----------------------------------------------------------------------------- no silent wrong numbers
+
+
+def test_names_resolve_against_the_selected_outputs(setup):
+    """exposure='a' with outputs=[2, 0, 1] is the second selected column, not the model's first."""
+    models, X = setup
+    sub = pipeline.variant_effects(models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1],
+                                   progress=False, select=False)
+    full = pipeline.variant_effects(models, X[:3], exposure=0, outcome=2, progress=False, select=False)
+    np.testing.assert_array_equal(sub.bx.to_numpy(), full.bx.to_numpy())  # output "a" in both
+    np.testing.assert_array_equal(sub.by.to_numpy(), full.by.to_numpy())
+    assert set(sub.exposure) == {"a"} and set(sub.outcome) == {"c"}
+    # indices are into the selected outputs too: 1 is "a" here
+    by_index = pipeline.variant_effects(models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1],
+                                        progress=False, select=False)
+    np.testing.assert_array_equal(by_index.bx.to_numpy(), full.bx.to_numpy())
+    assert set(by_index.outcome) == {"c"}
+    with pytest.raises(ValueError, match="'b' is not an output; the selected outputs are"):
+        pipeline.variant_effects(models, X[:3], exposure="b", outcome="a", outputs=[0, 2], progress=False)
+    with pytest.raises(ValueError, match="selected outputs have no names"):
+        pipeline.variant_effects(models, X[:3], exposure="a", outcome="b", outputs=_first_two, progress=False)
+    named = pipeline.variant_effects(models, X[:3], exposure="y", outcome="x", outputs=_first_two,
+                                     output_names=["x", "y"], progress=False, select=False)
+    np.testing.assert_array_equal(named.by.to_numpy(), full.bx.to_numpy())
+
+
+def _first_two(y):
+    return y[:, :2]
+
+
+def test_outputs_must_be_integer_indices(setup):
+    models, X = setup
+    for bad, err in (([], ValueError), ([0.5, 1], TypeError), ("a", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="outputs"):
+            pipeline.effects(models, X[:2], outputs=bad, progress=False)
+
+
+def test_positions_window_and_list_are_different_runs(setup, tmp_path):
+    models, X = setup
+    out = tmp_path / "run"
+    window = pipeline.variant_effects(models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out,
+                                      progress=False, select=False)
+    assert sorted(set(window.position)) == list(range(10))
+    with pytest.raises(ValueError, match="holds a different run"):
+        pipeline.variant_effects(models, X[:2], exposure="a", outcome="b", positions=[0, 10], out=out,
+                                 progress=False, select=False)
+
+
+def test_anonymous_outputs_need_a_key(setup, tmp_path):
+    models, X = setup
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="anonymous function"):
+        pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], out=out, progress=False)
+    pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], outputs_key="first two", out=out, progress=False)
+    with pytest.raises(ValueError, match="holds a different run"):
+        pipeline.effects(models, X[:2], outputs=lambda y: y[:, 1:], outputs_key="last two", out=out,
+                         progress=False)
+    # two partials of one function differ by their arguments
+    from functools import partial
+    assert pipeline._describe(partial(np.take, indices=[0])) != pipeline._describe(partial(np.take, indices=[1]))
+
+
+def test_calibration_state_is_part_of_the_fingerprint(setup, tmp_path):
+    models, X = setup
+    rng = np.random.default_rng(0)
+    members = rng.normal(size=(1500, 3))
+    y = rng.normal(size=1500)
+    y2 = y.copy()
+    y2[np.argsort(y - members.mean(axis=1))[700]] += 1e-3  # one PIT value in the middle moves
+    cals = [uncertainty.IsotonicCalibration().fit(members, t) for t in (y, y2)]
+    assert repr(cals[0]) == repr(cals[1])  # the repr hides the fitted arrays ...
+    out = tmp_path / "run"
+    pipeline.effects(models, X[:2], calibration=cals[0], out=out, progress=False)
+    with pytest.raises(ValueError, match="holds a different run"):  # ... the fingerprint does not
+        pipeline.effects(models, X[:2], calibration=cals[1], out=out, progress=False)
+
+
+def test_foreign_and_unreadable_chunks_are_recomputed(setup, tmp_path):
+    models, X = setup
+    a, b = tmp_path / "a", tmp_path / "b"
+    want = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
+                                    progress=False, select=False)
+    other = pipeline.variant_effects(models, X[4:8], exposure="a", outcome="b", chunk_size=2, out=b,
+                                     progress=False, select=False)
+    assert not np.allclose(want.bx.to_numpy()[:10], other.bx.to_numpy()[:10])
+    (a / "chunk_00001.parquet").write_bytes((b / "chunk_00001.parquet").read_bytes())  # another run's chunk
+    with pytest.warns(UserWarning, match="chunk_00001.parquet belongs to another run; recomputing"):
+        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
+                                       progress=False, select=False)
+    pd.testing.assert_frame_equal(got, want)
+    (a / "chunk_00001.parquet").write_bytes((a / "chunk_00000.parquet").read_bytes())  # the wrong slot
+    with pytest.warns(UserWarning, match="belongs to chunk 0, not chunk 1"):
+        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
+                                       progress=False, select=False)
+    pd.testing.assert_frame_equal(got, want)
+    (a / "chunk_00000.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.warns(UserWarning, match="chunk_00000.parquet is unreadable"):
+        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
+                                       progress=False, select=False)
+    pd.testing.assert_frame_equal(got, want)
+    # the same for .npz chunks
+    e = tmp_path / "e"
+    eff = pipeline.effects(models, X[:4], chunk_size=2, out=e, progress=False)
+    (e / "effects_00001.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.warns(UserWarning, match="effects_00001.npz is unreadable"):
+        again = pipeline.effects(models, X[:4], chunk_size=2, out=e, progress=False)
+    np.testing.assert_array_equal(again[0], eff[0])
+
+
+def test_truncated_manifest_names_the_file(setup, tmp_path):
+    models, X = setup
+    out = tmp_path / "run"
+    pipeline.effects(models, X[:2], out=out, progress=False)
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"manifest.json is unreadable .* Delete that file and rerun"):
+        pipeline.effects(models, X[:2], out=out, progress=False)
+    (out / "manifest.json").unlink()  # as the message says: the chunks are checked and reused
+    again = pipeline.effects(models, X[:2], out=out, progress=False)
+    assert again[0].shape == (2, 60, 4, 3)
+
+
+def test_partial_outputs_resume_in_a_new_process(setup, tmp_path):
+    models, X = setup
+    torch.save({"models": [m.state_dict() for m in models], "X": X}, tmp_path / "inputs.pt")
+    script = f"""
+from functools import partial
+import torch
+from deepmr_utils import pipeline
+from deepmr_utils.models import DilatedResidualNet
+
+d = torch.load({str(tmp_path / 'inputs.pt')!r})
+models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
+for m, sd in zip(models, d["models"]):
+    m.load_state_dict(sd)
+pick = partial(torch.narrow, dim=1, start=0, length=2)
+pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / 'run')!r}, progress=False)
+"""
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
+    """A real SIGKILL of the writing process, then a rerun: the table is exactly the one-shot table."""
+    import os
+    import signal
+    import time
+
+    models, X = setup
+    torch.save({"models": [m.state_dict() for m in models], "X": X}, tmp_path / "inputs.pt")
+    out = tmp_path / "run"
+    script = f"""
+import time, torch
+from deepmr_utils import pipeline
+from deepmr_utils.models import DilatedResidualNet
+
+d = torch.load({str(tmp_path / 'inputs.pt')!r})
+models = [DilatedResidualNet(3, 8, 3, stem_kernel=5, output_names=["a", "b", "c"]) for _ in d["models"]]
+for m, sd in zip(models, d["models"]):
+    m.load_state_dict(sd)
+real = pipeline.saturation_mutagenesis
+def slow(*a, **k):
+    time.sleep(0.3)
+    return real(*a, **k)
+pipeline.saturation_mutagenesis = slow
+pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1, out={str(out)!r},
+                         progress=False, select=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while len(list(out.glob("chunk_*.parquet"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("chunk_*.parquet")))
+    assert 3 <= done < 10
+    resumed = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, out=out,
+                                       progress=False, select=False)
+    full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, progress=False,
+                                    select=False)
+    pd.testing.assert_frame_equal(resumed, full, check_exact=True)

@@ -135,25 +135,6 @@ def test_augmentation_mutates_inside_motifs():
     sq.check_one_hot(aug["X"], allow_zero_columns=False)
 
 
-def test_fit_early_stopping_and_ensemble():
-    torch.manual_seed(0)
-    X = sq.random_sequences(300, 30, seed=0)
-    y = np.stack([X[:, 0].sum(1).numpy(), X[:, 2, :10].sum(1).numpy()], axis=1)
-    model = CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8)
-    hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=60, patience=3, batch_size=32), seed=0, device="cpu")
-    assert not model.training
-    assert hist.val_loss[hist.best_epoch] == min(hist.val_loss)
-    assert len(hist.val_loss) <= 60 and hist.val_loss[hist.best_epoch] < hist.val_loss[0]
-    models, hists = train.train_ensemble(lambda: CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8),
-                                         X, y, 2, config=train.TrainConfig(max_epochs=3), seed=1, device="cpu",
-                                         progress=False)
-    assert len(models) == 2 and not torch.equal(models[0].out.weight, models[1].out.weight)
-    acc = train.evaluate(models, X, y, names=["a", "b"])
-    assert list(acc.output) == ["a", "b"]
-    with pytest.raises(ValueError, match="y has"):
-        train.fit(model, X, y[:10])
-
-
 def test_summarize_by_hand():
     rounds = pd.DataFrame({
         "scenario": "none", "estimator": "IVW",

@@ -151,3 +151,33 @@ def test_calibration_per_output_on_ism_tensor():
     assert torch.allclose(sd_ratio[..., 1], torch.full_like(sd_ratio[..., 1], cal.lams[1] ** 0.5))
     with pytest.raises(ValueError, match="outputs on the last axis"):
         cal.transform_members(pred[..., :1], axis=1)
+
+
+def test_n_positions_are_measured_against_the_unmutated_sequence():
+    """At an all-zero (N) column every base is a mutant; each is compared with the reference prediction."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 6, 2))
+    X = sq.one_hot("ACNTGA", non_acgt="zero")
+    models = [model, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 6, 2))]
+    from deepmr_utils import ism
+    from deepmr_utils.predict import predict
+
+    pred = ism.saturation_mutagenesis(models, X)
+    eff, se = uncertainty.paired_effects(pred, X)
+    ref = predict(models, X)  # (1, M, O): the sequence with the N
+    for b in range(4):
+        x = X.clone()
+        x[0, b, 2] = 1
+        d = (predict(models, x) - ref)[0].numpy()  # (M, O)
+        np.testing.assert_allclose(eff[0, 2, b], d.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(se[0, 2, b], d.std(axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+    assert np.isfinite(eff[0, 2]).all() and (se[0, 2] > 0).all()  # no slot is taken for the reference
+    table = instruments.variant_table(eff, se, X, exposure=0, outcome=1)
+    at_n = table[table.position == 2]
+    assert list(at_n.ref) == ["N"] * 4 and list(at_n.alt) == list("ACGT")
+    assert len(table) == 5 * 3 + 4
+    # only N positions mutated: the reference must be given
+    with pytest.raises(ValueError, match="no known base"):
+        uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2])
+    e2, _ = uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2], reference=ref)
+    np.testing.assert_allclose(e2[0, 0], eff[0, 2], rtol=1e-6)

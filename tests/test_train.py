@@ -1,0 +1,68 @@
+"""Training loops: early stopping, ensembles, seeds that decide every draw, and clear errors."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepmr_utils import sequence as sq
+from deepmr_utils import train
+from deepmr_utils.models import CountsRegressor
+
+
+def test_fit_early_stopping_and_ensemble():
+    torch.manual_seed(0)
+    X = sq.random_sequences(300, 30, seed=0)
+    y = np.stack([X[:, 0].sum(1).numpy(), X[:, 2, :10].sum(1).numpy()], axis=1)
+    model = CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8)
+    hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=60, patience=3, batch_size=32), seed=0, device="cpu")
+    assert not model.training
+    assert hist.val_loss[hist.best_epoch] == min(hist.val_loss)
+    assert len(hist.val_loss) <= 60 and hist.val_loss[hist.best_epoch] < hist.val_loss[0]
+    models, hists = train.train_ensemble(lambda: CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8),
+                                         X, y, 2, config=train.TrainConfig(max_epochs=3), seed=1, device="cpu",
+                                         progress=False)
+    assert len(models) == 2 and not torch.equal(models[0].out.weight, models[1].out.weight)
+    acc = train.evaluate(models, X, y, names=["a", "b"])
+    assert list(acc.output) == ["a", "b"]
+    with pytest.raises(ValueError, match="y has"):
+        train.fit(model, X, y[:10])
+
+
+class _DropNet(nn.Module):
+    def __init__(self, L=20):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(6 * L, 1)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_fit_seed_decides_dropout_whatever_the_global_rng():
+    X = sq.random_sequences(64, 20, seed=0)
+    y = X[:, 1].sum(1, keepdim=True)
+    cfg = train.TrainConfig(max_epochs=3, batch_size=16)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(123)
+        m = _DropNet()
+        torch.manual_seed(global_seed)  # a different global RNG state before fit
+        train.fit(m, X, y, config=cfg, seed=5, device="cpu")
+        weights.append(m.out.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+    m = _DropNet()
+    state = torch.random.get_rng_state()
+    train.fit(m, X, y, config=cfg, seed=5, device="cpu")
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left as it was
+
+
+def test_fit_with_a_nan_loss_from_the_first_epoch_says_so():
+    X = sq.random_sequences(32, 20, seed=0)
+
+    def nan_loss(out, y):
+        return (out - y).pow(2).mean() * float("nan")
+
+    with pytest.raises(ValueError, match="training loss is nan at epoch 1, batch 1"):
+        train.fit(_DropNet(), X, torch.zeros(32, 1), config=train.TrainConfig(max_epochs=2), device="cpu",
+                  loss_fn=nan_loss)
