@@ -286,13 +286,23 @@ def test_per_locus_reports_bad_loci_without_losing_others():
     assert out.loc[["seq1", "seq2", "seq3", "lonely"], "estimate"].isna().all()
 
 
-def test_per_locus_loop_methods_and_failures():
-    frame = _frame(np.random.default_rng(2), n_loci=5, k_range=(6, 10))
-    out = mr.per_locus(frame, "weighted_median", n_boot=200, seed=0)
-    g = frame[frame.locus == "seq0"]
-    close(out.estimate[0], mr.weighted_median(g.bx, g.bxse, g.by, g.byse, n_boot=200, seed=0).estimate)
-    rob = mr.per_locus(frame, "egger_robust")
-    assert (rob.status == "ok").all() and rob.intercept.notna().all()
+def test_per_locus_matches_r_on_three_loci(ref, lipids):
+    """Three loci (the lipid data for LDL-c, HDL-c and triglycerides) in one frame, against R's outputs."""
+    frame = pd.concat([pd.DataFrame(dict(zip(("bx", "bxse", "by", "byse"), lipids(e))), index=None).assign(locus=e)
+                       for e in ("ldlc", "hdlc", "trig")], ignore_index=True)
+    r = ref["computed_outputs"][MRPKG]
+    for method, key, kw, tol in (("ivw", "ivw_default", {}, EXACT), ("egger", "egger_default", {}, EXACT),
+                                 ("egger_robust", "egger_robust", {}, 1e-6),
+                                 ("weighted_median", "median_weighted", {"n_boot": 2000, "seed": 1}, EXACT)):
+        out = mr.per_locus(frame, method, **kw).set_index("locus")
+        for e in ("ldlc", "hdlc", "trig"):
+            want = r[f"{e}_chd"].get(key)
+            if want is None:
+                continue
+            assert out.status[e] == "ok"
+            close(out.estimate[e], want["Estimate"], tol)
+            se = want.get("StdError", want.get("StdError.Est"))
+            close(out.se[e], se, BOOT if method == "weighted_median" else tol)
 
 
 def test_per_locus_flags_zero_bootstrap_se():
