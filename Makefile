@@ -1,6 +1,6 @@
 # The two commands of README.md. Both create the virtual environment on first use.
 #   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
-#   make test   unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
+#   make test   ruff + unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The venv's bin first: notebook kernels ("python3") must start from the same environment.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: book test unit notebooks book-quick bench clean env
+.PHONY: book test lint unit notebooks book-quick bench clean env
 
 env: $(STAMP)
 
@@ -27,7 +27,11 @@ book: $(STAMP)
 	@test -f _build/html/index.html
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: unit notebooks book-quick
+test: lint unit notebooks book-quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -20,6 +20,7 @@ All methods run in the same process, on the same inputs; the script checks that
 their tables agree and prints mutants/s (variant rows per second) and ratios, and
 the model's plain forward throughput at the same batch size as the ceiling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def naive(models, X, batch_size, device):
     out = None
     with torch.inference_mode():
         for n in range(N):
-            x = X[n:n + 1].to(device)
+            x = X[n : n + 1].to(device)
             ref = torch.stack([m(x)[0] for m in models]).float().cpu()  # (M, O)
             if out is None:
                 out = torch.empty(N, M, L, 4, ref.shape[-1])
@@ -57,7 +58,7 @@ def naive(models, X, batch_size, device):
             muts[r, :, pos] = 0
             muts[r, base, pos] = 1
             for k, m in enumerate(models):
-                ys = torch.cat([m(muts[i:i + batch_size]) for i in range(0, pos.numel(), batch_size)]).float().cpu()
+                ys = torch.cat([m(muts[i : i + batch_size]) for i in range(0, pos.numel(), batch_size)]).float().cpu()
                 out[n, k, pos.cpu(), base.cpu()] = ys
     return out
 
@@ -122,22 +123,36 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
 
     torch.manual_seed(args.seed)
-    models = [DilatedResidualNet(args.tasks, args.filters, args.layers, stem_kernel=25).to(device).eval()
-              for _ in range(args.members)]
+    models = [
+        DilatedResidualNet(args.tasks, args.filters, args.layers, stem_kernel=25).to(device).eval()
+        for _ in range(args.members)
+    ]
     X = sq.random_sequences(args.n_seqs, args.length, seed=args.seed)
     n_mut = args.n_seqs * 3 * args.length
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"{args.n_seqs} sequences x {args.length} bp, {args.members}-member ensemble of DilatedResidualNet("
-          f"{args.tasks} heads, {args.filters} filters, {args.layers} dilated layers); {n_mut} variants; "
-          f"device {device} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.n_seqs} sequences x {args.length} bp, {args.members}-member ensemble of DilatedResidualNet("
+        f"{args.tasks} heads, {args.filters} filters, {args.layers} dilated layers); {n_mut} variants; "
+        f"device {device} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     tables, times = {}, {}
     for name in methods:
         if name.startswith("deepmr"):
             # "deepmr": the library's defaults; "-windowed" / "-plain" force one path
             kw = {"deepmr-windowed": {"fast": True}, "deepmr-plain": {"fast": False}}.get(name, {})
-            t, tab = timed(lambda: pipeline.variant_effects(models, X, exposure=0, outcome=1, select=False,
-                                                            device=device, progress=False, **kw))
+            t, tab = timed(
+                lambda: pipeline.variant_effects(
+                    models,
+                    X,
+                    exposure=0,
+                    outcome=1,
+                    select=False,
+                    device=device,
+                    progress=False,
+                    **kw,  # noqa: B023 (called at once)
+                )
+            )
         elif name == "naive":
             t, tab = timed(lambda: post_process(naive(models, X, args.batch_size, device), X))
         elif name.startswith("tangermeme"):
@@ -147,7 +162,7 @@ def main():
                 print(f"{name}: skipped (pip install tangermeme==1.6.0)")
                 continue
             fast = name.endswith("fast")
-            t, tab = timed(lambda: post_process(tangermeme_ism(models, X, args.batch_size, args.device, fast), X))
+            t, tab = timed(lambda: post_process(tangermeme_ism(models, X, args.batch_size, args.device, fast), X))  # noqa: B023 (called at once)
         else:
             raise SystemExit(f"unknown method {name}")
         tables[name], times[name] = tab, t
@@ -162,8 +177,10 @@ def main():
     print("all methods produce the same variant table")
 
     ceiling = forward_ceiling(models[0], X, args.batch_size, device) / args.members
-    print(f"\nplain forward ceiling at batch {args.batch_size}: {ceiling * args.members:.0f} sequences/s "
-          f"= {ceiling:.0f} variants/s for {args.members} members")
+    print(
+        f"\nplain forward ceiling at batch {args.batch_size}: {ceiling * args.members:.0f} sequences/s "
+        f"= {ceiling:.0f} variants/s for {args.members} members"
+    )
     tm = [times[k] for k in times if k.startswith("tangermeme")]
     print(f"{'method':<16}{'seconds':>9}{'variants/s':>12}{'vs naive':>10}{'vs tangermeme best':>20}{'of ceiling':>12}")
     for name, t in times.items():

@@ -7,6 +7,7 @@ calls ``mr.ivw`` / ``mr.egger`` once per locus on a subsample, in the same run, 
 prints seconds, loci per second and the speed-up. The loop is timed on
 ``--loop-loci`` loci and scaled to the full count (it is linear in the number of loci).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    frame, _ = simulate.summary_statistics(args.loci, args.k, effect=0.5, tau=0.1, pleiotropy_sd=0.02,
-                                           seed=args.seed)
-    print(f"{args.loci} loci x {args.k} instruments = {len(frame)} rows; "
-          f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+    frame, _ = simulate.summary_statistics(args.loci, args.k, effect=0.5, tau=0.1, pleiotropy_sd=0.02, seed=args.seed)
+    print(
+        f"{args.loci} loci x {args.k} instruments = {len(frame)} rows; "
+        f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs"
+    )
 
     sub_ids = np.arange(min(args.loop_loci, args.loci))
     groups = [g for _, g in frame[frame.locus.isin(sub_ids)].groupby("locus", sort=False)]
@@ -50,8 +52,8 @@ def main():
     total_vec = 0.0
     print(f"{'method':<8}{'per_locus [s]':>15}{'loop, scaled [s]':>19}{'speed-up':>10}{'loci/s (vec)':>15}")
     for method, fn in (("ivw", mr.ivw), ("egger", mr.egger)):
-        t_vec, out = best_of(lambda: mr.per_locus(frame, method), args.repeats)
-        t_loop, loop = best_of(lambda: [fn(*a) for a in arrays], 1)
+        t_vec, out = best_of(lambda: mr.per_locus(frame, method), args.repeats)  # noqa: B023 (called at once)
+        t_loop, loop = best_of(lambda: [fn(*a) for a in arrays], 1)  # noqa: B023 (called at once)
         # same numbers, or the comparison is meaningless
         np.testing.assert_allclose(out.estimate.to_numpy()[: len(loop)], [r.estimate for r in loop], rtol=1e-9)
         t_loop_full = t_loop * scale

@@ -1,2 +1,3 @@
 """deepmr_utils: the library behind the DeepMR book."""
+
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ Our fast-S differs from robustbase only in how candidates are drawn: every
 minimum on well-behaved data, so the final MM fit agrees with R to R's own
 convergence tolerance (``rel.tol = 1e-7``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,7 @@ def m_scale(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB) -> float:
     return brentq(f, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
 
 
-def _m_scale_rows(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB, iters: int = 200,
-                  s0=None) -> np.ndarray:
+def _m_scale_rows(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB, iters: int = 200, s0=None) -> np.ndarray:
     """M-scale of every row of ``r`` (candidates x observations) by the fixed-point iteration
     ``s <- s * sqrt(mean_{n-p}(chi(r/s)) / b)`` (to 1e-10 relative; :func:`m_scale` is exact)."""
     n = r.shape[1]
@@ -124,8 +124,9 @@ class MMFit:
     iterations: int
 
 
-def lmrob_mm(x, y, weights=None, *, n_resample: int = 500, seed: int = 0,
-             max_iter: int = 500, tol: float = 1e-10) -> MMFit:
+def lmrob_mm(
+    x, y, weights=None, *, n_resample: int = 500, seed: int = 0, max_iter: int = 500, tol: float = 1e-10
+) -> MMFit:
     """MM-estimate of ``y ~ x`` (``x`` includes any intercept column).
 
     Shapes: ``x`` (n, p), ``y`` (n,), ``weights`` (n,) case weights.
@@ -175,7 +176,7 @@ def lmrob_mm(x, y, weights=None, *, n_resample: int = 500, seed: int = 0,
     beta = s_coef.copy()
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (reported after the loop)
         w = bisquare_weight((y - x @ beta) / scale, C_PSI)
         new = _wls(x, y, w)
         done = np.linalg.norm(new - beta) <= tol * max(tol, np.linalg.norm(beta))
@@ -187,8 +188,7 @@ def lmrob_mm(x, y, weights=None, *, n_resample: int = 500, seed: int = 0,
         raise ValueError(f"MM-regression IRWLS did not converge in {max_iter} iterations")
 
     cov = _vcov_avar1(x, y - x @ beta, y - x @ s_coef, scale)
-    return MMFit(coef=beta, cov=cov, scale=float(scale), s_coef=s_coef,
-                 converged=converged, iterations=it)
+    return MMFit(coef=beta, cov=cov, scale=float(scale), s_coef=s_coef, converged=converged, iterations=it)
 
 
 def _vcov_avar1(x, r, r0, scale):

@@ -4,6 +4,7 @@ Every public estimator funnels its arrays through here so that bad input fails
 loudly, with the name of the argument and the first offending index, instead of
 propagating a NaN into a book table.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,16 +72,20 @@ def check_weights(se: np.ndarray, name: str) -> None:
         bad = ~np.isfinite(1.0 / (se * se))
     if bad.any():
         i = first_bad(bad)
-        raise ValueError(f"{name} is {se[i]} at index {i}: so small that its weight 1/{name}^2 overflows; "
-                         "rescale the effects or drop that instrument")
+        raise ValueError(
+            f"{name} is {se[i]} at index {i}: so small that its weight 1/{name}^2 overflows; "
+            "rescale the effects or drop that instrument"
+        )
 
 
 def check_nonzero_bx(bx: np.ndarray, method: str) -> None:
     """Ratio-based estimators divide by bx: a zero makes the ratio undefined."""
     bad = bx == 0
     if bad.any():
-        raise ValueError(f"{method}: bx is zero at index {first_bad(bad)}, so its ratio estimate by/bx "
-                         "is undefined; drop that instrument")
+        raise ValueError(
+            f"{method}: bx is zero at index {first_bad(bad)}, so its ratio estimate by/bx "
+            "is undefined; drop that instrument"
+        )
 
 
 def check_alpha(alpha: float) -> float:

@@ -13,6 +13,7 @@ the environment variable ``DEEPMR_SCALE``:
 An unset variable means ``default``; any other value is an error, so a typo
 cannot silently run the wrong experiment.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,22 +35,73 @@ _SIZES = {
     },
     "simulation": {
         # rounds per scenario; data, ensemble and training sizes of each round
-        "quick": {"rounds": 1, "n_train": 2000, "n_calibration": 300, "n_test": 120, "n_members": 3,
-                  "max_epochs": 25, "patience": 5, "n_boot": 100},
-        "default": {"rounds": 6, "n_train": 3000, "n_calibration": 500, "n_test": 300, "n_members": 4,
-                    "max_epochs": 30, "patience": 5, "n_boot": 200},
-        "paper": {"rounds": 50, "n_train": 10000, "n_calibration": 1000, "n_test": 1000, "n_members": 5,
-                  "max_epochs": 100, "patience": 10, "n_boot": 1000},
+        "quick": {
+            "rounds": 1,
+            "n_train": 2000,
+            "n_calibration": 300,
+            "n_test": 120,
+            "n_members": 3,
+            "max_epochs": 25,
+            "patience": 5,
+            "n_boot": 100,
+        },
+        "default": {
+            "rounds": 6,
+            "n_train": 3000,
+            "n_calibration": 500,
+            "n_test": 300,
+            "n_members": 4,
+            "max_epochs": 30,
+            "patience": 5,
+            "n_boot": 200,
+        },
+        "paper": {
+            "rounds": 50,
+            "n_train": 10000,
+            "n_calibration": 1000,
+            "n_test": 1000,
+            "n_members": 5,
+            "max_epochs": 100,
+            "patience": 10,
+            "n_boot": 1000,
+        },
     },
     "bpnet": {
         # sequence length, architecture, ensemble, training data and mutated loci. Six dilated
         # layers reach 277 bp, so the receptive field spans both sites of most motif pairs.
-        "quick": {"length": 200, "n_layers": 6, "n_filters": 16, "n_members": 3, "n_train": 1500,
-                  "max_epochs": 25, "patience": 4, "batch_size": 32, "n_loci": 80},
-        "default": {"length": 300, "n_layers": 6, "n_filters": 32, "n_members": 4, "n_train": 4000,
-                    "max_epochs": 40, "patience": 5, "batch_size": 32, "n_loci": 300},
-        "paper": {"length": 1000, "n_layers": 9, "n_filters": 64, "n_members": 5, "n_train": 20000,
-                  "max_epochs": 200, "patience": 5, "batch_size": 128, "n_loci": 2000},
+        "quick": {
+            "length": 200,
+            "n_layers": 6,
+            "n_filters": 16,
+            "n_members": 3,
+            "n_train": 1500,
+            "max_epochs": 25,
+            "patience": 4,
+            "batch_size": 32,
+            "n_loci": 80,
+        },
+        "default": {
+            "length": 300,
+            "n_layers": 6,
+            "n_filters": 32,
+            "n_members": 4,
+            "n_train": 4000,
+            "max_epochs": 40,
+            "patience": 5,
+            "batch_size": 32,
+            "n_loci": 300,
+        },
+        "paper": {
+            "length": 1000,
+            "n_layers": 9,
+            "n_filters": 64,
+            "n_members": 5,
+            "n_train": 20000,
+            "max_epochs": 200,
+            "patience": 5,
+            "batch_size": 128,
+            "n_loci": 2000,
+        },
     },
 }
 

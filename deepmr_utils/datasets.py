@@ -1,4 +1,5 @@
 """Small example datasets shipped with the package (no downloads)."""
+
 from __future__ import annotations
 
 from importlib import resources

@@ -4,6 +4,7 @@ A *variant table* has one row per substitution of each locus:
 ``locus, position, ref, alt, exposure, outcome, bx, bxse, by, byse``. It feeds
 :func:`deepmr_utils.mr.per_locus` directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,9 @@ _BASES = np.array(list(ALPHABET))
 COLUMNS = ["locus", "position", "ref", "alt", "exposure", "outcome", "bx", "bxse", "by", "byse"]
 
 
-def variant_table(effect, se, X, *, exposure: int, outcome: int, positions=None, loci=None,
-                  output_names=None) -> pd.DataFrame:
+def variant_table(
+    effect, se, X, *, exposure: int, outcome: int, positions=None, loci=None, output_names=None
+) -> pd.DataFrame:
     """Long table of all substitutions from :func:`deepmr_utils.uncertainty.paired_effects` output.
 
     ``effect``/``se``: ``(N, P, 4, O)``; ``X``: one-hot ``(N, 4, L)``; ``exposure`` and
@@ -45,24 +47,35 @@ def variant_table(effect, se, X, *, exposure: int, outcome: int, positions=None,
     n, p, b = np.nonzero(ref_oh != 1)
     names = list(output_names) if output_names is not None else [str(i) for i in range(O)]
     if len(names) != O:
-        raise ValueError(f"output_names has {len(names)} names for the {O} outputs of effect (name the selected "
-                         "outputs, e.g. with deepmr_utils.predict.output_names(models, outputs))")
-    return pd.DataFrame({
-        "locus": loci[n],
-        "position": pos[p],
-        "ref": np.array(list(ALPHABET + "N"))[ref_idx[n, p]],
-        "alt": _BASES[b],
-        "exposure": names[exposure],
-        "outcome": names[outcome],
-        "bx": effect[n, p, b, exposure],
-        "bxse": se[n, p, b, exposure],
-        "by": effect[n, p, b, outcome],
-        "byse": se[n, p, b, outcome],
-    })
+        raise ValueError(
+            f"output_names has {len(names)} names for the {O} outputs of effect (name the selected "
+            "outputs, e.g. with deepmr_utils.predict.output_names(models, outputs))"
+        )
+    return pd.DataFrame(
+        {
+            "locus": loci[n],
+            "position": pos[p],
+            "ref": np.array(list(ALPHABET + "N"))[ref_idx[n, p]],
+            "alt": _BASES[b],
+            "exposure": names[exposure],
+            "outcome": names[outcome],
+            "bx": effect[n, p, b, exposure],
+            "bxse": se[n, p, b, exposure],
+            "by": effect[n, p, b, outcome],
+            "byse": se[n, p, b, outcome],
+        }
+    )
 
 
-def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float | None = None,
-           k: int | None = None, one_per_position: bool = False, steiger=None) -> pd.DataFrame:
+def select(
+    table: pd.DataFrame,
+    strategy: str = "local_z",
+    *,
+    threshold: float | None = None,
+    k: int | None = None,
+    one_per_position: bool = False,
+    steiger=None,
+) -> pd.DataFrame:
     """Choose instruments among the candidate variants of each locus.
 
     Strategies (instrument strength ``|bx| / bxse`` unless stated):
@@ -106,7 +119,9 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
     if steiger is not None and steiger is not False:
         sd = np.ones(2) if steiger is True else np.asarray(steiger, dtype=np.float64)
         if sd.shape != (2,) or not np.isfinite(sd).all() or (sd <= 0).any():
-            raise ValueError(f"steiger must be True or two positive, finite scales (exposure, outcome), got {steiger!r}")
+            raise ValueError(
+                f"steiger must be True or two positive, finite scales (exposure, outcome), got {steiger!r}"
+            )
         usable = valid & (t.bx.abs() / sd[0] > t.by.abs() / sd[1])
     strength = (t.bx.abs() / t.bxse).where(usable, -np.inf)
     if strategy == "local_z":
@@ -128,18 +143,27 @@ def select(table: pd.DataFrame, strategy: str = "local_z", *, threshold: float |
         best = cand.sort_values("_s", ascending=False).drop_duplicates(["locus", "position"]).index
         keep = pd.Series(False, index=t.index)
         keep[best] = True
-    summary = pd.DataFrame({
-        "n_candidates": t.groupby("locus", sort=False).size(),
-        "n_usable": usable.groupby(t.locus, sort=False).sum(),
-        "n_kept": keep.groupby(t.locus, sort=False).sum(),
-    })
+    summary = pd.DataFrame(
+        {
+            "n_candidates": t.groupby("locus", sort=False).size(),
+            "n_usable": usable.groupby(t.locus, sort=False).sum(),
+            "n_kept": keep.groupby(t.locus, sort=False).sum(),
+        }
+    )
     out = t[keep.to_numpy()].copy()
     out["n_candidates"] = out.locus.map(summary.n_candidates).to_numpy()
     out["n_kept"] = out.locus.map(summary.n_kept).to_numpy()
     out = out.sort_values(["locus", "position", "alt"], kind="stable").reset_index(drop=True)
     out.attrs["selection"] = summary.reset_index().rename(columns={"index": "locus"})
-    out.attrs["strategy"] = {"strategy": strategy, "threshold": threshold, "k": k,
-                             "one_per_position": one_per_position,
-                             "steiger": None if steiger is None or steiger is False else
-                             (1.0, 1.0) if steiger is True else tuple(map(float, steiger))}
+    out.attrs["strategy"] = {
+        "strategy": strategy,
+        "threshold": threshold,
+        "k": k,
+        "one_per_position": one_per_position,
+        "steiger": None
+        if steiger is None or steiger is False
+        else (1.0, 1.0)
+        if steiger is True
+        else tuple(map(float, steiger)),
+    }
     return out

@@ -12,6 +12,7 @@ the same mutant batch, and a model that implements ``ism_reference`` /
 ``ism_block`` (see :class:`deepmr_utils.models.DilatedResidualNet`) is evaluated
 only on the window a mutation can change.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,6 +38,7 @@ __all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "Outpu
 
 # ----------------------------------------------------------------------------- helpers
 
+
 class _SharedDropout:
     """MC-dropout with one mask per pass, shared by a reference and all its mutants.
 
@@ -51,8 +53,10 @@ class _SharedDropout:
         if not self.mods:
             raise ValueError("mc_dropout needs a model with torch.nn.Dropout layers; this one has none")
         if all(m.p == 0 for m in self.mods):
-            raise ValueError(f"mc_dropout: all {len(self.mods)} Dropout layers of this model have p=0, so every "
-                             "pass would be identical and every SE zero; rebuild it with p > 0 or use an ensemble")
+            raise ValueError(
+                f"mc_dropout: all {len(self.mods)} Dropout layers of this model have p=0, so every "
+                "pass would be identical and every SE zero; rebuild it with p > 0 or use an ensemble"
+            )
         self.seed = seed
         self.pass_index = 0
         self.masks: dict = {}
@@ -77,6 +81,7 @@ class _SharedDropout:
                 keep = torch.rand(output.shape[1:], generator=g) >= mod.p
                 self.masks[key] = (keep.to(output.dtype) / (1 - mod.p)).to(output.device)
             return output * self.masks[key]
+
         return hook
 
 
@@ -132,16 +137,30 @@ def _member(raw, i):
 
 def _same_architecture(models) -> bool:
     ref = [(k, v.shape, v.dtype) for k, v in models[0].state_dict().items()]
-    return all([(k, v.shape, v.dtype) for k, v in m.state_dict().items()] == ref and type(m) is type(models[0])
-               for m in models[1:])
+    return all(
+        [(k, v.shape, v.dtype) for k, v in m.state_dict().items()] == ref and type(m) is type(models[0])
+        for m in models[1:]
+    )
 
 
 # ----------------------------------------------------------------------------- main API
 
-def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=None,
-                           batch_size: int | None = None, device=None, dtype=None,
-                           mc_dropout: int = 0, seed: int = 0, fast: bool | None = None,
-                           ensemble: str = "auto", block: int = 12) -> torch.Tensor:
+
+def saturation_mutagenesis(
+    models,
+    X,
+    *,
+    outputs: OutputSpec = None,
+    positions=None,
+    batch_size: int | None = None,
+    device=None,
+    dtype=None,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    fast: bool | None = None,
+    ensemble: str = "auto",
+    block: int = 12,
+) -> torch.Tensor:
     """Predictions for every single-base substitution of every sequence.
 
     Parameters
@@ -214,8 +233,9 @@ def saturation_mutagenesis(models, X, *, outputs: OutputSpec = None, positions=N
                 out = _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ensemble)
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
-        raise ValueError(f"non-finite prediction: sequence {n}, model {m}, position {int(pos[p])}, "
-                         f"base {ALPHABET[b]}, output {o}")
+        raise ValueError(
+            f"non-finite prediction: sequence {n}, model {m}, position {int(pos[p])}, base {ALPHABET[b]}, output {o}"
+        )
     return out
 
 
@@ -274,12 +294,12 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
         if batch_size is None:
             batch_size = _default_batch_size(lambda x: run(x), X[:1], dev)
         # references first: fill every slot, mutants overwrite theirs
-        refs = torch.cat([run(X[i:i + batch_size]) for i in range(0, N, batch_size)], dim=1)  # (M, N, O)
+        refs = torch.cat([run(X[i : i + batch_size]) for i in range(0, N, batch_size)], dim=1)  # (M, N, O)
         O = refs.shape[-1]
         out = refs.float().permute(1, 0, 2)[:, :, None, None, :].expand(N, n_members, P, 4, O).clone()
         seq, pidx, base = (t.to(dev) for t in mutant_index(X, pos))
         for i in range(0, seq.numel(), batch_size):
-            s, p, b = seq[i:i + batch_size], pidx[i:i + batch_size], base[i:i + batch_size]
+            s, p, b = seq[i : i + batch_size], pidx[i : i + batch_size], base[i : i + batch_size]
             xb = substitute(X[s], pos[p], b)
             y = run(xb).float()  # (M, B, O)
             out[s, :, p, b, :] = y.permute(1, 0, 2)
@@ -308,12 +328,12 @@ def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
         groups.append((i, j + 1))
         i = j + 1
     for n0 in range(0, N, chunk):
-        x = X[n0:n0 + chunk]
+        x = X[n0 : n0 + chunk]
         caches = [m.ism_reference(x) for m in models]
         refs = torch.stack([select_outputs(m(x), outputs) for m in models], dim=1).float().cpu()  # (n, M, O)
         if out is None:
             out = torch.empty(N, len(models), P, 4, refs.shape[-1])
-        out[n0:n0 + x.shape[0]] = refs[:, :, None, None, :]
+        out[n0 : n0 + x.shape[0]] = refs[:, :, None, None, :]
         for a, b in groups:
             start, stop = int(pos_cpu[a]), int(pos_cpu[b - 1]) + 1
             window = x[:, :, start:stop]

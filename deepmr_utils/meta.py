@@ -12,6 +12,7 @@ Note the difference from :func:`deepmr_utils.mr.ivw`'s "random" model: that one
 is *multiplicative* (SE scaled by the residual SE); this one is *additive*
 (tau^2 added to every variance).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
@@ -54,12 +55,15 @@ class MetaResult:
 
     def __repr__(self) -> str:
         level = round(100 * (1 - self.alpha))
-        return (f"{self.method} meta-analysis ({self.test}): {self.estimate:.4g} (SE {self.se:.4g}, "
-                f"{level}% CI {self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, k={self.k}; "
-                f"tau^2={self.tau2:.4g}, I^2={100 * self.i2:.1f}%, Q={self.q:.4g} on {self.q_df} df, "
-                f"PI {self.pi_low:.4g} to {self.pi_high:.4g}"
-                + ("" if self.converged else f"; NOT CONVERGED after {self.iterations} iterations")
-                + (f"; {self.n_excluded} loci excluded" if self.n_excluded else "") + ")")
+        return (
+            f"{self.method} meta-analysis ({self.test}): {self.estimate:.4g} (SE {self.se:.4g}, "
+            f"{level}% CI {self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, k={self.k}; "
+            f"tau^2={self.tau2:.4g}, I^2={100 * self.i2:.1f}%, Q={self.q:.4g} on {self.q_df} df, "
+            f"PI {self.pi_low:.4g} to {self.pi_high:.4g}"
+            + ("" if self.converged else f"; NOT CONVERGED after {self.iterations} iterations")
+            + (f"; {self.n_excluded} loci excluded" if self.n_excluded else "")
+            + ")"
+        )
 
     __str__ = __repr__
 
@@ -88,6 +92,7 @@ def _cochran_q(y, v):
 
 def _reml(y, v, tau2, threshold, max_iter):
     """metafor's Fisher scoring for the REML tau^2 (intercept-only model)."""
+
     def parts(t2):
         w = 1 / (v + t2)
         sw = w.sum()
@@ -120,8 +125,16 @@ def _reml_loglik(y, v, t2):
     return -0.5 * (np.sum(np.log(v + t2)) + np.log(np.sum(w)) + np.sum(w * (y - mu) ** 2))
 
 
-def random_effects(estimates, ses, *, method: str = "REML", knapp_hartung: bool = False,
-                   alpha: float = 0.05, threshold: float = 1e-5, max_iter: int = 100) -> MetaResult:
+def random_effects(
+    estimates,
+    ses,
+    *,
+    method: str = "REML",
+    knapp_hartung: bool = False,
+    alpha: float = 0.05,
+    threshold: float = 1e-5,
+    max_iter: int = 100,
+) -> MetaResult:
     """Random-effects meta-analysis of ``estimates`` (k,) with standard errors ``ses`` (k,).
 
     ``method``: ``"REML"`` (default, metafor's) or ``"DL"`` (DerSimonian-Laird).
@@ -166,11 +179,27 @@ def random_effects(estimates, ses, *, method: str = "REML", knapp_hartung: bool 
     vtyp = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w**2))
     pi_half = crit * np.sqrt(se**2 + tau2)
     return MetaResult(
-        method=method, estimate=mu, se=se, ci_low=mu - crit * se, ci_high=mu + crit * se,
-        pvalue=float(2 * dist.sf(abs(mu / se))), k=k, tau2=float(tau2), tau=float(np.sqrt(tau2)),
-        se_tau2=se_tau2, i2=float(tau2 / (tau2 + vtyp)), h2=float(tau2 / vtyp + 1), q=q, q_df=k - 1,
-        q_pvalue=float(stats.chi2.sf(q, k - 1)), pi_low=mu - pi_half, pi_high=mu + pi_half,
-        test=test, alpha=alpha, converged=converged, iterations=it,
+        method=method,
+        estimate=mu,
+        se=se,
+        ci_low=mu - crit * se,
+        ci_high=mu + crit * se,
+        pvalue=float(2 * dist.sf(abs(mu / se))),
+        k=k,
+        tau2=float(tau2),
+        tau=float(np.sqrt(tau2)),
+        se_tau2=se_tau2,
+        i2=float(tau2 / (tau2 + vtyp)),
+        h2=float(tau2 / vtyp + 1),
+        q=q,
+        q_df=k - 1,
+        q_pvalue=float(stats.chi2.sf(q, k - 1)),
+        pi_low=mu - pi_half,
+        pi_high=mu + pi_half,
+        test=test,
+        alpha=alpha,
+        converged=converged,
+        iterations=it,
     )
 
 
@@ -186,16 +215,37 @@ def fixed_effect(estimates, ses, *, alpha: float = 0.05) -> MetaResult:
     crit = stats.norm.ppf(1 - alpha / 2)
     i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
     return MetaResult(
-        method="EE", estimate=mu, se=se, ci_low=mu - crit * se, ci_high=mu + crit * se,
-        pvalue=float(2 * stats.norm.sf(abs(mu / se))), k=k, tau2=0.0, tau=0.0, se_tau2=float("nan"),
-        i2=float(i2), h2=float(q / (k - 1)) if k > 1 else float("nan"), q=q, q_df=k - 1,
+        method="EE",
+        estimate=mu,
+        se=se,
+        ci_low=mu - crit * se,
+        ci_high=mu + crit * se,
+        pvalue=float(2 * stats.norm.sf(abs(mu / se))),
+        k=k,
+        tau2=0.0,
+        tau=0.0,
+        se_tau2=float("nan"),
+        i2=float(i2),
+        h2=float(q / (k - 1)) if k > 1 else float("nan"),
+        q=q,
+        q_df=k - 1,
         q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else float("nan"),
-        pi_low=mu - crit * se, pi_high=mu + crit * se, alpha=alpha,
+        pi_low=mu - crit * se,
+        pi_high=mu + crit * se,
+        alpha=alpha,
     )
 
 
-def pool(local, *, method: str = "REML", knapp_hartung: bool = False, alpha: float = 0.05,
-         min_loci: int = 2, estimate: str = "estimate", se: str = "se") -> MetaResult:
+def pool(
+    local,
+    *,
+    method: str = "REML",
+    knapp_hartung: bool = False,
+    alpha: float = 0.05,
+    min_loci: int = 2,
+    estimate: str = "estimate",
+    se: str = "se",
+) -> MetaResult:
     """The global effect: random-effects meta-analysis of the usable loci of a per-locus table.
 
     ``local``: a frame from :func:`deepmr_utils.mr.per_locus` (columns ``estimate``,
@@ -212,9 +262,11 @@ def pool(local, *, method: str = "REML", knapp_hartung: bool = False, alpha: flo
     ok = (local.status == "ok").to_numpy()
     if int(ok.sum()) < max(min_loci, 2):
         reasons = local.status[~ok].str.split(":").str[0].value_counts().to_dict()
-        raise ValueError(f"only {int(ok.sum())} of {len(local)} loci have an estimate (need {min_loci}); "
-                         f"the others: {reasons}")
+        raise ValueError(
+            f"only {int(ok.sum())} of {len(local)} loci have an estimate (need {min_loci}); the others: {reasons}"
+        )
     use = local[ok]
-    res = random_effects(use[estimate].to_numpy(), use[se].to_numpy(), method=method,
-                         knapp_hartung=knapp_hartung, alpha=alpha)
+    res = random_effects(
+        use[estimate].to_numpy(), use[se].to_numpy(), method=method, knapp_hartung=knapp_hartung, alpha=alpha
+    )
     return replace(res, n_excluded=int((~ok).sum()))

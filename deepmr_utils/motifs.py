@@ -3,6 +3,7 @@
 The matrices in ``deepmr_utils/data/jaspar_motifs.json`` were copied from JASPAR
 with pyjaspar by ``tools/make_motifs.py``; no download happens at run time.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,6 +72,15 @@ def occupancy(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
     ``s_j = 1 / (1 + exp(E_j - mu))`` with ``E_j = -LLR_j`` (Zhao & Stormo binding
     energy in units of kT). Returns ``(N,)``.
     """
-    e = -window_llr(X, pwm, background)
-    log_unbound = -np.logaddexp(0.0, -(e - mu))  # log(1 - s_j), computed stably
+    return occupancy_from_llr(window_llr(X, pwm, background), mu=mu)
+
+
+def site_probabilities(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
+    """Probability ``s_j = 1 / (1 + exp(E_j - mu))`` that window ``j`` is bound, ``(N, L - w + 1)``."""
+    return 1.0 / (1.0 + np.exp(-window_llr(X, pwm, background) - mu))
+
+
+def occupancy_from_llr(llr: np.ndarray, *, mu: float = 0.0) -> np.ndarray:
+    """:func:`occupancy` from precomputed window log-likelihood ratios ``(N, n_windows)``."""
+    log_unbound = -np.logaddexp(0.0, llr + mu)  # log(1 - s_j), computed stably
     return -np.expm1(log_unbound.sum(axis=1))

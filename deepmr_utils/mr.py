@@ -10,6 +10,7 @@ MendelianRandomization 0.10.0 (Yavorska & Burgess) unless stated otherwise;
 segment sums (no Python loop per locus). In DeepMR a *locus* is one input
 sequence and its instruments are in-silico mutations of it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -22,8 +23,16 @@ from . import _robust
 from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats
 
 __all__ = [
-    "MRResult", "Heterogeneity", "wald_ratio", "ivw", "egger", "weighted_median", "mbe",
-    "heterogeneity", "per_locus",
+    "MRResult",
+    "Heterogeneity",
+    "wald_ratio",
+    "ivw",
+    "egger",
+    "weighted_median",
+    "mbe",
+    "heterogeneity",
+    "per_locus",
+    "ratio_se",
 ]
 
 _NAN = float("nan")
@@ -58,8 +67,10 @@ class MRResult:
 
     def __repr__(self) -> str:
         level = round(100 * (1 - self.alpha))
-        s = (f"{self.method}: {self.estimate:.4g} (SE {self.se:.4g}, {level}% CI "
-             f"{self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, K={self.n_instruments}")
+        s = (
+            f"{self.method}: {self.estimate:.4g} (SE {self.se:.4g}, {level}% CI "
+            f"{self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, K={self.n_instruments}"
+        )
         if np.isfinite(self.intercept):
             s += f", intercept {self.intercept:.3g} (SE {self.intercept_se:.3g}, p={self.intercept_pvalue:.3g})"
         if np.isfinite(self.q):
@@ -82,8 +93,8 @@ def _interval(est, se, alpha, df=None):
 
 # --------------------------------------------------------------------------- Wald
 
-def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0,
-               alpha: float = 0.05) -> MRResult:
+
+def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0, alpha: float = 0.05) -> MRResult:
     """Ratio estimate ``by / bx`` of a single instrument.
 
     ``order=1`` gives the first-order SE ``byse/|bx|``; ``order=2`` the delta-method
@@ -97,23 +108,34 @@ def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0,
         raise ValueError(f"order must be 1 or 2, got {order}")
     alpha = check_alpha(alpha)
     est = float(by[0] / bx[0])
-    se = float(_ratio_se(bx, bxse, by, byse, order, psi)[0])
+    se = float(ratio_se(bx, bxse, by, byse, order, psi)[0])
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha,
-                    model=f"order {order}")
+    return MRResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha, model=f"order {order}")
 
 
-def _ratio_se(bx, bxse, by, byse, order, psi=0.0):
+def ratio_se(bx, bxse, by, byse, order: int = 1, psi: float = 0.0) -> np.ndarray:
+    """SEs of the ratio estimates ``by / bx`` of many instruments: first-order (``byse / |bx|``)
+    or second-order (delta method, also propagating ``bxse``; ``psi`` their correlation)."""
     if order == 1:
         return byse / np.abs(bx)
-    return np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4
-                   - 2 * psi * by * bxse * byse / bx**3)
+    return np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4 - 2 * psi * by * bxse * byse / bx**3)
 
 
 # --------------------------------------------------------------------------- IVW
 
-def ivw(bx, bxse, by, byse, *, model: str = "default", weights: str = "simple",
-        distribution: str = "normal", alpha: float = 0.05, psi: float = 0.0) -> MRResult:
+
+def ivw(
+    bx,
+    bxse,
+    by,
+    byse,
+    *,
+    model: str = "default",
+    weights: str = "simple",
+    distribution: str = "normal",
+    alpha: float = 0.05,
+    psi: float = 0.0,
+) -> MRResult:
     """Inverse-variance weighted estimate (regression of ``by`` on ``bx`` through 0).
 
     ``model``: ``"fixed"`` (SE = 1/sqrt(sum bx^2 w)), ``"random"`` (multiplicative
@@ -145,14 +167,27 @@ def ivw(bx, bxse, by, byse, *, model: str = "default", weights: str = "simple",
     se = se_fixed * max(1.0, rse) if model == "random" else se_fixed
     lo, hi, p = _interval(est, se, alpha, df=(k - 1) if distribution == "t" else None)
     return MRResult(
-        "IVW", est, se, lo, hi, float(p), k, alpha=alpha, model=model, distribution=distribution,
-        q=q, q_df=k - 1, q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else _NAN,
-        rse=rse, i2=max(0.0, (q - (k - 1)) / q) if k > 1 and q > 0 else _NAN,
+        "IVW",
+        est,
+        se,
+        lo,
+        hi,
+        float(p),
+        k,
+        alpha=alpha,
+        model=model,
+        distribution=distribution,
+        q=q,
+        q_df=k - 1,
+        q_pvalue=float(stats.chi2.sf(q, k - 1)) if k > 1 else _NAN,
+        rse=rse,
+        i2=max(0.0, (q - (k - 1)) / q) if k > 1 and q > 0 else _NAN,
         f_stat=float(np.mean((bx / bxse) ** 2)),
     )
 
 
 # --------------------------------------------------------------------------- Egger
+
 
 def _i2_gx(bx, bxse, byse):
     """I^2_GX of Bowden et al. 2016 on oriented (absolute) bx, scaled by byse."""
@@ -196,8 +231,9 @@ def _egger_inference(est, se_fixed, sigma, alpha, distribution, df):
     return se, min(lo_t, lo_n), max(hi_t, hi_n), max(p_t, p_n)
 
 
-def egger(bx, bxse, by, byse, *, robust: bool = False, distribution: str = "normal",
-          alpha: float = 0.05, seed: int = 0) -> MRResult:
+def egger(
+    bx, bxse, by, byse, *, robust: bool = False, distribution: str = "normal", alpha: float = 0.05, seed: int = 0
+) -> MRResult:
     """MR-Egger regression: ``by ~ intercept + bx`` weighted by ``byse^-2``.
 
     Instruments are first oriented so that ``bx >= 0`` (``by`` takes the sign of
@@ -218,15 +254,19 @@ def egger(bx, bxse, by, byse, *, robust: bool = False, distribution: str = "norm
     w = byse**-2
     X = np.column_stack([np.ones(k), ox])
     if not _egger_design_ok(w.sum(), np.sum(w * ox), np.sum(w * ox * ox)):
-        raise ValueError("egger: all |bx| are (nearly) equal, so the intercept and the slope cannot be "
-                         "separated (singular design); use ivw, or instruments of different strength")
+        raise ValueError(
+            "egger: all |bx| are (nearly) equal, so the intercept and the slope cannot be "
+            "separated (singular design); use ivw, or instruments of different strength"
+        )
     if robust:
         with np.errstate(invalid="ignore", divide="ignore"):  # an exact fit is reported below
             fit = _robust.lmrob_mm(X, oy, w, seed=seed)
         coef, sigma = fit.coef, fit.scale
         if not (np.isfinite(sigma) and sigma > 0 and np.isfinite(fit.cov).all()):
-            raise ValueError(f"egger(robust=True): the MM fit is exact or degenerate (robust scale {sigma}), "
-                             "so it has no standard error; use robust=False")
+            raise ValueError(
+                f"egger(robust=True): the MM fit is exact or degenerate (robust scale {sigma}), "
+                "so it has no standard error; use robust=False"
+            )
         se_fixed = np.sqrt(np.diag(fit.cov)) / sigma
     else:
         sw = np.sqrt(w)
@@ -238,16 +278,31 @@ def egger(bx, bxse, by, byse, *, robust: bool = False, distribution: str = "norm
     se, lo, hi, p = _egger_inference(coef[1], se_fixed[1], sigma, alpha, distribution, k - 2)
     ise, ilo, ihi, ip = _egger_inference(coef[0], se_fixed[0], sigma, alpha, distribution, k - 2)
     return MRResult(
-        "MR-Egger (robust)" if robust else "MR-Egger", float(coef[1]), float(se), float(lo), float(hi),
-        float(p), k, alpha=alpha, model="MM (bisquare)" if robust else "random",
-        distribution=distribution, q=q, q_df=k - 2, q_pvalue=float(stats.chi2.sf(q, k - 2)),
-        rse=float(sigma), intercept=float(coef[0]), intercept_se=float(ise),
-        intercept_ci_low=float(ilo), intercept_ci_high=float(ihi), intercept_pvalue=float(ip),
+        "MR-Egger (robust)" if robust else "MR-Egger",
+        float(coef[1]),
+        float(se),
+        float(lo),
+        float(hi),
+        float(p),
+        k,
+        alpha=alpha,
+        model="MM (bisquare)" if robust else "random",
+        distribution=distribution,
+        q=q,
+        q_df=k - 2,
+        q_pvalue=float(stats.chi2.sf(q, k - 2)),
+        rse=float(sigma),
+        intercept=float(coef[0]),
+        intercept_se=float(ise),
+        intercept_ci_low=float(ilo),
+        intercept_ci_high=float(ihi),
+        intercept_pvalue=float(ip),
         i2_gx=_i2_gx(bx, bxse, byse),
     )
 
 
 # --------------------------------------------------------------------------- heterogeneity
+
 
 @dataclass(frozen=True)
 class Heterogeneity:
@@ -263,9 +318,11 @@ class Heterogeneity:
     q_diff_pvalue: float
 
     def __repr__(self) -> str:
-        return (f"Heterogeneity(Q_IVW={self.q_ivw:.4g} [df {self.q_ivw_df}, p={self.q_ivw_pvalue:.3g}], "
-                f"Q_Egger={self.q_egger:.4g} [df {self.q_egger_df}, p={self.q_egger_pvalue:.3g}], "
-                f"Q_diff={self.q_diff:.4g} [p={self.q_diff_pvalue:.3g}])")
+        return (
+            f"Heterogeneity(Q_IVW={self.q_ivw:.4g} [df {self.q_ivw_df}, p={self.q_ivw_pvalue:.3g}], "
+            f"Q_Egger={self.q_egger:.4g} [df {self.q_egger_df}, p={self.q_egger_pvalue:.3g}], "
+            f"Q_diff={self.q_diff:.4g} [p={self.q_diff_pvalue:.3g}])"
+        )
 
 
 def heterogeneity(bx, bxse, by, byse) -> Heterogeneity:
@@ -279,11 +336,20 @@ def heterogeneity(bx, bxse, by, byse) -> Heterogeneity:
     qi = ivw(bx, bxse, by, byse).q
     qe = egger(bx, bxse, by, byse).q
     qd = max(0.0, qi - qe)
-    return Heterogeneity(qi, k - 1, float(stats.chi2.sf(qi, k - 1)), qe, k - 2,
-                         float(stats.chi2.sf(qe, k - 2)), qd, float(stats.chi2.sf(qd, 1)))
+    return Heterogeneity(
+        qi,
+        k - 1,
+        float(stats.chi2.sf(qi, k - 1)),
+        qe,
+        k - 2,
+        float(stats.chi2.sf(qe, k - 2)),
+        qd,
+        float(stats.chi2.sf(qd, 1)),
+    )
 
 
 # --------------------------------------------------------------------------- median
+
 
 def _ratio_inputs(bx, bxse, by, byse, n_boot, method):
     """Checks shared by the bootstrap estimators built on the ratios by/bx."""
@@ -308,8 +374,17 @@ def _weighted_median_rows(r: np.ndarray, w: np.ndarray) -> np.ndarray:
     return r0 + (r1 - r0) * (0.5 - p0) / (p1 - p0)
 
 
-def weighted_median(bx, bxse, by, byse, *, weighting: str = "weighted", n_boot: int = 10000,
-                    seed: int | None = None, alpha: float = 0.05) -> MRResult:
+def weighted_median(
+    bx,
+    bxse,
+    by,
+    byse,
+    *,
+    weighting: str = "weighted",
+    n_boot: int = 10000,
+    seed: int | None = None,
+    alpha: float = 0.05,
+) -> MRResult:
     """Weighted (Bowden 2016), simple or penalized median of the ratio estimates.
 
     Weights are first-order, ``(bx/byse)^2`` (MendelianRandomization). Penalized
@@ -331,11 +406,11 @@ def weighted_median(bx, bxse, by, byse, *, weighting: str = "weighted", n_boot: 
         w = w1 * np.minimum(1.0, 20 * pen)
         est = float(_weighted_median_rows(r[None], w)[0])
     rng = np.random.default_rng(seed)
-    se = float(_bootstrap(lambda bxb, byb: _weighted_median_rows(byb / bxb, w),
-                          bx, bxse, by, byse, n_boot, rng).std(ddof=1))
+    se = float(
+        _bootstrap(lambda bxb, byb: _weighted_median_rows(byb / bxb, w), bx, bxse, by, byse, n_boot, rng).std(ddof=1)
+    )
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha,
-                    model=weighting)
+    return MRResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha, model=weighting)
 
 
 def _bootstrap(stat, bx, bxse, by, byse, n_boot, rng, chunk=2000):
@@ -349,6 +424,7 @@ def _bootstrap(stat, bx, bxse, by, byse, n_boot, rng, chunk=2000):
 
 
 # --------------------------------------------------------------------------- mode
+
 
 def _mode_rows(r: np.ndarray, w: np.ndarray, phi: float, chunk: int = 256) -> np.ndarray:
     """Mode of the weighted Gaussian KDE of each row of ``r`` (B, K) on R's grid.
@@ -366,19 +442,29 @@ def _mode_rows(r: np.ndarray, w: np.ndarray, phi: float, chunk: int = 256) -> np
     out = np.empty(b)
     t = np.linspace(0.0, 1.0, 512)
     for s in range(0, b, chunk):
-        rr, hh = r[s:s + chunk], h[s:s + chunk, None]
+        rr, hh = r[s : s + chunk], h[s : s + chunk, None]
         lo = rr.min(axis=1, keepdims=True) - 3 * hh
         hi = rr.max(axis=1, keepdims=True) + 3 * hh
         grid = lo + (hi - lo) * t  # (c, 512)
         z = (grid[:, :, None] - rr[:, None, :]) / hh[:, :, None]
         dens = np.exp(-0.5 * z * z) @ w  # (c, 512); constant factors do not move the argmax
-        out[s:s + chunk] = grid[np.arange(grid.shape[0]), dens.argmax(axis=1)]
+        out[s : s + chunk] = grid[np.arange(grid.shape[0]), dens.argmax(axis=1)]
     return out
 
 
-def mbe(bx, bxse, by, byse, *, weighting: str = "weighted", stderror: str = "delta",
-        phi: float = 1.0, n_boot: int = 10000, seed: int | None = None,
-        alpha: float = 0.05) -> MRResult:
+def mbe(
+    bx,
+    bxse,
+    by,
+    byse,
+    *,
+    weighting: str = "weighted",
+    stderror: str = "delta",
+    phi: float = 1.0,
+    n_boot: int = 10000,
+    seed: int | None = None,
+    alpha: float = 0.05,
+) -> MRResult:
     """Mode-based estimate (Hartwig, Davey Smith & Bowden 2017).
 
     Weights are inverse delta-method variances of the ratios (``"weighted"``) or
@@ -395,32 +481,63 @@ def mbe(bx, bxse, by, byse, *, weighting: str = "weighted", stderror: str = "del
     bx, bxse, by, byse = _ratio_inputs(bx, bxse, by, byse, n_boot, "mbe")
     k = bx.size
     r = by / bx
-    se_delta = _ratio_se(bx, bxse, by, byse, 2)
+    se_delta = ratio_se(bx, bxse, by, byse, 2)
     w = se_delta**-2 if weighting == "weighted" else np.ones(k)
     est = float(_mode_rows(r[None], w, phi)[0])
-    se_draw = se_delta if stderror == "delta" else _ratio_se(bx, bxse, by, byse, 1)
+    se_draw = se_delta if stderror == "delta" else ratio_se(bx, bxse, by, byse, 1)
     rng = np.random.default_rng(seed)
-    draws = np.concatenate([
-        _mode_rows(rng.normal(r, se_draw, size=(min(2000, n_boot - s), k)), w, phi)
-        for s in range(0, n_boot, 2000)
-    ])
+    draws = np.concatenate(
+        [_mode_rows(rng.normal(r, se_draw, size=(min(2000, n_boot - s), k)), w, phi) for s in range(0, n_boot, 2000)]
+    )
     se = float(stats.median_abs_deviation(draws, scale="normal"))
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult(f"{weighting.capitalize()} mode", est, se, lo, hi, float(p), k, alpha=alpha,
-                    model=f"{weighting}, {stderror} SE, phi={phi:g}")
+    return MRResult(
+        f"{weighting.capitalize()} mode",
+        est,
+        se,
+        lo,
+        hi,
+        float(p),
+        k,
+        alpha=alpha,
+        model=f"{weighting}, {stderror} SE, phi={phi:g}",
+    )
 
 
 # --------------------------------------------------------------------------- per locus
 
-_PER_LOCUS_COLUMNS = ["locus", "method", "n_instruments", "estimate", "se", "ci_low", "ci_high",
-                      "pvalue", "q", "q_df", "q_pvalue", "rse", "intercept", "intercept_se",
-                      "intercept_pvalue", "status"]
+_PER_LOCUS_COLUMNS = [
+    "locus",
+    "method",
+    "n_instruments",
+    "estimate",
+    "se",
+    "ci_low",
+    "ci_high",
+    "pvalue",
+    "q",
+    "q_df",
+    "q_pvalue",
+    "rse",
+    "intercept",
+    "intercept_se",
+    "intercept_pvalue",
+    "status",
+]
 _MIN_K = {"ivw": 2, "egger": 3, "egger_robust": 3, "weighted_median": 3, "mbe": 3}
 
 
-def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
-              model: str = "default", distribution: str = "normal", alpha: float = 0.05,
-              min_instruments: int | None = None, **kwargs) -> pd.DataFrame:
+def per_locus(
+    frame: pd.DataFrame,
+    method: str = "ivw",
+    *,
+    locus: str = "locus",
+    model: str = "default",
+    distribution: str = "normal",
+    alpha: float = 0.05,
+    min_instruments: int | None = None,
+    **kwargs,
+) -> pd.DataFrame:
     """MR for every locus of a variant table in one pass.
 
     ``frame`` has one row per instrument with columns ``locus, bx, bxse, by, byse``.
@@ -471,8 +588,11 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
     if not valid_row.all():
         # report the first offending row of each locus; non-finite values take precedence
         rows = np.arange(len(frame))
-        for mask, text in ((finite & positive & ~weighable, "byse so small that 1/byse^2 overflows"),
-                           (finite & ~positive, "bxse/byse must be > 0"), (~finite, "non-finite bx/bxse/by/byse")):
+        for mask, text in (
+            (finite & positive & ~weighable, "byse so small that 1/byse^2 overflows"),
+            (finite & ~positive, "bxse/byse must be > 0"),
+            (~finite, "non-finite bx/bxse/by/byse"),
+        ):
             if mask.any():
                 first = np.full(n_loci, -1)
                 bad_rows = rows[mask][::-1]
@@ -542,11 +662,17 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
             se_t = np.where(rse >= 1, se, se * rse)
             lo = np.where(rse >= 1, est - tcrit * se_t, np.minimum(est - tcrit * se_t, est - zcrit * se))
             hi = np.where(rse >= 1, est + tcrit * se_t, np.maximum(est + tcrit * se_t, est + zcrit * se))
-            p = np.where(rse >= 1, 2 * stats.t(dfarg).sf(np.abs(est / se_t)),
-                         np.maximum(2 * stats.t(dfarg).sf(np.abs(est / se_t)), 2 * stats.norm.sf(np.abs(est / se))))
+            p = np.where(
+                rse >= 1,
+                2 * stats.t(dfarg).sf(np.abs(est / se_t)),
+                np.maximum(2 * stats.t(dfarg).sf(np.abs(est / se_t)), 2 * stats.norm.sf(np.abs(est / se))),
+            )
             sei_t = np.where(rse >= 1, se_i, se_i * rse)
-            ip = np.where(rse >= 1, 2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)),
-                          np.maximum(2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)), 2 * stats.norm.sf(np.abs(est_i / se_i))))
+            ip = np.where(
+                rse >= 1,
+                2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)),
+                np.maximum(2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)), 2 * stats.norm.sf(np.abs(est_i / se_i))),
+            )
         out["status"] = status
         m = ok_locus
         out.loc[m, "estimate"] = est[m]
@@ -565,13 +691,15 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
         return _flag_degenerate(out)
 
     # estimators without a closed form: one call per locus, failures kept per locus
-    fn = {"egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha, **kwargs),
-          "weighted_median": lambda *a: weighted_median(*a, alpha=alpha, **kwargs),
-          "mbe": lambda *a: mbe(*a, alpha=alpha, **kwargs)}[method]
+    fn = {
+        "egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha, **kwargs),
+        "weighted_median": lambda *a: weighted_median(*a, alpha=alpha, **kwargs),
+        "mbe": lambda *a: mbe(*a, alpha=alpha, **kwargs),
+    }[method]
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(n_loci + 1))
     for i in np.flatnonzero(ok_locus):
-        idx = order[bounds[i]:bounds[i + 1]]
+        idx = order[bounds[i] : bounds[i + 1]]
         try:
             res = fn(bx[idx], bxse[idx], by[idx], byse[idx])
         except ValueError as exc:  # inputs passed the checks above, so this is a degenerate fit
@@ -581,8 +709,19 @@ def per_locus(frame: pd.DataFrame, method: str = "ivw", *, locus: str = "locus",
             # e.g. every bootstrap draw gave the same mode: no usable uncertainty
             out.loc[i, "status"] = f"degenerate: SE is {res.se}"
             continue
-        for c in ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse",
-                  "intercept", "intercept_se", "intercept_pvalue"):
+        for c in (
+            "estimate",
+            "se",
+            "ci_low",
+            "ci_high",
+            "pvalue",
+            "q",
+            "q_pvalue",
+            "rse",
+            "intercept",
+            "intercept_se",
+            "intercept_pvalue",
+        ):
             out.loc[i, c] = getattr(res, c)
         out.loc[i, "q_df"] = res.q_df if np.isfinite(res.q) else np.nan
     return _flag_degenerate(out)
@@ -597,8 +736,9 @@ def _flag_degenerate(out: pd.DataFrame) -> pd.DataFrame:
     if bad.any():
         idx = out.index[ok][bad]
         out.loc[idx, "status"] = [
-            "degenerate: " + ", ".join(f"{c}={v:.3g}" for c, v in zip(cols, row) if not np.isfinite(v) or
-                                       (c == "se" and not v > 0))
-            for row in vals[bad]]
+            "degenerate: "
+            + ", ".join(f"{c}={v:.3g}" for c, v in zip(cols, row) if not np.isfinite(v) or (c == "se" and not v > 0))
+            for row in vals[bad]
+        ]
         out.loc[idx, cols] = np.nan
     return out

@@ -5,23 +5,36 @@ instrument selection, per-locus MR and a meta-analysis. :func:`all_pairs` does
 that for all ``T (T - 1)`` pairs and returns tidy frames: one row per pair (the
 global effect) and one row per pair and locus (the local effects).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import permutations
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import instruments, meta, mr
 
-__all__ = ["all_pairs", "effect_matrix"]
+__all__ = ["all_pairs", "to_matrix"]
 
 
-def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | None = None,
-              steiger=None, method: str = "ivw", meta_method: str = "REML", min_loci: int = 2,
-              truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
-              pairs=None, **mr_kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+def all_pairs(
+    effect,
+    se,
+    X,
+    names: Sequence[str],
+    *,
+    loci=None,
+    select: dict | None = None,
+    steiger=None,
+    method: str = "ivw",
+    meta_method: str = "REML",
+    min_loci: int = 2,
+    truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
+    pairs=None,
+    **mr_kwargs,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Local and global MR effects for every ordered pair of outputs.
 
     Parameters
@@ -67,8 +80,9 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
         if keep.size == 0:
             rows.append(row)
             continue
-        table = instruments.variant_table(effect[keep], se[keep], X[keep], exposure=e, outcome=o,
-                                          loci=keep, output_names=list(names))
+        table = instruments.variant_table(
+            effect[keep], se[keep], X[keep], exposure=e, outcome=o, loci=keep, output_names=list(names)
+        )
         direction = steiger if scales is None else (scales[e], scales[o])
         chosen = instruments.select(table, steiger=direction, **select)
         if len(chosen) == 0:
@@ -84,8 +98,16 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
         row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()), n_excluded=len(local) - len(ok))
         if len(ok) >= min_loci:
             g = meta.pool(local, method=meta_method, min_loci=min_loci)
-            row.update(estimate=g.estimate, se=g.se, ci_low=g.ci_low, ci_high=g.ci_high, tau=g.tau,
-                       pvalue=g.pvalue, i2=g.i2, converged=g.converged)
+            row.update(
+                estimate=g.estimate,
+                se=g.se,
+                ci_low=g.ci_low,
+                ci_high=g.ci_high,
+                tau=g.tau,
+                pvalue=g.pvalue,
+                i2=g.i2,
+                converged=g.converged,
+            )
         if truth is not None:
             row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
         rows.append(row)
@@ -93,10 +115,16 @@ def all_pairs(effect, se, X, names: Sequence[str], *, loci=None, select: dict | 
     return pd.DataFrame(rows), local
 
 
-def effect_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str] | None = None) -> pd.DataFrame:
+def to_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str] | None = None) -> pd.DataFrame:
     """Pivot a per-pair frame to an exposure x outcome matrix (diagonal NaN)."""
     m = frame.pivot(index="exposure", columns="outcome", values=value)
     if names is not None:
         m = m.reindex(index=list(names), columns=list(names))
     m.index.name, m.columns.name = "exposure", "outcome"
     return m
+
+
+def __getattr__(name: str):
+    if name == "effect_matrix":  # renamed: plots.effect_matrix draws the matrix this one builds
+        raise AttributeError("pairs.effect_matrix was renamed pairs.to_matrix (plots.effect_matrix draws it)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -69,8 +69,10 @@ def _describe(obj, key: str | None = None, what: str = "outputs") -> str:
     if isinstance(obj, dict):
         return "{" + ",".join(f"{k!r}:{_describe(v, None, what)}" for k, v in sorted(obj.items())) + "}"
     if isinstance(obj, functools.partial):
-        return f"partial({_describe(obj.func, None, what)}, {_describe(list(obj.args), None, what)}, " \
-               f"{_describe(dict(obj.keywords), None, what)})"
+        return (
+            f"partial({_describe(obj.func, None, what)}, {_describe(list(obj.args), None, what)}, "
+            f"{_describe(dict(obj.keywords), None, what)})"
+        )
     qual = getattr(obj, "__qualname__", None)
     if callable(obj) and qual is not None:
         if "<lambda>" in qual or "<locals>" in qual:
@@ -308,22 +310,34 @@ def variant_effects(
     outputs = check_outputs(outputs)
     names = selected_names(models, outputs, output_names)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
-    payload = _payload("variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed,
-                       dtype)
+    payload = _payload(
+        "variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype
+    )
     payload.update(exposure=ie, outcome=io, output_names=names)
     fp = _fingerprint(X, models, payload)
-    folder = _open_run(out, fp, {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie,
-                                 "outcome": io, "output_names": names})
-    ism_options = dict(batch_size=batch_size, device=device, mc_dropout=mc_dropout, seed=seed, dtype=dtype,
-                       fast=fast, ensemble=ensemble)
+    folder = _open_run(
+        out,
+        fp,
+        {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
+    )
+    ism_options = dict(
+        batch_size=batch_size,
+        device=device,
+        mc_dropout=mc_dropout,
+        seed=seed,
+        dtype=dtype,
+        fast=fast,
+        ensemble=ensemble,
+    )
     frames = []
     for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
         path = folder / f"chunk_{c:05d}.parquet" if folder is not None else None
         table = _read_chunk(path, fp, c) if path is not None else None
         if table is None:
             effect, se = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
-            table = instruments.variant_table(effect, se, X[a:b], exposure=ie, outcome=io, positions=pos,
-                                              loci=loci[a:b], output_names=names)
+            table = instruments.variant_table(
+                effect, se, X[a:b], exposure=ie, outcome=io, positions=pos, loci=loci[a:b], output_names=names
+            )
             if path is not None:
                 _write_chunk(path, fp, c, table)
         frames.append(table)
@@ -369,13 +383,29 @@ def effects(
     """
     models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, positions)
     outputs = check_outputs(outputs)
-    payload = _payload("effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed,
-                       dtype)
+    payload = _payload(
+        "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype
+    )
     fp = _fingerprint(X, models, payload)
-    folder = _open_run(out, fp, {"n_sequences": X.shape[0], "n_chunks": len(chunks), "kind": "effects",
-                                 "output_names": selected_names(models, outputs)})
-    ism_options = dict(batch_size=batch_size, device=device, mc_dropout=mc_dropout, seed=seed, dtype=dtype,
-                       fast=fast, ensemble=ensemble)
+    folder = _open_run(
+        out,
+        fp,
+        {
+            "n_sequences": X.shape[0],
+            "n_chunks": len(chunks),
+            "kind": "effects",
+            "output_names": selected_names(models, outputs),
+        },
+    )
+    ism_options = dict(
+        batch_size=batch_size,
+        device=device,
+        mc_dropout=mc_dropout,
+        seed=seed,
+        dtype=dtype,
+        fast=fast,
+        ensemble=ensemble,
+    )
     parts = []
     for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
         path = folder / f"effects_{c:05d}.npz" if folder is not None else None

@@ -3,18 +3,29 @@
 Each function draws on an existing ``matplotlib`` Axes (or a new one) and
 returns it, so chapters can compose panels. Nothing is shown or saved here.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from ._validate import as_1d
-from .mr import MRResult, _ratio_se
+from .mr import MRResult, ratio_se
 
-__all__ = ["mr_scatter", "forest", "funnel", "estimate_vs_truth", "loss_curves", "binding_tracks", "ism_heatmap",
-           "coverage", "profiles", "effect_matrix"]
+__all__ = [
+    "mr_scatter",
+    "forest",
+    "funnel",
+    "estimate_vs_truth",
+    "loss_curves",
+    "binding_tracks",
+    "ism_heatmap",
+    "coverage",
+    "profiles",
+    "effect_matrix",
+]
 
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -25,9 +36,18 @@ def _axes(ax, figsize):
     return ax
 
 
-def mr_scatter(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, ax=None,
-               orient: bool = True, xlabel: str = "effect on exposure (bx)",
-               ylabel: str = "effect on outcome (by)"):
+def mr_scatter(
+    bx,
+    bxse,
+    by,
+    byse,
+    results: Iterable[MRResult] = (),
+    *,
+    ax=None,
+    orient: bool = True,
+    xlabel: str = "effect on exposure (bx)",
+    ylabel: str = "effect on outcome (by)",
+):
     """Instrument effects with 95 % error bars and one line per MR result.
 
     With ``orient=True`` the instruments are re-signed so that ``bx >= 0`` (the
@@ -39,15 +59,33 @@ def mr_scatter(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, ax=None,
         s = np.where(bx < 0, -1.0, 1.0)
         bx, by = bx * s, by * s
     ax = _axes(ax, (5.5, 4.5))
-    ax.errorbar(bx, by, xerr=1.96 * bxse, yerr=1.96 * byse, fmt="o", ms=4, color="0.35",
-                ecolor="0.75", elinewidth=1, capsize=0, zorder=2, label="instruments")
+    ax.errorbar(
+        bx,
+        by,
+        xerr=1.96 * bxse,
+        yerr=1.96 * byse,
+        fmt="o",
+        ms=4,
+        color="0.35",
+        ecolor="0.75",
+        elinewidth=1,
+        capsize=0,
+        zorder=2,
+        label="instruments",
+    )
     lo = min(0.0, float(np.min(bx - 1.96 * bxse)))
     hi = float(np.max(bx + 1.96 * bxse))
     xs = np.linspace(lo, hi, 50)
     for i, res in enumerate(results):
         icpt = res.intercept if np.isfinite(res.intercept) else 0.0
-        ax.plot(xs, icpt + res.estimate * xs, color=_COLORS[i % len(_COLORS)], lw=2, zorder=3,
-                label=f"{res.method}: {res.estimate:.2f}")
+        ax.plot(
+            xs,
+            icpt + res.estimate * xs,
+            color=_COLORS[i % len(_COLORS)],
+            lw=2,
+            zorder=3,
+            label=f"{res.method}: {res.estimate:.2f}",
+        )
     ax.axhline(0, color="0.85", lw=0.8, zorder=1)
     ax.axvline(0, color="0.85", lw=0.8, zorder=1)
     ax.set_xlabel(xlabel)
@@ -56,8 +94,20 @@ def mr_scatter(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, ax=None,
     return ax
 
 
-def forest(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, labels=None, order: int = 1,
-           ax=None, sort: bool = True, xlim=None, xlabel: str = "causal effect (ratio estimate)"):
+def forest(
+    bx,
+    bxse,
+    by,
+    byse,
+    results: Iterable[MRResult] = (),
+    *,
+    labels=None,
+    order: int = 1,
+    ax=None,
+    sort: bool = True,
+    xlim=None,
+    xlabel: str = "causal effect (ratio estimate)",
+):
     """Per-instrument Wald ratios with 95 % CIs, and the pooled results beneath them.
 
     Weak instruments (tiny ``bx``) give huge ratios; pass ``xlim`` to keep the
@@ -66,7 +116,7 @@ def forest(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, labels=None,
     bx, bxse, by, byse = (as_1d(a, n) for a, n in ((bx, "bx"), (bxse, "bxse"), (by, "by"), (byse, "byse")))
     results = list(results)
     r = by / bx
-    se = _ratio_se(bx, bxse, by, byse, order)
+    se = ratio_se(bx, bxse, by, byse, order)
     labels = np.asarray(labels if labels is not None else [f"variant {i + 1}" for i in range(r.size)])
     idx = np.argsort(r) if sort else np.arange(r.size)
     n = r.size + len(results)
@@ -76,8 +126,16 @@ def forest(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, labels=None,
     for j, res in enumerate(results):
         yy = y[r.size + j]
         c = _COLORS[j % len(_COLORS)]
-        ax.errorbar([res.estimate], [yy], xerr=[[res.estimate - res.ci_low], [res.ci_high - res.estimate]],
-                    fmt="D", ms=6, color=c, ecolor=c, lw=2)
+        ax.errorbar(
+            [res.estimate],
+            [yy],
+            xerr=[[res.estimate - res.ci_low], [res.ci_high - res.estimate]],
+            fmt="D",
+            ms=6,
+            color=c,
+            ecolor=c,
+            lw=2,
+        )
     ax.set_yticks(y, list(labels[idx]) + [res.method for res in results], fontsize="x-small")
     _clip_marks(ax, r[idx], y[: r.size], xlim)
     ax.axvline(0, color="0.8", lw=0.8)
@@ -91,7 +149,7 @@ def funnel(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, order: int =
     """Ratio estimate against its precision (1/SE); asymmetry hints at pleiotropy."""
     bx, bxse, by, byse = (as_1d(a, n) for a, n in ((bx, "bx"), (bxse, "bxse"), (by, "by"), (byse, "byse")))
     r = by / bx
-    prec = 1 / _ratio_se(bx, bxse, by, byse, order)
+    prec = 1 / ratio_se(bx, bxse, by, byse, order)
     ax = _axes(ax, (5, 4))
     ax.scatter(r, prec, s=18, color="0.35", zorder=2)
     for i, res in enumerate(results):
@@ -162,8 +220,7 @@ def binding_tracks(generator, x, *, sites=None, ax=None):
     names = (generator.exposure_motif, generator.outcome_motif, generator.confounder_motif)
     for j, (role, name) in enumerate(zip(roles, names)):
         pwm = generator.pwm(role)
-        e = -motifs.window_llr(x, pwm, generator.background)[0]
-        s = 1 / (1 + np.exp(e - generator.mu))
+        s = motifs.site_probabilities(x, pwm, generator.background, mu=generator.mu)[0]
         ax.plot(np.arange(s.size) + pwm.shape[0] / 2, s, color=_COLORS[j], lw=1.5, label=f"{role}: {name}")
         if sites is not None and sites[j] >= 0:
             ax.axvspan(sites[j], sites[j] + pwm.shape[0], color=_COLORS[j], alpha=0.15)
@@ -192,8 +249,7 @@ def ism_heatmap(effect, *, names=("exposure", "outcome"), sites=None, widths=Non
         if sites is not None:
             for j, s in enumerate(sites):
                 if s >= 0 and widths is not None:
-                    ax.add_patch(plt.Rectangle((s - 0.5, -0.5), widths[j], 4, fill=False,
-                                               edgecolor=_COLORS[j], lw=2))
+                    ax.add_patch(plt.Rectangle((s - 0.5, -0.5), widths[j], 4, fill=False, edgecolor=_COLORS[j], lw=2))
     axes[-1].set_xlabel("position")
     return axes
 
@@ -203,8 +259,13 @@ def coverage(frames: dict, *, ax=None):
     ax = _axes(ax, (4, 4))
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1)
     for i, (label, f) in enumerate(frames.items()):
-        ax.plot(f.expected, f.observed, color=_COLORS[i % len(_COLORS)], lw=2,
-                label=f"{label} (area {f.attrs.get('miscalibration_area', np.nan):.2f})")
+        ax.plot(
+            f.expected,
+            f.observed,
+            color=_COLORS[i % len(_COLORS)],
+            lw=2,
+            label=f"{label} (area {f.attrs.get('miscalibration_area', np.nan):.2f})",
+        )
     ax.set_xlabel("expected coverage")
     ax.set_ylabel("observed coverage")
     ax.legend(frameon=False, fontsize="x-small")
@@ -263,8 +324,9 @@ def effect_matrix(matrix, *, low=None, high=None, ax=None, title: str = "", vmax
             text = f"{m[i, j]:.2f}"
             if low is not None and high is not None:
                 text += f"\n[{low.iloc[i, j]:.2f}, {high.iloc[i, j]:.2f}]"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if abs(m[i, j]) > 0.6 * lim else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=7, color="white" if abs(m[i, j]) > 0.6 * lim else "black"
+            )
     ax.set_title(title)
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax

@@ -4,17 +4,26 @@ Non-ACGT characters (N, IUPAC codes) are never guessed: ``non_acgt="error"``
 (the default) raises, ``non_acgt="zero"`` encodes them as an all-zero column,
 which most sequence models treat as "unknown".
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
-    "ALPHABET", "one_hot", "decode", "reverse_complement", "random_sequences",
-    "dinucleotide_shuffle", "read_fasta", "check_one_hot", "substitute", "from_codes",
+    "ALPHABET",
+    "one_hot",
+    "decode",
+    "reverse_complement",
+    "random_sequences",
+    "dinucleotide_shuffle",
+    "read_fasta",
+    "check_one_hot",
+    "substitute",
+    "from_codes",
 ]
 
 ALPHABET = "ACGT"
@@ -32,8 +41,10 @@ def _codes(seq: str, non_acgt: str, index: int) -> np.ndarray:
     bad = codes < 0
     if bad.any() and non_acgt == "error":
         j = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"sequence {index} has non-ACGT character {seq[j]!r} at position {j}; "
-                         "pass non_acgt='zero' to encode such positions as all-zero columns")
+        raise ValueError(
+            f"sequence {index} has non-ACGT character {seq[j]!r} at position {j}; "
+            "pass non_acgt='zero' to encode such positions as all-zero columns"
+        )
     return codes
 
 
@@ -70,8 +81,9 @@ def check_one_hot(X, name: str = "X", *, allow_zero_columns: bool = True) -> tor
     ok = (col == 1) | (col == 0) if allow_zero_columns else (col == 1)
     if not binary or not ok.all():
         bad = torch.nonzero(~(ok & ((X == 0) | (X == 1)).all(dim=1)))[0].tolist()
-        raise ValueError(f"{name} is not one-hot: sequence {bad[0]}, position {bad[1]} has "
-                         f"values {X[bad[0], :, bad[1]].tolist()}")
+        raise ValueError(
+            f"{name} is not one-hot: sequence {bad[0]}, position {bad[1]} has values {X[bad[0], :, bad[1]].tolist()}"
+        )
     return X
 
 
@@ -132,10 +144,7 @@ def random_sequences(n: int, length: int, *, gc: float = 0.5, seed: int | None =
         raise ValueError(f"gc must lie in [0, 1], got {gc}")
     rng = np.random.default_rng(seed)
     p = np.array([(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])
-    idx = rng.choice(4, size=(n, length), p=p)
-    X = np.zeros((n, 4, length), dtype=np.float32)
-    np.put_along_axis(X, idx[:, None, :], 1.0, axis=1)
-    return torch.from_numpy(X)
+    return from_codes(rng.choice(4, size=(n, length), p=p))
 
 
 def _dinuc_shuffle_one(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -222,6 +231,7 @@ def as_one_hot(X: torch.Tensor | str | Iterable[str], *, non_acgt: str = "error"
     if isinstance(X, torch.Tensor):
         return check_one_hot(X)
     if isinstance(X, np.ndarray):
-        raise TypeError("X must be a torch.Tensor (N, 4, L) or sequence strings, got a numpy array; "
-                        "use torch.from_numpy")
+        raise TypeError(
+            "X must be a torch.Tensor (N, 4, L) or sequence strings, got a numpy array; use torch.from_numpy"
+        )
     return one_hot(list(X) if not isinstance(X, str) else X, non_acgt=non_acgt)

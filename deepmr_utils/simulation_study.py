@@ -14,6 +14,7 @@ BatchNorm at prediction time, calibration fitted on sequences that are never
 mutated and applied in the semantics it was fitted in, and the coverage of the
 global 95 % CI reported next to the paper's ±2τ band.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,8 +24,8 @@ import pandas as pd
 import torch
 
 from . import meta, mr, pipeline, simulate, train
-from .predict import predict
 from .models import CountsRegressor
+from .predict import predict
 from .uncertainty import IsotonicCalibration, VarianceScaling
 
 __all__ = ["StudySizes", "ESTIMATORS", "SCENARIOS", "run_round", "summarize"]
@@ -61,14 +62,30 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
     local = ratios[ratios["size"] > 2]["mean"]
     merged = truth.set_index("locus").theta.reindex(local.index)
     est, sd = float(local.mean()), float(local.std(ddof=1)) if len(local) > 1 else np.nan
-    return {"estimator": "naive (mean Wald ratio)", "estimate": est, "se": np.nan,
-            "ci_low": np.nan, "ci_high": np.nan, "tau": sd, "truth": float(merged.mean()),
-            "n_loci": int(len(local)), "local_coverage": np.nan,
-            "local_corr": float(np.corrcoef(local, merged)[0, 1]) if len(local) > 2 else np.nan}
+    return {
+        "estimator": "naive (mean Wald ratio)",
+        "estimate": est,
+        "se": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "tau": sd,
+        "truth": float(merged.mean()),
+        "n_loci": int(len(local)),
+        "local_coverage": np.nan,
+        "local_corr": float(np.corrcoef(local, merged)[0, 1]) if len(local) > 2 else np.nan,
+    }
 
 
-def run_round(scenario: str, *, seed: int, sizes: StudySizes = StudySizes(), calibration: str = "variance",
-              estimators: dict = ESTIMATORS, device=None, details: bool = False):
+def run_round(
+    scenario: str,
+    *,
+    seed: int,
+    sizes: StudySizes = StudySizes(),
+    calibration: str = "variance",
+    estimators: dict = ESTIMATORS,
+    device=None,
+    details: bool = False,
+):
     """One round of the study for ``scenario``; returns a frame with one row per estimator.
 
     ``calibration``: ``"variance"`` (variance scaling with the known Anscombe noise
@@ -99,8 +116,15 @@ def run_round(scenario: str, *, seed: int, sizes: StudySizes = StudySizes(), cal
     cfg = train.TrainConfig(max_epochs=sizes.max_epochs, patience=sizes.patience, batch_size=sizes.batch_size)
     models, hists = train.train_ensemble(
         lambda: CountsRegressor(gen.length, 2, output_names=["exposure", "outcome"]),
-        X_train, y_train, sizes.n_members, config=cfg, seed=int(seeds[4]), device=device, progress=False)
-    accuracy = train.evaluate(models, test["X"], test["y"], names=["exposure", "outcome"])
+        X_train,
+        y_train,
+        sizes.n_members,
+        config=cfg,
+        seed=int(seeds[4]),
+        device=device,
+        progress=False,
+    )
+    accuracy = train.accuracy(models, test["X"], test["y"], names=["exposure", "outcome"])
 
     calibrator = None
     if calibration != "none":
@@ -111,8 +135,16 @@ def run_round(scenario: str, *, seed: int, sizes: StudySizes = StudySizes(), cal
 
     mutate = np.flatnonzero(np.isin(test["config"], (1, 3)))  # test sequences with the exposure motif
     Xm, b_conf = test["X"][mutate], test["b_conf"][mutate]
-    table = pipeline.variant_effects(models, Xm, exposure=0, outcome=1, calibration=calibrator,
-                                     select={"threshold": sizes.threshold}, progress=False, device=device)
+    table = pipeline.variant_effects(
+        models,
+        Xm,
+        exposure=0,
+        outcome=1,
+        calibration=calibrator,
+        select={"threshold": sizes.threshold},
+        progress=False,
+        device=device,
+    )
     truth = gen.true_local_effects(Xm, table, b_conf) if len(table) else pd.DataFrame({"locus": [], "theta": []})
 
     rows, local_all = [], {}
@@ -127,11 +159,18 @@ def run_round(scenario: str, *, seed: int, sizes: StudySizes = StudySizes(), cal
         row = {"estimator": name, "n_loci": int(len(ok))}
         if len(ok) >= 2:
             g = meta.pool(local[local.theta.notna()])
-            row.update(estimate=g.estimate, se=g.se, ci_low=g.ci_low, ci_high=g.ci_high, tau=g.tau,
-                       converged=g.converged, n_excluded=g.n_excluded,
-                       truth=float(ok.theta.mean()),
-                       local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
-                       local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan)
+            row.update(
+                estimate=g.estimate,
+                se=g.se,
+                ci_low=g.ci_low,
+                ci_high=g.ci_high,
+                tau=g.tau,
+                converged=g.converged,
+                n_excluded=g.n_excluded,
+                truth=float(ok.theta.mean()),
+                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
+                local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan,
+            )
         rows.append(row)
     if len(table):
         rows.append(_naive_baseline(table, truth))
@@ -145,9 +184,21 @@ def run_round(scenario: str, *, seed: int, sizes: StudySizes = StudySizes(), cal
     out["r_outcome"] = float(accuracy.pearson_r[1])
     if not details:
         return out
-    return out, {"generator": gen, "train": tr, "calibration_data": cal, "test": test, "models": models,
-                 "histories": hists, "accuracy": accuracy, "calibrator": calibrator, "mutated": mutate,
-                 "table": table, "truth": truth, "local": local_all, "sizes": asdict(sizes)}
+    return out, {
+        "generator": gen,
+        "train": tr,
+        "calibration_data": cal,
+        "test": test,
+        "models": models,
+        "histories": hists,
+        "accuracy": accuracy,
+        "calibrator": calibrator,
+        "mutated": mutate,
+        "table": table,
+        "truth": truth,
+        "local": local_all,
+        "sizes": asdict(sizes),
+    }
 
 
 def summarize(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -159,17 +210,19 @@ def summarize(rounds: pd.DataFrame) -> pd.DataFrame:
     r["in_2tau"] = (r.estimate - 2 * r.tau <= r.truth) & (r.truth <= r.estimate + 2 * r.tau)
 
     def agg(g):
-        return pd.Series({
-            "rounds": len(g),
-            "bias": g.err.mean(),
-            "rmse": float(np.sqrt((g.err**2).mean())),
-            "corr": float(np.corrcoef(g.estimate, g.truth)[0, 1]) if len(g) > 2 and g.truth.std() > 0 else np.nan,
-            "coverage_95ci": g.in_ci.mean() if g.se.notna().any() else np.nan,
-            "coverage_2tau": g.in_2tau.mean(),
-            "local_ci_coverage": g.local_coverage.mean(),
-            "median_tau": g.tau.median(),
-            "median_loci": g.n_loci.median(),
-        })
+        return pd.Series(
+            {
+                "rounds": len(g),
+                "bias": g.err.mean(),
+                "rmse": float(np.sqrt((g.err**2).mean())),
+                "corr": float(np.corrcoef(g.estimate, g.truth)[0, 1]) if len(g) > 2 and g.truth.std() > 0 else np.nan,
+                "coverage_95ci": g.in_ci.mean() if g.se.notna().any() else np.nan,
+                "coverage_2tau": g.in_2tau.mean(),
+                "local_ci_coverage": g.local_coverage.mean(),
+                "median_tau": g.tau.median(),
+                "median_loci": g.n_loci.median(),
+            }
+        )
 
     order = {s: i for i, s in enumerate(SCENARIOS)}
     out = r.groupby(["scenario", "estimator"], sort=False).apply(agg, include_groups=False).reset_index()

@@ -6,12 +6,13 @@ epochs and restores the best checkpoint. ``train_ensemble`` trains members that
 differ only by seed (initialisation, validation split and batch order), as the
 original study did. Models come back in eval mode.
 """
+
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from ._torch import resolve_device
 from .predict import predict
 
-__all__ = ["TrainConfig", "History", "fit", "train_ensemble", "evaluate"]
+__all__ = ["TrainConfig", "History", "fit", "train_ensemble", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class History:
         return self.val_loss[self.best_epoch]
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"epoch": np.arange(1, len(self.train_loss) + 1),
-                             "train": self.train_loss, "validation": self.val_loss})
+        return pd.DataFrame(
+            {"epoch": np.arange(1, len(self.train_loss) + 1), "train": self.train_loss, "validation": self.val_loss}
+        )
 
 
 def _check_xy(X, y):
@@ -71,8 +73,17 @@ def _check_xy(X, y):
     return X.float(), y
 
 
-def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConfig(), seed: int = 0,
-        device=None, progress: bool = False, loss_fn=None) -> History:
+def fit(
+    model: nn.Module,
+    X: torch.Tensor,
+    y,
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device=None,
+    progress: bool = False,
+    loss_fn=None,
+) -> History:
     """Train ``model`` in place on ``(X, y)``; returns the loss history.
 
     ``y``: targets with one row per sequence (any trailing shape); ``loss_fn(output, y)``
@@ -103,14 +114,16 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
             order = torch.randperm(tr.numel(), generator=g).to(dev)
             total = 0.0
             for i in range(0, order.numel(), config.batch_size):
-                b = order[i:i + config.batch_size]
+                b = order[i : i + config.batch_size]
                 if b.numel() < 2:  # BatchNorm cannot train on a single example
                     continue
                 opt.zero_grad()
                 loss = loss_fn(model(Xtr[b]), ytr[b])
                 if not torch.isfinite(loss):
-                    _diverged(best_state, f"training loss is {loss.item()} at epoch {epoch + 1}, "
-                              f"batch {i // config.batch_size + 1}")
+                    _diverged(
+                        best_state,
+                        f"training loss is {loss.item()} at epoch {epoch + 1}, batch {i // config.batch_size + 1}",
+                    )
                     break
                 loss.backward()
                 opt.step()
@@ -140,14 +153,25 @@ def fit(model: nn.Module, X: torch.Tensor, y, *, config: TrainConfig = TrainConf
 def _diverged(best_state, what: str) -> None:
     """A non-finite loss: an error before any good epoch, else a warning and the best checkpoint."""
     if best_state is None:
-        raise ValueError(f"{what}, before any epoch finished with a finite loss: lower the learning rate, "
-                         "check the targets' scale and the model's output (e.g. log of a negative number)")
+        raise ValueError(
+            f"{what}, before any epoch finished with a finite loss: lower the learning rate, "
+            "check the targets' scale and the model's output (e.g. log of a negative number)"
+        )
     warnings.warn(f"{what}; stopped and restored the best epoch", RuntimeWarning, stacklevel=3)
 
 
-def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
-                   config: TrainConfig = TrainConfig(), seed: int = 0, device=None,
-                   progress: bool = True, loss_fn=None) -> tuple[list[nn.Module], list[History]]:
+def train_ensemble(
+    make_model: Callable[[], nn.Module],
+    X,
+    y,
+    n_members: int,
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    loss_fn=None,
+) -> tuple[list[nn.Module], list[History]]:
     """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``."""
     if n_members < 1:
         raise ValueError(f"n_members must be >= 1, got {n_members}")
@@ -160,7 +184,7 @@ def train_ensemble(make_model: Callable[[], nn.Module], X, y, n_members: int, *,
     return models, hists
 
 
-def evaluate(models, X, y, *, names=None) -> pd.DataFrame:
+def accuracy(models, X, y, *, names=None) -> pd.DataFrame:
     """Held-out accuracy of the ensemble mean per output: Pearson r, R^2 and MSE."""
     _, y = _check_xy(X, y)
     pred = predict(models, X).mean(dim=1).numpy()
@@ -168,8 +192,18 @@ def evaluate(models, X, y, *, names=None) -> pd.DataFrame:
     rows = []
     for j in range(y.shape[1]):
         resid = y[:, j] - pred[:, j]
-        rows.append({"output": names[j] if names else j,
-                     "pearson_r": float(np.corrcoef(y[:, j], pred[:, j])[0, 1]),
-                     "r2": float(1 - resid.var() / y[:, j].var()),
-                     "mse": float(np.mean(resid**2))})
+        rows.append(
+            {
+                "output": names[j] if names else j,
+                "pearson_r": float(np.corrcoef(y[:, j], pred[:, j])[0, 1]),
+                "r2": float(1 - resid.var() / y[:, j].var()),
+                "mse": float(np.mean(resid**2)),
+            }
+        )
     return pd.DataFrame(rows)
+
+
+def __getattr__(name: str):
+    if name == "evaluate":  # renamed: models.bpnet.evaluate is the BPNet one
+        raise AttributeError("train.evaluate was renamed train.accuracy (bpnet.evaluate is BPNet's profile metric)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

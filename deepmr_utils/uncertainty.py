@@ -24,6 +24,7 @@ mutated, in the same (one-sided, predictive-CDF) semantics it was fitted in:
 
 Both refuse to be applied to sequences they were fitted on (pass ``ids``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,8 +82,10 @@ def paired_effects(pred, X, positions=None, *, ddof: int = 1, reference=None):
     else:
         no_ref = ~known.any(axis=1)
         if no_ref.any():
-            raise ValueError(f"sequence {int(np.flatnonzero(no_ref)[0])} has no known base (A/C/G/T) among the "
-                             "mutated positions, so pred holds no reference prediction; pass reference=(N, M, O)")
+            raise ValueError(
+                f"sequence {int(np.flatnonzero(no_ref)[0])} has no known base (A/C/G/T) among the "
+                "mutated positions, so pred holds no reference prediction; pass reference=(N, M, O)"
+            )
         # the unmutated sequence's prediction, from its first known position
         first = known.argmax(axis=1)
         base = ref_oh[np.arange(N), first].argmax(axis=1)
@@ -121,8 +124,9 @@ class _Calibration:
         if members.ndim == 3:
             if y.ndim != 2 or y.shape[1] != members.shape[2]:
                 raise ValueError(f"y must be (n, {members.shape[2]}) for members of shape {members.shape}")
-            self.per_output = [self._blank()._fit1(*self._checked(members[:, :, o], y[:, o]))
-                               for o in range(members.shape[2])]
+            self.per_output = [
+                self._blank()._fit1(*self._checked(members[:, :, o], y[:, o])) for o in range(members.shape[2])
+            ]
         else:
             self.per_output = None
             self._fit1(*self._checked(members, y))
@@ -131,8 +135,7 @@ class _Calibration:
 
     def _blank(self):
         """An unfitted copy with the same settings, for one output."""
-        return type(self)(**{k: v for k, v in self.__dict__.items()
-                             if k in ("ddof", "noise_var", "eps")})
+        return type(self)(**{k: v for k, v in self.__dict__.items() if k in ("ddof", "noise_var", "eps")})
 
     def _checked(self, members, y):
         if members.ndim != 2 or members.shape[1] < 2:
@@ -143,8 +146,10 @@ class _Calibration:
             raise ValueError("members and y must be finite")
         mu, sigma = _mu_sigma(members, self.ddof)
         if (sigma <= 0).any():
-            raise ValueError(f"example {int(np.flatnonzero(sigma <= 0)[0])} has zero ensemble spread; "
-                             "calibration needs members that disagree")
+            raise ValueError(
+                f"example {int(np.flatnonzero(sigma <= 0)[0])} has zero ensemble spread; "
+                "calibration needs members that disagree"
+            )
         return mu, sigma, y
 
     def _check_ids(self, ids):
@@ -152,8 +157,10 @@ class _Calibration:
             return
         overlap = self.fitted_ids & set(np.asarray(ids).tolist())
         if overlap:
-            raise ValueError(f"calibration was fitted on {len(overlap)} of these sequences (e.g. {sorted(overlap)[0]!r}); "
-                             "fit it on held-out sequences only")
+            raise ValueError(
+                f"calibration was fitted on {len(overlap)} of these sequences (e.g. {sorted(overlap)[0]!r}); "
+                "fit it on held-out sequences only"
+            )
 
     def transform_members(self, members, *, axis: int = 1, ids=None):
         """Recalibrate member predictions along ``axis`` (e.g. an ISM tensor's model axis).
@@ -167,8 +174,13 @@ class _Calibration:
         if self.per_output is not None:
             if arr.shape[-1] != len(self.per_output) or axis == arr.ndim - 1:
                 raise ValueError(f"expected {len(self.per_output)} outputs on the last axis, got shape {arr.shape}")
-            out = np.stack([np.moveaxis(c._transform1(np.moveaxis(arr[..., o], axis, -1)), -1, axis)
-                            for o, c in enumerate(self.per_output)], axis=-1)
+            out = np.stack(
+                [
+                    np.moveaxis(c._transform1(np.moveaxis(arr[..., o], axis, -1)), -1, axis)
+                    for o, c in enumerate(self.per_output)
+                ],
+                axis=-1,
+            )
         else:
             out = np.moveaxis(self._transform1(np.moveaxis(arr, axis, -1)), -1, axis)
         return torch.from_numpy(out) if was_tensor else out  # float64: effects are small differences
@@ -247,8 +259,7 @@ class IsotonicCalibration(_Calibration):
         return mu + sigma * stats.norm.ppf(u)
 
 
-def coverage_curve(members=None, y=None, *, mu=None, sigma=None, ddof: int = 1,
-                   levels=None) -> pd.DataFrame:
+def coverage_curve(members=None, y=None, *, mu=None, sigma=None, ddof: int = 1, levels=None) -> pd.DataFrame:
     """Expected vs observed coverage of central Gaussian predictive intervals.
 
     Give either ``members`` ``(n, M)`` or ``mu``/``sigma``, and observed ``y``.

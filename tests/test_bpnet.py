@@ -1,4 +1,5 @@
 """BPNet architecture and the Keras-h5 weight import, on files the tests write themselves."""
+
 import h5py
 import numpy as np
 import pytest
@@ -20,9 +21,12 @@ def test_oskn_size_and_shapes():
 
 
 def _keras_layers(n_layers):
-    return {"stem": "conv1d_1", "dilated": [f"conv1d_{i}" for i in range(2, 2 + n_layers)],
-            "profile": [f"conv2d_transpose_{i}" for i in range(1, 5)],
-            "counts": [f"dense_{i}" for i in (1, 3, 5, 7)]}
+    return {
+        "stem": "conv1d_1",
+        "dilated": [f"conv1d_{i}" for i in range(2, 2 + n_layers)],
+        "profile": [f"conv2d_transpose_{i}" for i in range(1, 5)],
+        "counts": [f"dense_{i}" for i in (1, 3, 5, 7)],
+    }
 
 
 def _write_keras_h5(path, rng, n_filters=6, n_layers=3, k=5, tk=7):
@@ -51,13 +55,14 @@ def _write_keras_h5(path, rng, n_filters=6, n_layers=3, k=5, tk=7):
 
 def _numpy_bpnet(x, layers, arrays):
     """Reference forward pass with Keras semantics, x: (L, 4). Returns profile (T, 2, L), counts (T, 2)."""
+
     def conv_same(h, kernel, bias, dil=1):
         k = kernel.shape[0]
         pad = (k - 1) // 2 * dil
         hp = np.pad(h, ((pad, pad), (0, 0)))
         out = np.zeros((h.shape[0], kernel.shape[2]))
         for j in range(k):
-            out += hp[j * dil: j * dil + h.shape[0]] @ kernel[j]
+            out += hp[j * dil : j * dil + h.shape[0]] @ kernel[j]
         return out + bias
 
     relu = lambda a: np.maximum(a, 0)  # noqa: E731
@@ -123,10 +128,12 @@ def test_loss_is_the_multinomial_nll_plus_weighted_counts_mse():
     """bpnet_loss against scipy's multinomial log-pmf on numbers small enough to check by eye."""
     from scipy.stats import multinomial
 
-    logits = torch.tensor([[[[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]]],
-                           [[[0.5, 0.5, 0.5], [-1.0, 1.0, 3.0]]]], dtype=torch.float64)  # (N=2, T=1, 2, L=3)
-    counts = torch.tensor([[[[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]],
-                           [[[1.0, 1.0, 1.0], [0.0, 0.0, 5.0]]]], dtype=torch.float64)
+    logits = torch.tensor(
+        [[[[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]]], [[[0.5, 0.5, 0.5], [-1.0, 1.0, 3.0]]]], dtype=torch.float64
+    )  # (N=2, T=1, 2, L=3)
+    counts = torch.tensor(
+        [[[[3.0, 1.0, 0.0], [0.0, 2.0, 2.0]]], [[[1.0, 1.0, 1.0], [0.0, 0.0, 5.0]]]], dtype=torch.float64
+    )
     log_counts = torch.tensor([[[1.0, 1.5]], [[1.2, 2.0]]], dtype=torch.float64)  # (N, T, 2)
     nll = np.zeros(2)
     for n in range(2):

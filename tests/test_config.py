@@ -29,7 +29,20 @@ def test_sizes_are_read_only():
 
 def test_set_seed_reproducible():
     import torch
+
     a = config.set_seed(5).normal(size=3), torch.rand(2)
     b = config.set_seed(5).normal(size=3), torch.rand(2)
     assert np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert config.default_device().type in ("cpu", "cuda")
+
+
+def test_claims_report_margins_and_every_failure(capsys):
+    from deepmr_utils import claims
+
+    table = claims.check([("r above a floor", 0.9, ">", 0.6), ("bias below a ceiling", 0.05, "<", 0.1)])
+    assert table.margin.tolist() == pytest.approx([0.5, 0.5]) and table.ok.all()
+    assert "r above a floor" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"first: 0.5 is not > 0.6; third: nan is not < 1"):
+        claims.check([("first", 0.5, ">", 0.6), ("second", 2, ">=", 2), ("third", float("nan"), "<", 1)])
+    with pytest.raises(ValueError, match="op must be one of"):
+        claims.check([("bad", 1, "==", 1)])

@@ -1,4 +1,5 @@
 """Exactness of saturation_mutagenesis against a naive one-mutant-at-a-time loop."""
+
 import copy
 
 import pytest
@@ -6,9 +7,9 @@ import torch
 from torch import nn
 
 from deepmr_utils import ism
-from deepmr_utils.predict import predict
 from deepmr_utils import sequence as sq
 from deepmr_utils.models import DilatedResidualNet
+from deepmr_utils.predict import predict
 
 TOL = 2e-5
 
@@ -45,7 +46,7 @@ def naive(models, X, outputs=None, positions=None):
         for n in range(N):
             for pi, p in enumerate(pos):
                 for b in range(4):
-                    x = X[n:n + 1].clone()
+                    x = X[n : n + 1].clone()
                     x[0, :, p] = 0
                     x[0, b, p] = 1
                     for k, m in enumerate(models):
@@ -74,13 +75,16 @@ def reference(dilated_ensemble, X):
     return naive(dilated_ensemble, X)
 
 
-@pytest.mark.parametrize("kw", [
-    {"fast": False, "ensemble": "loop"},
-    {"fast": False, "ensemble": "vmap"},
-    {"fast": False, "ensemble": "vmap", "batch_size": 7},
-    {"fast": True},
-    {"fast": True, "block": 3},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"fast": False, "ensemble": "loop"},
+        {"fast": False, "ensemble": "vmap"},
+        {"fast": False, "ensemble": "vmap", "batch_size": 7},
+        {"fast": True},
+        {"fast": True, "block": 3},
+    ],
+)
 def test_dilated_residual_bn_dropout_exact(dilated_ensemble, X, reference, kw):
     out = ism.saturation_mutagenesis(dilated_ensemble, X, **kw)
     assert out.shape == reference.shape == (2, 3, 70, 4, 3)
@@ -215,7 +219,9 @@ def test_non_finite_predictions_raise(X):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("kw", [{"fast": True}, {"fast": False, "ensemble": "vmap"}, {"fast": False, "ensemble": "loop"}])
+@pytest.mark.parametrize(
+    "kw", [{"fast": True}, {"fast": False, "ensemble": "vmap"}, {"fast": False, "ensemble": "loop"}]
+)
 def test_cuda_matches_cpu(dilated_ensemble, X, reference, kw):
     """The same numbers on the GPU (TF32 off), and bf16 autocast stays close."""
     torch.backends.cuda.matmul.allow_tf32 = False

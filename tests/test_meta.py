@@ -1,4 +1,5 @@
 """deepmr_utils.meta against metafor 3.8-1 (tests/data/mr_reference.json)."""
+
 import numpy as np
 import pytest
 
@@ -36,8 +37,14 @@ def _data(ref, name):
     return r, np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4)
 
 
-DATASETS = ["dat.bcg_RR", "dat.bcg_OR", "dat.raudenbush1985", "CLASP_dersimonian2007",
-            "ldlc_chd_ratio_meta_first_order", "ldlc_chd_ratio_meta_second_order"]
+DATASETS = [
+    "dat.bcg_RR",
+    "dat.bcg_OR",
+    "dat.raudenbush1985",
+    "CLASP_dersimonian2007",
+    "ldlc_chd_ratio_meta_first_order",
+    "ldlc_chd_ratio_meta_second_order",
+]
 CASES = [(d, m, kh) for d in DATASETS for m in ("DL", "REML") for kh in (False, True)]
 
 
@@ -113,12 +120,18 @@ def test_dl_is_truncated_at_zero():
     assert res.se == pytest.approx(meta.fixed_effect([0.1, 0.12, 0.11], [0.1, 0.1, 0.1]).se)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"estimates": [0.1, np.nan, 0.2], "ses": [0.1, 0.1, 0.1]}, r"estimates contains a non-finite value \(nan\) at index 1"),
-    ({"estimates": [0.1, 0.2, 0.3], "ses": [0.1, 0.0, 0.1]}, r"ses must be > 0, got 0.0 at index 1"),
-    ({"estimates": [0.1, 0.2], "ses": [0.1]}, "same length"),
-    ({"estimates": [0.1], "ses": [0.1]}, "at least 2"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (
+            {"estimates": [0.1, np.nan, 0.2], "ses": [0.1, 0.1, 0.1]},
+            r"estimates contains a non-finite value \(nan\) at index 1",
+        ),
+        ({"estimates": [0.1, 0.2, 0.3], "ses": [0.1, 0.0, 0.1]}, r"ses must be > 0, got 0.0 at index 1"),
+        ({"estimates": [0.1, 0.2], "ses": [0.1]}, "same length"),
+        ({"estimates": [0.1], "ses": [0.1]}, "at least 2"),
+    ],
+)
 def test_bad_input(kw, msg):
     with pytest.raises(ValueError, match=msg):
         meta.random_effects(**kw)
@@ -134,8 +147,13 @@ def test_repr_one_line(ref):
 def test_pool_skips_unusable_loci_with_a_count():
     import pandas as pd
 
-    local = pd.DataFrame({"estimate": [0.4, 0.5, np.nan, 0.7, np.nan], "se": [0.1, 0.2, np.nan, 0.1, np.nan],
-                          "status": ["ok", "ok", "degenerate: se=0", "ok", "too few instruments (1 < 2)"]})
+    local = pd.DataFrame(
+        {
+            "estimate": [0.4, 0.5, np.nan, 0.7, np.nan],
+            "se": [0.1, 0.2, np.nan, 0.1, np.nan],
+            "status": ["ok", "ok", "degenerate: se=0", "ok", "too few instruments (1 < 2)"],
+        }
+    )
     res = meta.pool(local)
     want = meta.random_effects([0.4, 0.5, 0.7], [0.1, 0.2, 0.1])
     assert res.estimate == want.estimate and res.se == want.se and res.n_excluded == 2

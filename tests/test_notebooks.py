@@ -1,4 +1,5 @@
 """House rules for the book's chapters (the notebooks themselves run under nbval)."""
+
 from pathlib import Path
 
 import nbformat
@@ -16,8 +17,9 @@ def test_there_are_chapters():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    dirty = [i for i, c in enumerate(nb.cells)
-             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    dirty = [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; run `python tools/nbtool.py strip {path}`"
 
 

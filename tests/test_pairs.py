@@ -1,4 +1,5 @@
 """Instrument direction (Steiger) filtering and DeepMR over all output pairs, on effects with a known cascade."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,8 +52,9 @@ def test_steiger_filter_keeps_exactly_the_forward_variants():
     g_all = instruments.select(t, "global_z", threshold=1.0)
     g_dir = instruments.select(t, "global_z", threshold=1.0, steiger=(1.0, 1.0))
     g_all = g_all[g_all.bx.abs() > g_all.by.abs()]
-    assert len(g_dir) > 0 and np.array_equal(g_dir[["locus", "position", "alt"]].to_numpy(),
-                                             g_all[["locus", "position", "alt"]].to_numpy())
+    assert len(g_dir) > 0 and np.array_equal(
+        g_dir[["locus", "position", "alt"]].to_numpy(), g_all[["locus", "position", "alt"]].to_numpy()
+    )
     for bad in [(1.0,), (1.0, 0.0), (1.0, np.nan), (-1.0, 1.0)]:
         with pytest.raises(ValueError, match="steiger must be True or two positive"):
             instruments.select(t, steiger=bad)
@@ -63,14 +65,14 @@ def test_all_pairs_recovers_the_arrow_and_steiger_removes_reverse_causation():
     names = ["a", "b", "c"]
     g, local = pairs.all_pairs(eff, se, X, names, select={"threshold": 3})
     assert len(g) == 6 and set(local.exposure) == set(names)
-    est = pairs.effect_matrix(g, names=names)
+    est = pairs.to_matrix(g, names=names)
     assert np.isnan(np.diag(est.to_numpy())).all()
     assert est.loc["a", "b"] == pytest.approx(0.5, abs=0.02)
     assert abs(est.loc["a", "c"]) < 0.02 and abs(est.loc["c", "a"]) < 0.02
     # without a direction filter, output 0's own variants are instruments for output 1 too: reverse bias
     assert est.loc["b", "a"] > 0.3
     g2, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger=True)
-    est2 = pairs.effect_matrix(g2, names=names)
+    est2 = pairs.to_matrix(g2, names=names)
     assert abs(est2.loc["b", "a"]) < 0.02
     assert est2.loc["a", "b"] == pytest.approx(0.5, abs=0.02)
 
@@ -82,8 +84,9 @@ def test_all_pairs_loci_truth_and_errors():
     def truth(table, e, o):
         return pd.DataFrame({"locus": table.locus.unique(), "theta": 0.5 if (e, o) == (0, 1) else 0.0})
 
-    g, local = pairs.all_pairs(eff, se, X, names, loci=lambda e, o: [0, 1, 2, 3] if e == 0 else [],
-                               pairs=[(0, 1), (1, 0)], truth=truth)
+    g, local = pairs.all_pairs(
+        eff, se, X, names, loci=lambda e, o: [0, 1, 2, 3] if e == 0 else [], pairs=[(0, 1), (1, 0)], truth=truth
+    )
     assert list(zip(g.exposure, g.outcome)) == [("a", "b"), ("b", "a")]
     assert g.n_loci.tolist() == [4, 0] and np.isnan(g.estimate[1])
     assert g.truth[0] == 0.5 and set(local.locus) == {0, 1, 2, 3} and "theta" in local

@@ -21,8 +21,9 @@ def setup():
 
 def test_variant_table_feeds_per_locus(setup):
     models, X = setup
-    tab = pipeline.variant_effects(models, X, exposure="a", outcome="c", chunk_size=4, progress=False,
-                                   select={"strategy": "top_k", "k": 8})
+    tab = pipeline.variant_effects(
+        models, X, exposure="a", outcome="c", chunk_size=4, progress=False, select={"strategy": "top_k", "k": 8}
+    )
     assert set(tab.exposure) == {"a"} and set(tab.outcome) == {"c"}
     assert (tab.groupby("locus").size() == 8).all()
     res = mr.per_locus(tab, "ivw")
@@ -87,8 +88,7 @@ def test_strings_and_calibration(setup):
     seqs = sq.decode(X[:3])
     cal = VarianceScaling(lam=4.0)
     a = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False)
-    b = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False,
-                                 calibration=cal)
+    b = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False, calibration=cal)
     assert (b.bx - a.bx).abs().max() < 1e-6
     assert ((b.bxse / a.bxse).dropna() - 2.0).abs().max() < 1e-4
 
@@ -128,11 +128,11 @@ from deepmr_utils.models import DilatedResidualNet
 def pick(y):
     return y[:, :2]
 
-d = torch.load({str(tmp_path / 'inputs.pt')!r})
+d = torch.load({str(tmp_path / "inputs.pt")!r})
 models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
-pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / 'run')!r}, progress=False)
+pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / "run")!r}, progress=False)
 """
     for _ in range(2):  # the second process finds the first one's manifest and must accept it
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
@@ -145,23 +145,33 @@ pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_pa
 def test_names_resolve_against_the_selected_outputs(setup):
     """exposure='a' with outputs=[2, 0, 1] is the second selected column, not the model's first."""
     models, X = setup
-    sub = pipeline.variant_effects(models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1],
-                                   progress=False, select=False)
+    sub = pipeline.variant_effects(
+        models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1], progress=False, select=False
+    )
     full = pipeline.variant_effects(models, X[:3], exposure=0, outcome=2, progress=False, select=False)
     np.testing.assert_array_equal(sub.bx.to_numpy(), full.bx.to_numpy())  # output "a" in both
     np.testing.assert_array_equal(sub.by.to_numpy(), full.by.to_numpy())
     assert set(sub.exposure) == {"a"} and set(sub.outcome) == {"c"}
     # indices are into the selected outputs too: 1 is "a" here
-    by_index = pipeline.variant_effects(models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1],
-                                        progress=False, select=False)
+    by_index = pipeline.variant_effects(
+        models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1], progress=False, select=False
+    )
     np.testing.assert_array_equal(by_index.bx.to_numpy(), full.bx.to_numpy())
     assert set(by_index.outcome) == {"c"}
     with pytest.raises(ValueError, match="'b' is not an output; the selected outputs are"):
         pipeline.variant_effects(models, X[:3], exposure="b", outcome="a", outputs=[0, 2], progress=False)
     with pytest.raises(ValueError, match="selected outputs have no names"):
         pipeline.variant_effects(models, X[:3], exposure="a", outcome="b", outputs=_first_two, progress=False)
-    named = pipeline.variant_effects(models, X[:3], exposure="y", outcome="x", outputs=_first_two,
-                                     output_names=["x", "y"], progress=False, select=False)
+    named = pipeline.variant_effects(
+        models,
+        X[:3],
+        exposure="y",
+        outcome="x",
+        outputs=_first_two,
+        output_names=["x", "y"],
+        progress=False,
+        select=False,
+    )
     np.testing.assert_array_equal(named.by.to_numpy(), full.bx.to_numpy())
 
 
@@ -179,12 +189,14 @@ def test_outputs_must_be_integer_indices(setup):
 def test_positions_window_and_list_are_different_runs(setup, tmp_path):
     models, X = setup
     out = tmp_path / "run"
-    window = pipeline.variant_effects(models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out,
-                                      progress=False, select=False)
+    window = pipeline.variant_effects(
+        models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out, progress=False, select=False
+    )
     assert sorted(set(window.position)) == list(range(10))
     with pytest.raises(ValueError, match="holds a different run"):
-        pipeline.variant_effects(models, X[:2], exposure="a", outcome="b", positions=[0, 10], out=out,
-                                 progress=False, select=False)
+        pipeline.variant_effects(
+            models, X[:2], exposure="a", outcome="b", positions=[0, 10], out=out, progress=False, select=False
+        )
 
 
 def test_anonymous_outputs_need_a_key(setup, tmp_path):
@@ -194,10 +206,10 @@ def test_anonymous_outputs_need_a_key(setup, tmp_path):
         pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], out=out, progress=False)
     pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], outputs_key="first two", out=out, progress=False)
     with pytest.raises(ValueError, match="holds a different run"):
-        pipeline.effects(models, X[:2], outputs=lambda y: y[:, 1:], outputs_key="last two", out=out,
-                         progress=False)
+        pipeline.effects(models, X[:2], outputs=lambda y: y[:, 1:], outputs_key="last two", out=out, progress=False)
     # two partials of one function differ by their arguments
     from functools import partial
+
     assert pipeline._describe(partial(np.take, indices=[0])) != pipeline._describe(partial(np.take, indices=[1]))
 
 
@@ -219,25 +231,30 @@ def test_calibration_state_is_part_of_the_fingerprint(setup, tmp_path):
 def test_foreign_and_unreadable_chunks_are_recomputed(setup, tmp_path):
     models, X = setup
     a, b = tmp_path / "a", tmp_path / "b"
-    want = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
-                                    progress=False, select=False)
-    other = pipeline.variant_effects(models, X[4:8], exposure="a", outcome="b", chunk_size=2, out=b,
-                                     progress=False, select=False)
+    want = pipeline.variant_effects(
+        models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+    )
+    other = pipeline.variant_effects(
+        models, X[4:8], exposure="a", outcome="b", chunk_size=2, out=b, progress=False, select=False
+    )
     assert not np.allclose(want.bx.to_numpy()[:10], other.bx.to_numpy()[:10])
     (a / "chunk_00001.parquet").write_bytes((b / "chunk_00001.parquet").read_bytes())  # another run's chunk
     with pytest.warns(UserWarning, match="chunk_00001.parquet belongs to another run; recomputing"):
-        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
-                                       progress=False, select=False)
+        got = pipeline.variant_effects(
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+        )
     pd.testing.assert_frame_equal(got, want)
     (a / "chunk_00001.parquet").write_bytes((a / "chunk_00000.parquet").read_bytes())  # the wrong slot
     with pytest.warns(UserWarning, match="belongs to chunk 0, not chunk 1"):
-        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
-                                       progress=False, select=False)
+        got = pipeline.variant_effects(
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+        )
     pd.testing.assert_frame_equal(got, want)
     (a / "chunk_00000.parquet").write_bytes(b"PAR1 truncated")
     with pytest.warns(UserWarning, match="chunk_00000.parquet is unreadable"):
-        got = pipeline.variant_effects(models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a,
-                                       progress=False, select=False)
+        got = pipeline.variant_effects(
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+        )
     pd.testing.assert_frame_equal(got, want)
     # the same for .npz chunks
     e = tmp_path / "e"
@@ -270,12 +287,12 @@ import torch
 from deepmr_utils import pipeline
 from deepmr_utils.models import DilatedResidualNet
 
-d = torch.load({str(tmp_path / 'inputs.pt')!r})
+d = torch.load({str(tmp_path / "inputs.pt")!r})
 models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
 pick = partial(torch.narrow, dim=1, start=0, length=2)
-pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / 'run')!r}, progress=False)
+pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / "run")!r}, progress=False)
 """
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
@@ -295,7 +312,7 @@ import time, torch
 from deepmr_utils import pipeline
 from deepmr_utils.models import DilatedResidualNet
 
-d = torch.load({str(tmp_path / 'inputs.pt')!r})
+d = torch.load({str(tmp_path / "inputs.pt")!r})
 models = [DilatedResidualNet(3, 8, 3, stem_kernel=5, output_names=["a", "b", "c"]) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
@@ -315,8 +332,8 @@ pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1
     proc.wait()
     done = len(list(out.glob("chunk_*.parquet")))
     assert 3 <= done < 10
-    resumed = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, out=out,
-                                       progress=False, select=False)
-    full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, progress=False,
-                                    select=False)
+    resumed = pipeline.variant_effects(
+        models, X, exposure="a", outcome="b", chunk_size=1, out=out, progress=False, select=False
+    )
+    full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, progress=False, select=False)
     pd.testing.assert_frame_equal(resumed, full, check_exact=True)

@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import motifs, simulate, simulation_study, train
+from deepmr_utils import motifs, simulate, simulation_study
 from deepmr_utils import sequence as sq
-from deepmr_utils.models import CountsRegressor
 
 
 def test_motif_file_matches_pyjaspar():
@@ -95,18 +94,18 @@ def test_variant_truth_matches_oracle_finite_differences():
     table = pd.DataFrame(rows, columns=["locus", "position", "alt"])
     t = gen.variant_truth(data["X"], table, data["b_conf"])
     for k, (i, p, alt) in enumerate(rows):
-        x = data["X"][i:i + 1].clone()
-        ref_pred = gen.oracle(x, data["b_conf"][i:i + 1])[0]
+        x = data["X"][i : i + 1].clone()
+        ref_pred = gen.oracle(x, data["b_conf"][i : i + 1])[0]
         x[0, :, p] = 0
         x[0, "ACGT".index(alt), p] = 1
-        mut_pred = gen.oracle(x, data["b_conf"][i:i + 1])[0]
+        mut_pred = gen.oracle(x, data["b_conf"][i : i + 1])[0]
         assert t.dx[k] == pytest.approx(mut_pred[0] - ref_pred[0], abs=1e-9)
         assert t.dy[k] == pytest.approx(mut_pred[1] - ref_pred[1], abs=1e-9)
         # causal part: only the exposure occupancy moves
-        q_ref, q_mut = gen.occupancies(data["X"][i:i + 1]), gen.occupancies(x)
+        q_ref, q_mut = gen.occupancies(data["X"][i : i + 1]), gen.occupancies(x)
         q = q_ref.copy()
         q[0, 0] = q_mut[0, 0]
-        causal = simulate.anscombe(gen.expected_counts(None, data["b_conf"][i:i + 1], q=q))[0, 1]
+        causal = simulate.anscombe(gen.expected_counts(None, data["b_conf"][i : i + 1], q=q))[0, 1]
         assert t.dy_causal[k] == pytest.approx(causal - ref_pred[1], abs=1e-9)
     truth = gen.true_local_effects(data["X"], table, data["b_conf"]).set_index("locus")
     g = table.assign(xy=t.dx * t.dy_causal, xx=t.dx**2).groupby("locus")[["xy", "xx"]].sum()
@@ -136,11 +135,20 @@ def test_augmentation_mutates_inside_motifs():
 
 
 def test_summarize_by_hand():
-    rounds = pd.DataFrame({
-        "scenario": "none", "estimator": "IVW",
-        "estimate": [1.0, 2.0, 3.0], "se": [0.1, 0.1, 0.1], "ci_low": [0.8, 1.8, 2.8],
-        "ci_high": [1.2, 2.2, 3.2], "tau": [0.5, 0.5, 0.5], "truth": [1.1, 2.5, 3.0],
-        "local_coverage": [0.5, 1.0, 0.0], "n_loci": [10, 10, 10]})
+    rounds = pd.DataFrame(
+        {
+            "scenario": "none",
+            "estimator": "IVW",
+            "estimate": [1.0, 2.0, 3.0],
+            "se": [0.1, 0.1, 0.1],
+            "ci_low": [0.8, 1.8, 2.8],
+            "ci_high": [1.2, 2.2, 3.2],
+            "tau": [0.5, 0.5, 0.5],
+            "truth": [1.1, 2.5, 3.0],
+            "local_coverage": [0.5, 1.0, 0.0],
+            "n_loci": [10, 10, 10],
+        }
+    )
     s = simulation_study.summarize(rounds).iloc[0]
     assert s.bias == pytest.approx((-0.1 - 0.5 + 0) / 3)
     assert s.rmse == pytest.approx(np.sqrt((0.01 + 0.25) / 3))
@@ -162,8 +170,13 @@ def test_chip_nexus_sampling_and_truth():
     assert (b >= q - 1e-12).all()
     # true local effects: zero where the causal matrix has no path, positive along Sox2 -> Oct4
     i = 0
-    table = pd.DataFrame({"locus": i, "position": np.arange(150), "alt": [
-        "ACGT"[(int(d["X"][i, :, p].argmax()) + 1) % 4] for p in range(150)]})
+    table = pd.DataFrame(
+        {
+            "locus": i,
+            "position": np.arange(150),
+            "alt": ["ACGT"[(int(d["X"][i, :, p].argmax()) + 1) % 4] for p in range(150)],
+        }
+    )
     sox2, oct4, nanog = 1, 0, 2  # indices in simulate.OSKN
     assert gen.true_local_effects(d["X"], table, nanog, sox2).theta.fillna(0).abs().max() < 1e-12
     assert (gen.true_local_effects(d["X"], table, sox2, oct4).theta.dropna() >= 0).all()

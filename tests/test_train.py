@@ -1,4 +1,5 @@
 """Training loops: early stopping, ensembles, seeds that decide every draw, and clear errors."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,15 +15,24 @@ def test_fit_early_stopping_and_ensemble():
     X = sq.random_sequences(300, 30, seed=0)
     y = np.stack([X[:, 0].sum(1).numpy(), X[:, 2, :10].sum(1).numpy()], axis=1)
     model = CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8)
-    hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=60, patience=3, batch_size=32), seed=0, device="cpu")
+    hist = train.fit(
+        model, X, y, config=train.TrainConfig(max_epochs=60, patience=3, batch_size=32), seed=0, device="cpu"
+    )
     assert not model.training
     assert hist.val_loss[hist.best_epoch] == min(hist.val_loss)
     assert len(hist.val_loss) <= 60 and hist.val_loss[hist.best_epoch] < hist.val_loss[0]
-    models, hists = train.train_ensemble(lambda: CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8),
-                                         X, y, 2, config=train.TrainConfig(max_epochs=3), seed=1, device="cpu",
-                                         progress=False)
+    models, hists = train.train_ensemble(
+        lambda: CountsRegressor(30, 2, n_conv=1, n_filters=4, kernel=3, hidden=8),
+        X,
+        y,
+        2,
+        config=train.TrainConfig(max_epochs=3),
+        seed=1,
+        device="cpu",
+        progress=False,
+    )
     assert len(models) == 2 and not torch.equal(models[0].out.weight, models[1].out.weight)
-    acc = train.evaluate(models, X, y, names=["a", "b"])
+    acc = train.accuracy(models, X, y, names=["a", "b"])
     assert list(acc.output) == ["a", "b"]
     with pytest.raises(ValueError, match="y has"):
         train.fit(model, X, y[:10])
@@ -64,5 +74,6 @@ def test_fit_with_a_nan_loss_from_the_first_epoch_says_so():
         return (out - y).pow(2).mean() * float("nan")
 
     with pytest.raises(ValueError, match="training loss is nan at epoch 1, batch 1"):
-        train.fit(_DropNet(), X, torch.zeros(32, 1), config=train.TrainConfig(max_epochs=2), device="cpu",
-                  loss_fn=nan_loss)
+        train.fit(
+            _DropNet(), X, torch.zeros(32, 1), config=train.TrainConfig(max_epochs=2), device="cpu", loss_fn=nan_loss
+        )

@@ -39,7 +39,15 @@ def test_variant_table_and_selection():
     t = instruments.variant_table(eff, se, X, exposure=0, outcome=1, loci=["seqA"], output_names=["x", "y"])
     assert list(t.columns) == instruments.COLUMNS and len(t) == 6
     row = t[(t.position == 0) & (t.alt == "G")].iloc[0]
-    assert (row.ref, row.exposure, row.outcome, row.bx, row.bxse, row.by, row.byse) == ("A", "x", "y", 2.0, 1.0, -1.0, 0.0)
+    assert (row.ref, row.exposure, row.outcome, row.bx, row.bxse, row.by, row.byse) == (
+        "A",
+        "x",
+        "y",
+        2.0,
+        1.0,
+        -1.0,
+        0.0,
+    )
     with pytest.raises(ValueError, match="outcome index 4 does not exist"):
         instruments.variant_table(eff, se, X, exposure=0, outcome=4)
 
@@ -48,9 +56,19 @@ def _table(rng, loci=3, n=40):
     rows = []
     for i in range(loci):
         pos = np.repeat(np.arange(n // 2), 2)
-        rows.append(pd.DataFrame({"locus": i, "position": pos, "alt": np.tile(["C", "G"], n // 2),
-                                  "bx": rng.normal(0, 1, n) * (i + 1), "bxse": rng.uniform(0.2, 0.5, n),
-                                  "by": rng.normal(0, 1, n), "byse": rng.uniform(0.2, 0.5, n)}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "locus": i,
+                    "position": pos,
+                    "alt": np.tile(["C", "G"], n // 2),
+                    "bx": rng.normal(0, 1, n) * (i + 1),
+                    "bxse": rng.uniform(0.2, 0.5, n),
+                    "by": rng.normal(0, 1, n),
+                    "byse": rng.uniform(0.2, 0.5, n),
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -138,8 +156,13 @@ def test_calibration_per_output_on_ism_tensor():
     n, M = 2000, 4
     pattern = np.array([-1.5, -0.5, 0.5, 1.5]) / np.std([-1.5, -0.5, 0.5, 1.5], ddof=1)  # spread exactly 1
     members = rng.normal(0, 1, (n, 1, 2)) + pattern[None, :, None]
-    y = np.stack([members[:, :, 0].mean(1) + 3 * rng.normal(0, 1, n),      # lambda ~ 9
-                  members[:, :, 1].mean(1) + 1 * rng.normal(0, 1, n)], 1)   # lambda ~ 1
+    y = np.stack(
+        [
+            members[:, :, 0].mean(1) + 3 * rng.normal(0, 1, n),  # lambda ~ 9
+            members[:, :, 1].mean(1) + 1 * rng.normal(0, 1, n),
+        ],
+        1,
+    )  # lambda ~ 1
     cal = uncertainty.VarianceScaling().fit(members, y)
     assert cal.lams[0] == pytest.approx(9, rel=0.15) and cal.lams[1] == pytest.approx(1, rel=0.15)
     noisy = uncertainty.VarianceScaling(noise_var=1.0).fit(members, y)

@@ -6,6 +6,7 @@ pyjaspar ships the JASPAR SQLite databases; this script copies the count matrice
 the motifs the book uses into a small JSON file so the book needs neither pyjaspar nor
 a download. tests/test_motifs.py cross-checks the file against pyjaspar when installed.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@
 
 The book stores notebooks without outputs (tests/test_notebooks.py enforces it).
 """
+
 from __future__ import annotations
 
 import sys

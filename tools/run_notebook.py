@@ -1,7 +1,8 @@
 """Execute one chapter outside the book build (e.g. at another scale) and save the executed copy.
 
-    DEEPMR_SCALE=paper python tools/run_notebook.py book/01_simulation.ipynb /tmp/01_paper.ipynb
+DEEPMR_SCALE=paper python tools/run_notebook.py book/01_simulation.ipynb /tmp/01_paper.ipynb
 """
+
 import sys
 import time
 from pathlib import Path

@@ -4,6 +4,7 @@
 dilated convolutions, one pooled count head per task) that also implements the
 receptive-field fast path of :func:`deepmr_utils.ism.saturation_mutagenesis`.
 """
+
 from .bpnet import BPNet
 from .cnn import CountsRegressor
 from .dilated import DilatedResidualNet

@@ -11,11 +11,12 @@ left out (as in the Kipoi wrapper).
 :func:`load_keras_h5` reads the published Keras file with h5py (no TensorFlow)
 after checking its MD5. The weights are not distributed with DeepMR.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,10 +41,22 @@ class BPNet(DilatedResidualNet):
     strand-averaged log counts ``(N, T)``; the windowed fast path computes only those.
     """
 
-    def __init__(self, tasks: Sequence[str] = ("Oct4", "Sox2", "Nanog", "Klf4"), *, n_filters: int = 64,
-                 n_layers: int = 9, stem_kernel: int = 25, tconv_kernel: int = 25):
-        super().__init__(n_tasks=len(tasks), n_filters=n_filters, n_layers=n_layers, stem_kernel=stem_kernel,
-                         output_names=list(tasks))
+    def __init__(
+        self,
+        tasks: Sequence[str] = ("Oct4", "Sox2", "Nanog", "Klf4"),
+        *,
+        n_filters: int = 64,
+        n_layers: int = 9,
+        stem_kernel: int = 25,
+        tconv_kernel: int = 25,
+    ):
+        super().__init__(
+            n_tasks=len(tasks),
+            n_filters=n_filters,
+            n_layers=n_layers,
+            stem_kernel=stem_kernel,
+            output_names=list(tasks),
+        )
         if tconv_kernel % 2 != 1:
             raise ValueError(f"tconv_kernel must be odd, got {tconv_kernel}")
         self.tasks = list(tasks)
@@ -96,8 +109,15 @@ def bpnet_loss(output, profile_counts: torch.Tensor, *, count_weight: float = 10
 
 
 @torch.no_grad()
-def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Sequence[str] | None = None,
-             batch_size: int = 128, reference_shape=None) -> pd.DataFrame:
+def evaluate(
+    models,
+    X: torch.Tensor,
+    profile_counts: torch.Tensor,
+    *,
+    tasks: Sequence[str] | None = None,
+    batch_size: int = 128,
+    reference_shape=None,
+) -> pd.DataFrame:
     """Held-out accuracy of a BPNet ensemble, one row per task.
 
     ``X``: ``(N, 4, L)``; ``profile_counts``: observed reads ``(N, T, 2, L)``. Columns:
@@ -118,9 +138,9 @@ def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Se
     with eval_mode(models):
         for m in models:
             for i in range(0, N, batch_size):
-                prof, lc = m(X[i:i + batch_size].to(dev).float())
-                probs[i:i + batch_size] += torch.softmax(prof.reshape(prof.shape[0], T, -1), dim=-1).double().cpu()
-                logc[i:i + batch_size] += lc.mean(dim=-1).double().cpu()
+                prof, lc = m(X[i : i + batch_size].to(dev).float())
+                probs[i : i + batch_size] += torch.softmax(prof.reshape(prof.shape[0], T, -1), dim=-1).double().cpu()
+                logc[i : i + batch_size] += lc.mean(dim=-1).double().cpu()
     probs /= len(models)
     logc /= len(models)
     obs = profile_counts.double().reshape(N, T, -1)
@@ -130,10 +150,13 @@ def evaluate(models, X: torch.Tensor, profile_counts: torch.Tensor, *, tasks: Se
     def nll(p):
         return (-(obs * torch.log(p.clamp_min(1e-300))).sum(dim=(0, 2)) / reads).numpy()
 
-    rows = {"task": list(tasks) if tasks is not None else list(range(T)),
-            "counts_pearson": [float(np.corrcoef(y[:, t], logc[:, t])[0, 1]) for t in range(T)],
-            "counts_r2": (1 - ((y - logc) ** 2).mean(dim=0) / y.var(dim=0, unbiased=False)).numpy(),
-            "profile_nll": nll(probs), "uniform_nll": np.full(T, np.log(2 * L))}
+    rows = {
+        "task": list(tasks) if tasks is not None else list(range(T)),
+        "counts_pearson": [float(np.corrcoef(y[:, t], logc[:, t])[0, 1]) for t in range(T)],
+        "counts_r2": (1 - ((y - logc) ** 2).mean(dim=0) / y.var(dim=0, unbiased=False)).numpy(),
+        "profile_nll": nll(probs),
+        "uniform_nll": np.full(T, np.log(2 * L)),
+    }
     if reference_shape is not None:
         ref = torch.as_tensor(np.asarray(reference_shape), dtype=torch.float64).reshape(N, T, -1)
         rows["reference_nll"] = nll(ref)
@@ -158,8 +181,13 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_keras_h5(path: str | Path, *, md5: str | None = OSKN_MD5, layers: dict = OSKN_LAYERS,
-                  tasks: Sequence[str] = ("Oct4", "Sox2", "Nanog", "Klf4")) -> BPNet:
+def load_keras_h5(
+    path: str | Path,
+    *,
+    md5: str | None = OSKN_MD5,
+    layers: dict = OSKN_LAYERS,
+    tasks: Sequence[str] = ("Oct4", "Sox2", "Nanog", "Klf4"),
+) -> BPNet:
     """Build a :class:`BPNet` from a Keras ``.h5`` model file, without TensorFlow.
 
     The file's MD5 must equal ``md5`` (the published BPNet-OSKN file by default;
@@ -176,8 +204,10 @@ def load_keras_h5(path: str | Path, *, md5: str | None = OSKN_MD5, layers: dict 
     if md5 is not None:
         got = md5sum(path)
         if got != md5:
-            raise ValueError(f"{path} has MD5 {got}, expected {md5}: not the published BPNet-OSKN file "
-                             "(truncated download or a different model); pass md5=None only for your own files")
+            raise ValueError(
+                f"{path} has MD5 {got}, expected {md5}: not the published BPNet-OSKN file "
+                "(truncated download or a different model); pass md5=None only for your own files"
+            )
     try:
         fh = h5py.File(path, "r")
     except OSError as exc:
@@ -189,8 +219,9 @@ def load_keras_h5(path: str | Path, *, md5: str | None = OSKN_MD5, layers: dict 
             try:
                 return np.asarray(root[layer][layer][f"{name}:0"])
             except KeyError:
-                raise ValueError(f"{path}: layer {layer!r} has no weight {name!r}; "
-                                 f"layers in the file: {sorted(root.keys())[:20]}") from None
+                raise ValueError(
+                    f"{path}: layer {layer!r} has no weight {name!r}; layers in the file: {sorted(root.keys())[:20]}"
+                ) from None
 
         stem_k = weight(layers["stem"], "kernel")
         n_filters, k = stem_k.shape[2], stem_k.shape[0]
@@ -208,6 +239,8 @@ def load_keras_h5(path: str | Path, *, md5: str | None = OSKN_MD5, layers: dict 
     expected = model.state_dict()
     for key, arr in sd.items():
         if tuple(arr.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{path}: {key} has shape {arr.shape}, the architecture needs {tuple(expected[key].shape)}")
+            raise ValueError(
+                f"{path}: {key} has shape {arr.shape}, the architecture needs {tuple(expected[key].shape)}"
+            )
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in sd.items()})
     return model.eval()

@@ -1,7 +1,8 @@
 """The small multi-task CNN regressor of the DeepMR simulation."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,9 +17,19 @@ class CountsRegressor(nn.Module):
     ``dropout > 0`` adds dropout after each dense layer (for MC-dropout).
     """
 
-    def __init__(self, length: int = 100, n_outputs: int = 2, *, n_conv: int = 3, n_filters: int = 15,
-                 kernel: int = 7, n_dense: int = 2, hidden: int = 30, dropout: float = 0.0,
-                 output_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        length: int = 100,
+        n_outputs: int = 2,
+        *,
+        n_conv: int = 3,
+        n_filters: int = 15,
+        kernel: int = 7,
+        n_dense: int = 2,
+        hidden: int = 30,
+        dropout: float = 0.0,
+        output_names: Sequence[str] | None = None,
+    ):
         super().__init__()
         out_len = length - n_conv * (kernel - 1)
         if out_len < 1:

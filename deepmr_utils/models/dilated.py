@@ -1,7 +1,8 @@
 """A BPNet-style multi-task counts model with an exact windowed ISM path."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,17 @@ class DilatedResidualNet(nn.Module):
     saturation mutagenesis recomputes only the window a mutation can change.
     """
 
-    def __init__(self, n_tasks: int = 4, n_filters: int = 64, n_layers: int = 9, stem_kernel: int = 25,
-                 *, batchnorm: bool = False, dropout: float = 0.0,
-                 output_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        n_tasks: int = 4,
+        n_filters: int = 64,
+        n_layers: int = 9,
+        stem_kernel: int = 25,
+        *,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+        output_names: Sequence[str] | None = None,
+    ):
         super().__init__()
         if stem_kernel % 2 != 1:
             raise ValueError(f"stem_kernel must be odd, got {stem_kernel}")
@@ -88,8 +97,7 @@ class DilatedResidualNet(nn.Module):
             h = h + a
             layers.append((z, a))
             weights.append(self._w(conv))
-        return {"layers": layers, "weights": weights, "sum": h.sum(dim=(2, 3)), "L": x.shape[-1],
-                "x": self._cl(x)}
+        return {"layers": layers, "weights": weights, "sum": h.sum(dim=(2, 3)), "L": x.shape[-1], "x": self._cl(x)}
 
     @staticmethod
     def _w(conv):
@@ -118,7 +126,7 @@ class DilatedResidualNet(nn.Module):
             bn = self.stem_bn if i == 0 else self.bns[i - 1]
             so, eo = max(0, s - half), min(L, e + half)
             dz = F.conv2d(delta, weights[i], None, dilation=(1, dil), padding=(0, 2 * half))
-            dz = dz[..., so - (s - half): so - (s - half) + (eo - so)]  # clip the cone to the sequence
+            dz = dz[..., so - (s - half) : so - (s - half) + (eo - so)]  # clip the cone to the sequence
             z_ref, a_ref = layers[i]
             da = F.relu(self._bn(bn, ref(z_ref, so, eo) + dz)) - ref(a_ref, so, eo)
             if i == 0:

@@ -1,0 +1,22 @@
+"""Simulated worlds with a known truth, one module per world.
+
+* :mod:`~deepmr_utils.simulate.summary` - MR summary statistics for many loci (the method chapter);
+* :mod:`~deepmr_utils.simulate.cooperativity` - two TFs, one's binding causes the other's (simulation chapter);
+* :mod:`~deepmr_utils.simulate.chipnexus` - ChIP-nexus profiles of four TFs with a causal matrix (BPNet chapter).
+"""
+
+from ._common import anscombe, draw_effect_ratio
+from .chipnexus import OSKN, OSKN_EFFECTS, OSKN_MOTIFS, ChipNexusModel
+from .cooperativity import CooperativityModel
+from .summary import summary_statistics
+
+__all__ = [
+    "summary_statistics",
+    "CooperativityModel",
+    "ChipNexusModel",
+    "OSKN",
+    "OSKN_MOTIFS",
+    "OSKN_EFFECTS",
+    "anscombe",
+    "draw_effect_ratio",
+]
