@@ -113,12 +113,18 @@ class _Calibration:
     fitted_ids: frozenset = field(default_factory=frozenset)
     per_output: list | None = None
 
-    def fit(self, members, y, *, ids=None):
+    def fit(self, members, y, *, ids):
         """Fit on held-out predictions ``members`` ``(n, M)`` or ``(n, M, O)`` and labels ``y`` ``(n,)`` / ``(n, O)``.
 
-        ``ids`` names the held-out sequences, so that applying the calibration to
-        any of them later raises (calibration must not see the sequences it corrects).
+        ``ids`` (required) names the ``n`` held-out sequences, so that applying the
+        calibration to any of them later raises: a calibration must not see the
+        sequences it corrects. Pass the same kind of labels to ``transform_members``.
         """
+        if ids is None:
+            raise TypeError(
+                "fit needs ids=: the labels of the held-out sequences, so the calibration can refuse "
+                "to be applied to them later"
+            )
         members = _np(members).astype(np.float64)
         y = _np(y).astype(np.float64)
         if members.ndim == 3:
@@ -130,7 +136,10 @@ class _Calibration:
         else:
             self.per_output = None
             self._fit1(*self._checked(members, y))
-        self.fitted_ids = frozenset(np.asarray(ids).tolist()) if ids is not None else frozenset()
+        ids = np.asarray(ids).ravel()
+        if ids.size != members.shape[0]:
+            raise ValueError(f"ids has {ids.size} labels for {members.shape[0]} held-out sequences")
+        self.fitted_ids = frozenset(ids.tolist())
         return self
 
     def _blank(self):

@@ -220,7 +220,7 @@ def test_calibration_state_is_part_of_the_fingerprint(setup, tmp_path):
     y = rng.normal(size=1500)
     y2 = y.copy()
     y2[np.argsort(y - members.mean(axis=1))[700]] += 1e-3  # one PIT value in the middle moves
-    cals = [uncertainty.IsotonicCalibration().fit(members, t) for t in (y, y2)]
+    cals = [uncertainty.IsotonicCalibration().fit(members, t, ids=[f"cal{i}" for i in range(1500)]) for t in (y, y2)]
     assert repr(cals[0]) == repr(cals[1])  # the repr hides the fitted arrays ...
     out = tmp_path / "run"
     pipeline.effects(models, X[:2], calibration=cals[0], out=out, progress=False)

@@ -163,9 +163,13 @@ def test_calibration_per_output_on_ism_tensor():
         ],
         1,
     )  # lambda ~ 1
-    cal = uncertainty.VarianceScaling().fit(members, y)
+    cal = uncertainty.VarianceScaling().fit(members, y, ids=np.arange(len(y)))
     assert cal.lams[0] == pytest.approx(9, rel=0.15) and cal.lams[1] == pytest.approx(1, rel=0.15)
-    noisy = uncertainty.VarianceScaling(noise_var=1.0).fit(members, y)
+    noisy = uncertainty.VarianceScaling(noise_var=1.0).fit(members, y, ids=np.arange(len(y)))
+    with pytest.raises(TypeError, match="required keyword-only argument: 'ids'"):
+        uncertainty.VarianceScaling().fit(members, y)
+    with pytest.raises(TypeError, match="fit needs ids="):
+        uncertainty.VarianceScaling().fit(members, y, ids=None)
     assert noisy.lams[0] == pytest.approx(8, rel=0.2) and noisy.lams[1] < 0.2  # label noise is not model error
     pred = torch.randn(2, M, 5, 4, 2)  # (N, M, P, 4, O)
     out = cal.transform_members(pred, axis=1)
