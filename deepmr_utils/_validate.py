@@ -66,10 +66,15 @@ def summary_stats(bx, bxse, by, byse, *, min_k: int, method: str):
     return arrays["bx"], arrays["bxse"], arrays["by"], arrays["byse"]
 
 
+def weights_finite(se: np.ndarray) -> np.ndarray:
+    """Where the inverse-variance weight 1/se^2 is finite (a tiny SE overflows it to inf)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return np.isfinite(1.0 / (se * se))
+
+
 def check_weights(se: np.ndarray, name: str) -> None:
-    """Inverse-variance weights 1/se^2 must be finite: a tiny SE overflows them to inf."""
-    with np.errstate(over="ignore", divide="ignore"):
-        bad = ~np.isfinite(1.0 / (se * se))
+    """Inverse-variance weights 1/se^2 must be finite."""
+    bad = ~weights_finite(se)
     if bad.any():
         i = first_bad(bad)
         raise ValueError(

@@ -260,10 +260,11 @@ def pool(
     if missing:
         raise ValueError(f"local is missing column(s) {missing}; pass the output of mr.per_locus")
     ok = (local.status == "ok").to_numpy()
-    if int(ok.sum()) < max(min_loci, 2):
+    need = max(min_loci, 2)  # random effects need two estimates whatever min_loci says
+    if int(ok.sum()) < need:
         reasons = local.status[~ok].str.split(":").str[0].value_counts().to_dict()
         raise ValueError(
-            f"only {int(ok.sum())} of {len(local)} loci have an estimate (need {min_loci}); the others: {reasons}"
+            f"only {int(ok.sum())} of {len(local)} loci have an estimate (need {need}); the others: {reasons}"
         )
     use = local[ok]
     res = random_effects(

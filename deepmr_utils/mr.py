@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from . import _robust
-from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats
+from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats, weights_finite
 
 __all__ = [
     "MRResult",
@@ -218,10 +218,9 @@ def _egger_inference(est, se_fixed, sigma, alpha, distribution, df):
     its limit, instead of 0/0.
     """
     se = se_fixed * max(1.0, sigma)
-    if distribution == "normal":
-        lo, hi, p = _interval(est, se, alpha)
-        return se, lo, hi, p
     lo_n, hi_n, p_n = _interval(est, se, alpha)
+    if distribution == "normal":
+        return se, lo_n, hi_n, p_n
     se_lm = se_fixed * sigma  # t uses the unfloored lm SE; with RSE >= 1 that is the reported SE anyway
     if sigma >= 1:
         return se, *_interval(est, se_lm, alpha, df=df)
@@ -582,8 +581,7 @@ def per_locus(
     ok_locus = np.ones(n_loci, dtype=bool)
     finite = np.isfinite(bx) & np.isfinite(by) & np.isfinite(bxse) & np.isfinite(byse)
     positive = (bxse > 0) & (byse > 0)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        weighable = np.isfinite(1.0 / (byse * byse))
+    weighable = weights_finite(byse)
     valid_row = finite & positive & weighable
     if not valid_row.all():
         # report the first offending row of each locus; non-finite values take precedence

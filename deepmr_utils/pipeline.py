@@ -184,11 +184,12 @@ def _open_run(out, fp: str, info: dict) -> Path | None:
     return folder
 
 
-def _write_chunk(path: Path, fp: str, index: int, table: pd.DataFrame | None = None, **arrays) -> None:
-    """Write a chunk atomically, stamped with the run's fingerprint and the chunk's index."""
+def _write_chunk(path: Path, fp: str, index: int, value) -> None:
+    """Write a chunk (a variant table, or an ``(effect, se)`` pair) atomically, stamped with the
+    run's fingerprint and the chunk's index; :func:`_read_chunk` reads either back."""
     tmp = path.with_name(path.name + ".tmp")
-    if table is not None:
-        t = pa.Table.from_pandas(table, preserve_index=False)
+    if isinstance(value, pd.DataFrame):
+        t = pa.Table.from_pandas(value, preserve_index=False)
         meta = dict(t.schema.metadata or {})
         meta.update({_FP_KEY: fp.encode(), _CHUNK_KEY: str(index).encode()})
         pq.write_table(t.replace_schema_metadata(meta), tmp)
@@ -196,7 +197,7 @@ def _write_chunk(path: Path, fp: str, index: int, table: pd.DataFrame | None = N
             os.fsync(fh.fileno())
     else:
         with open(tmp, "wb") as fh:  # a file object, so numpy does not append ".npz" to the temporary name
-            np.savez(fh, fingerprint=np.array(fp), chunk=np.array(index), **arrays)
+            np.savez(fh, fingerprint=np.array(fp), chunk=np.array(index), effect=value[0], se=value[1])
             fh.flush()
             os.fsync(fh.fileno())
     _replace(tmp, path)  # a chunk file exists only once it is complete
@@ -320,27 +321,16 @@ def variant_effects(
         fp,
         {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
     )
-    ism_options = dict(
-        batch_size=batch_size,
-        device=device,
-        mc_dropout=mc_dropout,
-        seed=seed,
-        dtype=dtype,
-        fast=fast,
-        ensemble=ensemble,
-    )
-    frames = []
-    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
-        path = folder / f"chunk_{c:05d}.parquet" if folder is not None else None
-        table = _read_chunk(path, fp, c) if path is not None else None
-        if table is None:
-            effect, se = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
-            table = instruments.variant_table(
-                effect, se, X[a:b], exposure=ie, outcome=io, positions=pos, loci=loci[a:b], output_names=names
-            )
-            if path is not None:
-                _write_chunk(path, fp, c, table)
-        frames.append(table)
+    ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
+                   "dtype": dtype, "fast": fast, "ensemble": ensemble}  # fmt: skip
+
+    def compute(a, b):
+        effect, se = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
+        return instruments.variant_table(
+            effect, se, X[a:b], exposure=ie, outcome=io, positions=pos, loci=loci[a:b], output_names=names
+        )
+
+    frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", compute, progress)
     candidates = pd.concat(frames, ignore_index=True)
     if select is False:
         return candidates
@@ -397,25 +387,28 @@ def effects(
             "output_names": selected_names(models, outputs),
         },
     )
-    ism_options = dict(
-        batch_size=batch_size,
-        device=device,
-        mc_dropout=mc_dropout,
-        seed=seed,
-        dtype=dtype,
-        fast=fast,
-        ensemble=ensemble,
-    )
-    parts = []
-    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
-        path = folder / f"effects_{c:05d}.npz" if folder is not None else None
-        part = _read_chunk(path, fp, c) if path is not None else None
-        if part is None:
-            part = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
-            if path is not None:
-                _write_chunk(path, fp, c, effect=part[0], se=part[1])
-        parts.append(part)
+    ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
+                   "dtype": dtype, "fast": fast, "ensemble": ensemble}  # fmt: skip
+
+    def compute(a, b):
+        return _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
+
+    parts = _each_chunk(folder, fp, chunks, "effects_{:05d}.npz", compute, progress)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _each_chunk(folder, fp, chunks, pattern, compute, progress) -> list:
+    """Every chunk's result: read back when this run already finished it, else computed and written."""
+    results = []
+    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
+        path = folder / pattern.format(c) if folder is not None else None
+        value = _read_chunk(path, fp, c) if path is not None else None
+        if value is None:
+            value = compute(a, b)
+            if path is not None:
+                _write_chunk(path, fp, c, value)
+        results.append(value)
+    return results
 
 
 def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options):

@@ -110,44 +110,49 @@ def fit(
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         for epoch in epochs:
-            model.train()
             order = torch.randperm(tr.numel(), generator=g).to(dev)
-            total = 0.0
-            for i in range(0, order.numel(), config.batch_size):
-                b = order[i : i + config.batch_size]
-                if b.numel() < 2:  # BatchNorm cannot train on a single example
-                    continue
-                opt.zero_grad()
-                loss = loss_fn(model(Xtr[b]), ytr[b])
-                if not torch.isfinite(loss):
-                    _diverged(
-                        best_state,
-                        f"training loss is {loss.item()} at epoch {epoch + 1}, batch {i // config.batch_size + 1}",
-                    )
-                    break
-                loss.backward()
-                opt.step()
-                total += loss.item() * b.numel()
-            else:
+            total, bad = _train_epoch(model, opt, loss_fn, Xtr, ytr, order, config.batch_size)
+            if bad is None:
                 model.eval()
                 with torch.no_grad():
                     vloss = loss_fn(model(Xva), yva).item()
                 if not np.isfinite(vloss):
-                    _diverged(best_state, f"validation loss is {vloss} at epoch {epoch + 1}")
+                    bad = f"validation loss is {vloss} at epoch {epoch + 1}"
+            else:
+                bad = f"training loss is {bad[0]} at epoch {epoch + 1}, batch {bad[1]}"
+            if bad is not None:  # an error before any good epoch, else stop and keep the best one
+                _diverged(best_state, bad)
+                break
+            hist.train_loss.append(total / tr.numel())
+            hist.val_loss.append(vloss)
+            if vloss < best:
+                best, best_state, waited, hist.best_epoch = vloss, copy.deepcopy(model.state_dict()), 0, epoch
+            else:
+                waited += 1
+                if waited >= config.patience:
                     break
-                hist.train_loss.append(total / tr.numel())
-                hist.val_loss.append(vloss)
-                if vloss < best:
-                    best, best_state, waited, hist.best_epoch = vloss, copy.deepcopy(model.state_dict()), 0, epoch
-                else:
-                    waited += 1
-                    if waited >= config.patience:
-                        break
-                continue
-            break  # the batch loop stopped on a non-finite loss after a good epoch: keep the best one
     model.load_state_dict(best_state)
     model.eval()
     return hist
+
+
+def _train_epoch(model, opt, loss_fn, X, y, order, batch_size):
+    """One pass over the batches in ``order``: ``(summed loss, None)``, or ``(None, (loss, batch))``
+    at the first non-finite loss (before its step, so the weights stay finite)."""
+    model.train()
+    total = 0.0
+    for i in range(0, order.numel(), batch_size):
+        b = order[i : i + batch_size]
+        if b.numel() < 2:  # BatchNorm cannot train on a single example
+            continue
+        opt.zero_grad()
+        loss = loss_fn(model(X[b]), y[b])
+        if not torch.isfinite(loss):
+            return None, (loss.item(), i // batch_size + 1)
+        loss.backward()
+        opt.step()
+        total += loss.item() * b.numel()
+    return total, None
 
 
 def _diverged(best_state, what: str) -> None:
