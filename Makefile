@@ -1,6 +1,7 @@
 # The two commands of README.md. Both create the virtual environment on first use.
 #   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
 #   make test   ruff + unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
+#   make study  the simulation study's 50 rounds per scenario (hours on a laptop CPU; resumable)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The venv's bin first: notebook kernels ("python3") must start from the same environment.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: book test lint unit notebooks book-quick bench clean env
+.PHONY: book test lint unit notebooks book-quick bench study clean env
 
 env: $(STAMP)
 
@@ -44,6 +45,10 @@ book-quick: $(STAMP)
 	rm -rf _build
 	DEEPMR_SCALE=quick $(BIN)/jupyter-book build . -W -n --keep-going
 	@test -f _build/html/index.html
+
+# the simulation study at full length (50 rounds per scenario; resumable); writes book/data/simulation_study.*
+study: $(STAMP)
+	$(BIN)/python tools/run_study.py $(STUDY_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_mr.py

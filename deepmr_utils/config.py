@@ -1,6 +1,6 @@
 """Run-size settings, seeding and device choice shared by every chapter.
 
-Every notebook asks :func:`sizes` for its problem sizes. The scale comes from
+Every notebook asks :func:`sizes` for its problem sizes, a frozen dataclass per chapter. The scale comes from
 the environment variable ``DEEPMR_SCALE``:
 
 ``quick``
@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import os
 import random
-from types import MappingProxyType
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .simulation_study import StudySizes
+    from .train import TrainConfig
 
 SCALES = ("quick", "default", "paper")
 ENV_VAR = "DEEPMR_SCALE"
 
-# One table for all chapters: chapter -> scale -> sizes. Chapters add their rows here.
+# One table for all chapters: chapter -> scale -> sizes. sizes() turns a row into the typed
+# object the chapter's code takes (StudySizes, TrainConfig), so there is no second table.
 _SIZES = {
     "method": {
         # bootstrap draws for the median / mode SEs, and the loci of the local -> global demo
@@ -34,36 +40,17 @@ _SIZES = {
         "paper": {"n_boot": 10000, "n_loci": 5000, "variants_per_locus": 60},
     },
     "simulation": {
-        # rounds per scenario; data, ensemble and training sizes of each round
+        # rounds per scenario and parallel processes; then one round's data, ensemble and training
         "quick": {
             "rounds": 1,
-            "n_train": 2000,
-            "n_calibration": 300,
-            "n_test": 120,
-            "n_members": 3,
-            "max_epochs": 25,
-            "patience": 5,
-            "n_boot": 100,
+            "n_jobs": 2,
+            "study": {"n_train": 2000, "n_calibration": 300, "n_test": 150, "n_members": 3, "max_epochs": 60},
         },
-        "default": {
-            "rounds": 6,
-            "n_train": 3000,
-            "n_calibration": 500,
-            "n_test": 300,
-            "n_members": 4,
-            "max_epochs": 30,
-            "patience": 5,
-            "n_boot": 200,
-        },
+        "default": {"rounds": 10, "n_jobs": 2, "study": {}},  # StudySizes' defaults
         "paper": {
             "rounds": 50,
-            "n_train": 10000,
-            "n_calibration": 1000,
-            "n_test": 1000,
-            "n_members": 5,
-            "max_epochs": 100,
-            "patience": 10,
-            "n_boot": 1000,
+            "n_jobs": 1,
+            "study": {"n_train": 10000, "n_calibration": 1000, "n_test": 1000, "n_members": 5, "n_filters": 32},
         },
     },
     "bpnet": {
@@ -75,10 +62,8 @@ _SIZES = {
             "n_filters": 16,
             "n_members": 3,
             "n_train": 1500,
-            "max_epochs": 25,
-            "patience": 4,
-            "batch_size": 32,
             "n_loci": 80,
+            "train": {"max_epochs": 25, "patience": 4, "batch_size": 32},
         },
         "default": {
             "length": 300,
@@ -86,10 +71,8 @@ _SIZES = {
             "n_filters": 32,
             "n_members": 4,
             "n_train": 4000,
-            "max_epochs": 40,
-            "patience": 5,
-            "batch_size": 32,
             "n_loci": 300,
+            "train": {"max_epochs": 40, "patience": 5, "batch_size": 32},
         },
         "paper": {
             "length": 1000,
@@ -97,13 +80,45 @@ _SIZES = {
             "n_filters": 64,
             "n_members": 5,
             "n_train": 20000,
-            "max_epochs": 200,
-            "patience": 5,
-            "batch_size": 128,
             "n_loci": 2000,
+            "train": {"max_epochs": 200, "patience": 5, "batch_size": 128},
         },
     },
 }
+
+
+@dataclass(frozen=True)
+class MethodSizes:
+    """The method chapter: bootstrap draws, and the loci of the local -> global demo."""
+
+    scale: str
+    n_boot: int
+    n_loci: int
+    variants_per_locus: int
+
+
+@dataclass(frozen=True)
+class SimulationSizes:
+    """The simulation chapter: ``rounds`` per scenario, run in ``n_jobs`` processes, each of size ``study``."""
+
+    scale: str
+    rounds: int
+    n_jobs: int
+    study: StudySizes
+
+
+@dataclass(frozen=True)
+class BPNetSizes:
+    """The BPNet chapter: sequence length, architecture, ensemble, data, mutated loci and training."""
+
+    scale: str
+    length: int
+    n_layers: int
+    n_filters: int
+    n_members: int
+    n_train: int
+    n_loci: int
+    train: TrainConfig
 
 
 def get_scale(value: str | None = None) -> str:
@@ -116,13 +131,23 @@ def get_scale(value: str | None = None) -> str:
     return value
 
 
-def sizes(chapter: str, scale: str | None = None) -> MappingProxyType:
-    """Read-only sizes of ``chapter`` at ``scale`` (default: the active scale)."""
+def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSizes | BPNetSizes:
+    """The typed, frozen sizes of ``chapter`` at ``scale`` (default: the active scale)."""
     if chapter not in _SIZES:
         raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(_SIZES)}")
-    out = dict(_SIZES[chapter][get_scale(scale)])
-    out["scale"] = get_scale(scale)
-    return MappingProxyType(out)
+    scale = get_scale(scale)
+    row = dict(_SIZES[chapter][scale])
+    if chapter == "method":
+        return MethodSizes(scale=scale, **row)
+    if chapter == "simulation":
+        from .simulation_study import StudySizes  # config stays importable without the study's torch stack
+
+        return SimulationSizes(
+            scale=scale, rounds=row["rounds"], n_jobs=row["n_jobs"], study=StudySizes(**row["study"])
+        )
+    from .train import TrainConfig
+
+    return BPNetSizes(scale=scale, **{**row, "train": TrainConfig(**row["train"])})
 
 
 def set_seed(seed: int) -> np.random.Generator:

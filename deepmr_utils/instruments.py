@@ -1,4 +1,4 @@
-"""Tidy variant tables from ISM effects, and instrument selection.
+"""Tidy variant tables from ISM effects, and instrument selection (:class:`Selection`).
 
 A *variant table* has one row per substitution of each locus:
 ``locus, position, ref, alt, exposure, outcome, bx, bxse, by, byse``. It feeds
@@ -7,12 +7,16 @@ A *variant table* has one row per substitution of each locus:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from .sequence import ALPHABET
 
-__all__ = ["variant_table", "select"]
+__all__ = ["variant_table", "Selection", "Selected", "select", "as_selection", "STRATEGIES"]
+
+STRATEGIES = ("local_z", "global_z", "top_k", "all")
 
 _BASES = np.array(list(ALPHABET))
 COLUMNS = ["locus", "position", "ref", "alt", "exposure", "outcome", "bx", "bxse", "by", "byse"]
@@ -67,16 +71,9 @@ def variant_table(
     )
 
 
-def select(
-    table: pd.DataFrame,
-    strategy: str = "local_z",
-    *,
-    threshold: float | None = None,
-    k: int | None = None,
-    one_per_position: bool = False,
-    steiger=None,
-) -> pd.DataFrame:
-    """Choose instruments among the candidate variants of each locus.
+@dataclass(frozen=True)
+class Selection:
+    """How instruments are chosen among the candidate variants of each locus.
 
     Strategies (instrument strength ``|bx| / bxse`` unless stated):
 
@@ -87,11 +84,13 @@ def select(
         and keep ``|z| >= threshold`` (default 2; the paper used 1 for the
         simulation, 3 for BPNet). Ignores the SEs;
     ``"top_k"``
-        the ``k`` strongest variants of each locus (default 10).
+        the ``k`` strongest variants of each locus (default 10);
+    ``"all"``
+        every candidate, unfiltered (zero SEs included): the variant table itself.
 
     ``one_per_position=True`` then keeps only the strongest variant at each
-    position, so no two instruments share a base. Variants with a zero SE cannot
-    be instruments and are never kept.
+    position, so no two instruments share a base. Except with ``"all"``, variants
+    with a zero SE cannot be instruments and are never kept.
 
     ``steiger`` adds a direction filter in the spirit of MR Steiger filtering (Hemani
     et al. 2017, PLoS Genet; ``steiger_filtering`` in TwoSampleMR): a variant is kept
@@ -103,67 +102,106 @@ def select(
     explained). It drops instruments that act on the outcome first and on the exposure
     only through it (reverse causation), which otherwise bias every reverse-direction
     estimate.
-
-    The result has the kept rows plus ``n_candidates`` and ``n_kept`` of their
-    locus; ``result.attrs["selection"]`` lists every locus, including those that
-    kept nothing.
     """
-    missing = [c for c in ("locus", "position", "bx", "bxse", "by", "byse") if c not in table.columns]
-    if missing:
-        raise ValueError(f"table is missing column(s) {missing}")
-    if strategy not in ("local_z", "global_z", "top_k"):
-        raise ValueError(f"strategy must be 'local_z', 'global_z' or 'top_k', got {strategy!r}")
-    t = table.reset_index(drop=True)
-    valid = (t.bxse > 0) & (t.byse > 0) & np.isfinite(t.bx) & np.isfinite(t.by)
-    usable = valid
-    if steiger is not None and steiger is not False:
-        sd = np.ones(2) if steiger is True else np.asarray(steiger, dtype=np.float64)
-        if sd.shape != (2,) or not np.isfinite(sd).all() or (sd <= 0).any():
-            raise ValueError(
-                f"steiger must be True or two positive, finite scales (exposure, outcome), got {steiger!r}"
-            )
-        usable = valid & (t.bx.abs() / sd[0] > t.by.abs() / sd[1])
-    strength = (t.bx.abs() / t.bxse).where(usable, -np.inf)
-    if strategy == "local_z":
-        thr = 3.0 if threshold is None else threshold
-        keep = strength >= thr
-    elif strategy == "global_z":
-        thr = 2.0 if threshold is None else threshold
-        # standardised over all valid variants, as in the original rule, whatever the direction filter
-        z = (t.bx - t.bx[valid].mean()) / t.bx[valid].std(ddof=0)
-        keep = usable & (z.abs() >= thr)
-    else:
-        kk = 10 if k is None else int(k)
-        if kk < 1:
-            raise ValueError(f"k must be >= 1, got {kk}")
-        rank = strength.groupby(t.locus, sort=False).rank(ascending=False, method="first")
-        keep = usable & (rank <= kk)
-    if one_per_position:
-        cand = t[keep].assign(_s=strength[keep])
-        best = cand.sort_values("_s", ascending=False).drop_duplicates(["locus", "position"]).index
-        keep = pd.Series(False, index=t.index)
-        keep[best] = True
-    summary = pd.DataFrame(
-        {
-            "n_candidates": t.groupby("locus", sort=False).size(),
-            "n_usable": usable.groupby(t.locus, sort=False).sum(),
-            "n_kept": keep.groupby(t.locus, sort=False).sum(),
-        }
-    )
-    out = t[keep.to_numpy()].copy()
-    out["n_candidates"] = out.locus.map(summary.n_candidates).to_numpy()
-    out["n_kept"] = out.locus.map(summary.n_kept).to_numpy()
-    out = out.sort_values(["locus", "position", "alt"], kind="stable").reset_index(drop=True)
-    out.attrs["selection"] = summary.reset_index().rename(columns={"index": "locus"})
-    out.attrs["strategy"] = {
-        "strategy": strategy,
-        "threshold": threshold,
-        "k": k,
-        "one_per_position": one_per_position,
-        "steiger": None
-        if steiger is None or steiger is False
-        else (1.0, 1.0)
-        if steiger is True
-        else tuple(map(float, steiger)),
-    }
-    return out
+
+    strategy: str = "local_z"
+    threshold: float | None = None
+    k: int | None = None
+    one_per_position: bool = False
+    steiger: bool | tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.k is not None and int(self.k) < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        st = self.steiger
+        if st is False:
+            st = None
+        elif st is not None and st is not True:
+            arr = np.asarray(st, dtype=np.float64)
+            if arr.shape != (2,) or not np.isfinite(arr).all() or (arr <= 0).any():
+                raise ValueError(f"steiger must be True or two positive, finite scales (exposure, outcome), got {st!r}")
+            st = (float(arr[0]), float(arr[1]))
+        object.__setattr__(self, "steiger", st)
+
+    def apply(self, table: pd.DataFrame) -> Selected:
+        """The instruments of ``table`` (a variant table) and a per-locus account of the choice."""
+        missing = [c for c in ("locus", "position", "bx", "bxse", "by", "byse") if c not in table.columns]
+        if missing:
+            raise ValueError(f"table is missing column(s) {missing}")
+        t = table.reset_index(drop=True)
+        valid = (t.bxse > 0) & (t.byse > 0) & np.isfinite(t.bx) & np.isfinite(t.by)
+        usable = valid
+        if self.steiger is not None:
+            sd = np.ones(2) if self.steiger is True else np.asarray(self.steiger)
+            usable = valid & (t.bx.abs() / sd[0] > t.by.abs() / sd[1])
+        strength = (t.bx.abs() / t.bxse).where(usable, -np.inf)
+        if self.strategy == "all":
+            keep = pd.Series(True, index=t.index)
+        elif self.strategy == "local_z":
+            keep = strength >= (3.0 if self.threshold is None else self.threshold)
+        elif self.strategy == "global_z":
+            thr = 2.0 if self.threshold is None else self.threshold
+            # standardised over all valid variants, as in the original rule, whatever the direction filter
+            z = (t.bx - t.bx[valid].mean()) / t.bx[valid].std(ddof=0)
+            keep = usable & (z.abs() >= thr)
+        else:
+            rank = strength.groupby(t.locus, sort=False).rank(ascending=False, method="first")
+            keep = usable & (rank <= (10 if self.k is None else int(self.k)))
+        if self.one_per_position:
+            cand = t[keep].assign(_s=strength[keep])
+            best = cand.sort_values("_s", ascending=False).drop_duplicates(["locus", "position"]).index
+            keep = pd.Series(False, index=t.index)
+            keep[best] = True
+        loci = pd.DataFrame(
+            {
+                "n_candidates": t.groupby("locus", sort=False).size(),
+                "n_usable": usable.groupby(t.locus, sort=False).sum(),
+                "n_kept": keep.groupby(t.locus, sort=False).sum(),
+            }
+        )
+        out = t[keep.to_numpy()].copy()
+        out["n_candidates"] = out.locus.map(loci.n_candidates).to_numpy()
+        out["n_kept"] = out.locus.map(loci.n_kept).to_numpy()
+        out = out.sort_values(["locus", "position", "alt"], kind="stable").reset_index(drop=True)
+        return Selected(out, loci.rename_axis("locus").reset_index(), self)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """The result of :meth:`Selection.apply`: the kept rows (``instruments``, with ``n_candidates``
+    and ``n_kept`` of their locus), one row per locus (``loci``: candidates, usable, kept; loci that
+    kept nothing included) and the ``selection`` that chose them."""
+
+    instruments: pd.DataFrame
+    loci: pd.DataFrame
+    selection: Selection
+
+
+def select(
+    table: pd.DataFrame,
+    strategy: str = "local_z",
+    *,
+    threshold: float | None = None,
+    k: int | None = None,
+    one_per_position: bool = False,
+    steiger: bool | tuple[float, float] | None = None,
+) -> pd.DataFrame:
+    """The instruments of ``table``: ``Selection(...).apply(table).instruments`` (see :class:`Selection`)."""
+    return Selection(strategy, threshold, k, one_per_position, steiger).apply(table).instruments
+
+
+def as_selection(select, where: str = "select") -> Selection:
+    """``select`` if it is a :class:`Selection`; the old forms (dict, callable, True/False/None) raise
+    a ``TypeError`` that says what to pass instead."""
+    if isinstance(select, Selection):
+        return select
+    hint = {
+        dict: f"{where}=Selection(**{select!r})" if isinstance(select, dict) else "",
+        bool: f"{where}=Selection('all') for every candidate, {where}=Selection() for the default rule",
+        type(None): f"{where}=Selection() for the default rule, {where}=Selection('all') for every candidate",
+    }.get(type(select), f"{where}=Selection('all') and filter the returned table yourself")
+    raise TypeError(f"{where} takes an instruments.Selection (got {type(select).__name__}); pass {hint}")

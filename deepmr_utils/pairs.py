@@ -9,6 +9,7 @@ global effect) and one row per pair and locus (the local effects).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import permutations
 
 import numpy as np
@@ -26,7 +27,7 @@ def all_pairs(
     names: Sequence[str],
     *,
     loci=None,
-    select: dict | None = None,
+    select: instruments.Selection = instruments.Selection(),
     steiger=None,
     method: str = "ivw",
     meta_method: str = "REML",
@@ -44,10 +45,11 @@ def all_pairs(
     names : the ``T`` output names.
     loci : ``None`` (every sequence for every pair) or a callable
         ``loci(exposure, outcome) -> indices`` of the sequences to analyse for that pair.
-    select : keyword arguments for :func:`deepmr_utils.instruments.select`.
+    select : an :class:`~deepmr_utils.instruments.Selection` (default: local ``|bx|/bxse >= 3``).
     steiger : ``None`` (no direction filter), ``True`` (instruments must move the exposure
         more than the outcome; outputs on one scale) or ``(T,)`` per-output scales (e.g. SDs
-        across sequences) to compare outputs in different units. See ``instruments.select``.
+        across sequences) to compare outputs in different units; it sets the selection's
+        ``steiger`` for each pair. See :class:`~deepmr_utils.instruments.Selection`.
     method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`.
     truth : optional ``truth(selected_table, exposure, outcome)`` returning
         ``locus, theta`` (the true local effects); adds ``theta`` and ``truth`` columns.
@@ -71,7 +73,9 @@ def all_pairs(
         scales = np.asarray(steiger, dtype=np.float64)
         if scales.shape != (T,):
             raise ValueError(f"steiger must be True or one scale per output ({T}), got shape {scales.shape}")
-    select = dict(select or {})
+    select = instruments.as_selection(select)
+    if steiger is not None and select.steiger is not None:
+        raise ValueError("give the direction filter once: steiger= here, or Selection(steiger=...), not both")
     todo = list(permutations(range(T), 2)) if pairs is None else [tuple(map(int, p)) for p in pairs]
     rows, local_all = [], []
     for e, o in todo:
@@ -84,7 +88,8 @@ def all_pairs(
             effect[keep], se[keep], X[keep], exposure=e, outcome=o, loci=keep, output_names=list(names)
         )
         direction = steiger if scales is None else (scales[e], scales[o])
-        chosen = instruments.select(table, steiger=direction, **select)
+        rule = select if direction is None else replace(select, steiger=direction)
+        chosen = rule.apply(table).instruments
         if len(chosen) == 0:
             rows.append(row)
             continue

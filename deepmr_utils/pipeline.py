@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from . import instruments
+from ._io import replace, write_atomic
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
 from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
@@ -136,27 +136,6 @@ def _fingerprint(X: torch.Tensor, models, payload: dict) -> str:
 # ----------------------------------------------------------------------------- the run folder
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _open_run(out, fp: str, info: dict) -> Path | None:
     """The run folder, with a manifest that pins the inputs; a different run there is refused."""
     if out is None:
@@ -178,9 +157,7 @@ def _open_run(out, fp: str, info: dict) -> Path | None:
                 "use a new out folder or delete it"
             )
     else:
-        tmp = manifest.with_name(manifest.name + ".tmp")
-        _fsync_write(tmp, json.dumps({"fingerprint": fp, **info}, indent=1).encode())
-        _replace(tmp, manifest)
+        write_atomic(manifest, json.dumps({"fingerprint": fp, **info}, indent=1).encode())
     return folder
 
 
@@ -200,7 +177,7 @@ def _write_chunk(path: Path, fp: str, index: int, value) -> None:
             np.savez(fh, fingerprint=np.array(fp), chunk=np.array(index), effect=value[0], se=value[1])
             fh.flush()
             os.fsync(fh.fileno())
-    _replace(tmp, path)  # a chunk file exists only once it is complete
+    replace(tmp, path)  # a chunk file exists only once it is complete
 
 
 def _read_chunk(path: Path, fp: str, index: int):
@@ -271,7 +248,7 @@ def variant_effects(
     outcome: str | int,
     out: str | os.PathLike | None = None,
     chunk_size: int = 64,
-    select: dict | Callable[[pd.DataFrame], pd.DataFrame] | bool | None = None,
+    select: instruments.Selection = instruments.Selection(),
     loci=None,
     positions=None,
     output_names=None,
@@ -298,15 +275,15 @@ def variant_effects(
     that cannot be pinned by its module and name (a lambda or nested function), so the
     run folder can tell two of them apart.
 
-    ``select``: keyword arguments for :func:`deepmr_utils.instruments.select`
-    (default ``{}``: local ``|bx|/bxse >= 3``), a callable on the candidate table, or
-    ``False`` to return all candidates. ``calibration``: a fitted
+    ``select``: an :class:`~deepmr_utils.instruments.Selection` (default: local
+    ``|bx|/bxse >= 3``; ``Selection("all")`` returns every candidate). ``calibration``: a fitted
     :class:`~deepmr_utils.uncertainty.VarianceScaling` or
     :class:`~deepmr_utils.uncertainty.IsotonicCalibration`, applied to the member
     predictions before effects are computed. ``device``: ``None`` = CUDA when present.
     ``mc_dropout``, ``seed``, ``dtype``, ``fast``, ``ensemble`` and ``batch_size`` go to
     :func:`deepmr_utils.ism.saturation_mutagenesis`.
     """
+    select = instruments.as_selection(select)  # before any work, so an old-style argument fails fast
     models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, positions)
     outputs = check_outputs(outputs)
     names = selected_names(models, outputs, output_names)
@@ -331,14 +308,7 @@ def variant_effects(
         )
 
     frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", compute, progress)
-    candidates = pd.concat(frames, ignore_index=True)
-    if select is False:
-        return candidates
-    if callable(select):
-        return select(candidates)
-    if select is True:
-        select = None
-    return instruments.select(candidates, **(select or {}))
+    return select.apply(pd.concat(frames, ignore_index=True)).instruments
 
 
 def effects(

@@ -1,8 +1,9 @@
 """Training loops: one regressor with early stopping, and seeded ensembles.
 
 ``fit`` splits off a validation set, trains with Adam (AMSGrad) on the mean
-squared error, stops when the validation loss has not improved for ``patience``
-epochs and restores the best checkpoint. ``train_ensemble`` trains members that
+squared error of standardised targets, stops when the validation loss has not
+improved for ``patience`` epochs and restores the best checkpoint; it warns
+(:class:`ConvergenceWarning`) when the best epoch is the last one allowed. ``train_ensemble`` trains members that
 differ only by seed (initialisation, validation split and batch order), as the
 original study did. Models come back in eval mode.
 """
@@ -21,9 +22,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ._torch import resolve_device
+from .models.scale import TargetScale
 from .predict import predict
 
-__all__ = ["TrainConfig", "History", "fit", "train_ensemble", "accuracy"]
+__all__ = ["TrainConfig", "History", "ConvergenceWarning", "fit", "train_ensemble", "accuracy"]
+
+
+class ConvergenceWarning(UserWarning):
+    """Training stopped at ``max_epochs`` while the validation loss was still falling."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class History:
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     best_epoch: int = -1
+    target_mean: list | None = None
+    target_std: list | None = None
 
     @property
     def best_val_loss(self) -> float:
@@ -83,15 +91,25 @@ def fit(
     device=None,
     progress: bool = False,
     loss_fn=None,
+    standardize: bool | None = None,
 ) -> History:
-    """Train ``model`` in place on ``(X, y)``; returns the loss history.
+    """Train ``model`` in place on ``X`` ``(N, 4, L)`` and ``y`` ``(N, ...)``; returns the loss history.
 
     ``y``: targets with one row per sequence (any trailing shape); ``loss_fn(output, y)``
     defaults to the mean squared error. ``seed`` fixes the validation split, the batch
     order and every random draw inside the model (dropout), whatever the global RNG
     state; the global RNG is left as it was.
+
+    ``standardize`` (default: on for the default loss, off with a custom ``loss_fn``)
+    computes the loss on ``(y - mean) / sd``, with the mean and SD of the training
+    split per target column, so that targets of very different size weigh alike and
+    the losses read as fractions of the targets' variance. A model with a
+    ``target_scale`` layer (:class:`~deepmr_utils.models.scale.TargetScale`) gets it
+    set to that mean and SD, so it learns standardised targets yet predicts in their
+    units (ISM effects keep their scale); the history records both.
     """
     X, y = _check_xy(X, y)
+    standardize = loss_fn is None if standardize is None else standardize
     dev = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     n = X.shape[0]
@@ -102,9 +120,12 @@ def fit(
         raise ValueError(f"too few sequences to train on ({n})")
     model.to(dev)
     Xtr, ytr, Xva, yva = X[tr].to(dev), y[tr].to(dev), X[val].to(dev), y[val].to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
     loss_fn = loss_fn or nn.MSELoss()
-    hist, best, best_state, waited = History(), float("inf"), None, 0
+    hist = History()
+    if standardize:
+        loss_fn = _standardized(model, loss_fn, ytr, hist)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=True)
+    best, best_state, waited = float("inf"), None, 0
     epochs = tqdm(range(config.max_epochs), desc="epochs", disable=not progress, leave=False)
     # dropout draws from the global RNG: fork it so `seed`, not the caller's RNG state, decides them
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -133,7 +154,30 @@ def fit(
                     break
     model.load_state_dict(best_state)
     model.eval()
+    if hist.best_epoch == config.max_epochs - 1 and config.max_epochs > 1:
+        warnings.warn(
+            f"still improving at max_epochs={config.max_epochs} (the best validation loss is the last epoch's); "
+            "the model may underfit: raise max_epochs",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return hist
+
+
+def _standardized(model, loss_fn, y, hist):
+    """``loss_fn`` on standardised outputs and targets; sets the model's ``target_scale`` if it has one."""
+    mean, std = y.mean(dim=0), y.std(dim=0)
+    if not (std > 0).all():
+        raise ValueError("a target column is constant on the training split; it cannot be standardised")
+    scale = getattr(model, "target_scale", None)
+    if isinstance(scale, TargetScale):
+        scale.set(mean.reshape(-1).cpu(), std.reshape(-1).cpu())
+    hist.target_mean, hist.target_std = mean.reshape(-1).tolist(), std.reshape(-1).tolist()
+
+    def loss(out, target):
+        return loss_fn((out - mean) / std, (target - mean) / std)
+
+    return loss
 
 
 def _train_epoch(model, opt, loss_fn, X, y, order, batch_size):
@@ -176,15 +220,18 @@ def train_ensemble(
     device=None,
     progress: bool = True,
     loss_fn=None,
+    standardize: bool | None = None,
 ) -> tuple[list[nn.Module], list[History]]:
-    """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``."""
+    """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``; see :func:`fit`."""
     if n_members < 1:
         raise ValueError(f"n_members must be >= 1, got {n_members}")
     models, hists = [], []
     for i in tqdm(range(n_members), desc="ensemble", disable=not progress, leave=False):
         torch.manual_seed(seed + i)
         m = make_model()
-        hists.append(fit(m, X, y, config=config, seed=seed + i, device=device, loss_fn=loss_fn))
+        hists.append(
+            fit(m, X, y, config=config, seed=seed + i, device=device, loss_fn=loss_fn, standardize=standardize)
+        )
         models.append(m)
     return models, hists
 

@@ -16,8 +16,9 @@ so shared model error cancels.
 observed labels, and applied to the member predictions of the sequences being
 mutated, in the same (one-sided, predictive-CDF) semantics it was fitted in:
 
-* :class:`VarianceScaling` - the MLE of one variance multiplier
-  ``lambda = mean((y - mu)^2 / sigma^2)``; members are spread by ``sqrt(lambda)``.
+* :class:`VarianceScaling` - the MLE of one variance multiplier ``lambda`` in
+  ``y ~ N(mu, lambda sigma^2 + noise_var)`` (label noise estimated or given);
+  members are spread by ``sqrt(lambda)``.
 * :class:`IsotonicCalibration` - Kuleshov et al. (2018): an isotonic map ``R`` of
   the probability integral transform ``u = Phi((y - mu)/sigma)`` to its empirical
   CDF; member ``c`` becomes ``mu + sigma * Phi^-1(R(Phi((f_c - mu)/sigma)))``.
@@ -200,23 +201,49 @@ class VarianceScaling(_Calibration):
     """One variance multiplier (per output) fitted by maximum likelihood on held-out data.
 
     Held-out labels are noisy, so their residuals mix the model's (epistemic)
-    uncertainty with measurement noise. With ``noise_var = 0`` the MLE is
-    ``mean((y - mu)^2 / sigma^2)`` and the members are spread to cover the labels.
-    When the label noise variance is known (1 for Anscombe-transformed Poisson
-    counts) pass it: the MLE of ``y ~ N(mu, lambda sigma^2 + noise_var)`` then scales
-    only the part of the spread that describes the model, which is what the SE of a
-    *difference* of model predictions needs.
+    uncertainty with measurement noise. The model is ``y ~ N(mu, lambda sigma^2 +
+    noise_var)`` with ``mu, sigma`` the ensemble's mean and spread; only ``lambda``
+    is applied to the members, because the SE of a *difference* of model
+    predictions has no label noise in it.
+
+    ``noise_var``: ``"estimate"`` (default) fits it jointly with ``lambda`` (it is
+    identified because ``sigma`` varies between sequences; the estimate is in
+    ``noise_var_hat``); a number fixes it (e.g. 1 for Anscombe-transformed
+    Poisson counts, *if* nothing else in the labels is unpredictable from
+    sequence); ``0`` gives ``lambda = mean((y - mu)^2 / sigma^2)``, which spreads
+    the members to cover the labels themselves.
     """
 
     lam: float = float("nan")
-    noise_var: float = 0.0
+    noise_var: float | str = "estimate"
+    noise_var_hat: float = float("nan")
+
+    def __post_init__(self):
+        if isinstance(self.noise_var, str):
+            if self.noise_var != "estimate":
+                raise ValueError(f"noise_var must be a number >= 0 or 'estimate', got {self.noise_var!r}")
+        elif not (np.isfinite(self.noise_var) and self.noise_var >= 0):
+            raise ValueError(f"noise_var must be >= 0, got {self.noise_var}")
 
     def _fit1(self, mu, sigma, y):
+        from scipy.optimize import minimize, minimize_scalar
+
         r2, s2 = (y - mu) ** 2, sigma**2
-        if self.noise_var <= 0:
+        if self.noise_var == "estimate":
+
+            def nll2(p):
+                v = np.exp(p[0]) * s2 + np.exp(p[1])
+                return float(np.sum(np.log(v) + r2 / v))
+
+            # start from the two extremes' midpoint: all spread, or all noise
+            start = np.log([max(np.mean(r2 / s2) / 2, 1e-8), max(np.mean(r2) / 2, 1e-8)])
+            res = minimize(nll2, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+            self.lam, self.noise_var_hat = (float(v) for v in np.exp(res.x))
+            return self
+        self.noise_var_hat = float(self.noise_var)
+        if self.noise_var == 0:
             self.lam = float(np.mean(r2 / s2))
             return self
-        from scipy.optimize import minimize_scalar
 
         def nll(log_lam):
             v = np.exp(log_lam) * s2 + self.noise_var
@@ -228,7 +255,13 @@ class VarianceScaling(_Calibration):
 
     @property
     def lams(self) -> list[float]:
+        """The fitted variance multiplier of each output."""
         return [c.lam for c in self.per_output] if self.per_output is not None else [self.lam]
+
+    @property
+    def noise_vars(self) -> list[float]:
+        """The label-noise variance of each output (estimated, or as given)."""
+        return [c.noise_var_hat for c in self.per_output] if self.per_output is not None else [self.noise_var_hat]
 
     def _transform1(self, m):
         if not np.isfinite(self.lam):

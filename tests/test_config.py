@@ -9,8 +9,8 @@ def test_scale_from_environment(monkeypatch):
     assert config.get_scale() == "default"
     monkeypatch.setenv("DEEPMR_SCALE", "quick")
     assert config.get_scale() == "quick"
-    assert config.sizes("method")["scale"] == "quick"
-    assert config.sizes("method")["n_boot"] < config.sizes("method", "default")["n_boot"]
+    assert config.sizes("method").scale == "quick"
+    assert config.sizes("method").n_boot < config.sizes("method", "default").n_boot
 
 
 def test_unknown_scale_is_an_error(monkeypatch):
@@ -21,10 +21,19 @@ def test_unknown_scale_is_an_error(monkeypatch):
         config.sizes("nope", "quick")
 
 
-def test_sizes_are_read_only():
+def test_sizes_are_typed_and_read_only():
+    import dataclasses
+
+    from deepmr_utils import simulation_study, train
+
     s = config.sizes("method", "paper")
-    with pytest.raises(TypeError):
-        s["n_boot"] = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.n_boot = 1
+    sim = config.sizes("simulation", "default")
+    assert isinstance(sim.study, simulation_study.StudySizes) and sim.rounds >= 10
+    assert sim.study == simulation_study.StudySizes()  # the default scale is the study's defaults
+    bp = config.sizes("bpnet", "quick")
+    assert isinstance(bp.train, train.TrainConfig) and bp.train.max_epochs == 25
 
 
 def test_set_seed_reproducible():

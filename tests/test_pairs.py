@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deepmr_utils import instruments, pairs
+from deepmr_utils.instruments import Selection
 
 
 def _cascade(n=40, p=30, seed=0):
@@ -46,8 +47,8 @@ def test_steiger_filter_keeps_exactly_the_forward_variants():
     for steiger in ((2.0, 1.0), True):
         kept = instruments.select(t, threshold=3, steiger=steiger)
         assert keys(kept) == forward and len(forward) > 50
-    assert kept.attrs["strategy"]["steiger"] == (1.0, 1.0)
-    assert instruments.select(t, threshold=3, steiger=(2.0, 1.0)).attrs["strategy"]["steiger"] == (2.0, 1.0)
+    assert instruments.Selection(threshold=3, steiger=True).apply(t).selection.steiger is True
+    assert instruments.Selection(threshold=3, steiger=[2, 1]).apply(t).selection.steiger == (2.0, 1.0)
     # the original global-z rule standardises over all variants, whatever the direction filter
     g_all = instruments.select(t, "global_z", threshold=1.0)
     g_dir = instruments.select(t, "global_z", threshold=1.0, steiger=(1.0, 1.0))
@@ -63,7 +64,7 @@ def test_steiger_filter_keeps_exactly_the_forward_variants():
 def test_all_pairs_recovers_the_arrow_and_steiger_removes_reverse_causation():
     eff, se, X, _, _ = _cascade()
     names = ["a", "b", "c"]
-    g, local = pairs.all_pairs(eff, se, X, names, select={"threshold": 3})
+    g, local = pairs.all_pairs(eff, se, X, names, select=Selection(threshold=3))
     assert len(g) == 6 and set(local.exposure) == set(names)
     est = pairs.to_matrix(g, names=names)
     assert np.isnan(np.diag(est.to_numpy())).all()
@@ -71,7 +72,7 @@ def test_all_pairs_recovers_the_arrow_and_steiger_removes_reverse_causation():
     assert abs(est.loc["a", "c"]) < 0.02 and abs(est.loc["c", "a"]) < 0.02
     # without a direction filter, output 0's own variants are instruments for output 1 too: reverse bias
     assert est.loc["b", "a"] > 0.3
-    g2, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger=True)
+    g2, _ = pairs.all_pairs(eff, se, X, names, select=Selection(threshold=3), steiger=True)
     est2 = pairs.to_matrix(g2, names=names)
     assert abs(est2.loc["b", "a"]) < 0.02
     assert est2.loc["a", "b"] == pytest.approx(0.5, abs=0.02)
@@ -95,7 +96,7 @@ def test_all_pairs_loci_truth_and_errors():
     with pytest.raises(ValueError, match="one scale per output"):
         pairs.all_pairs(eff, se, X, names, steiger=[1.0, 1.0])
     # per-output scales: dividing output 0 by 4 makes its own variants look weaker than their effect on 1
-    g3, _ = pairs.all_pairs(eff, se, X, names, select={"threshold": 3}, steiger=[4.0, 1.0, 1.0], pairs=[(0, 1)])
+    g3, _ = pairs.all_pairs(eff, se, X, names, select=Selection(threshold=3), steiger=[4.0, 1.0, 1.0], pairs=[(0, 1)])
     assert g3.n_instruments[0] == 0
     with pytest.raises(ValueError, match=r"\(N, P, 4, T\)"):
         pairs.all_pairs(eff[0], se[0], X, names)

@@ -8,6 +8,7 @@ import torch
 
 from deepmr_utils import ism, mr, pipeline, uncertainty
 from deepmr_utils import sequence as sq
+from deepmr_utils.instruments import Selection
 from deepmr_utils.models import DilatedResidualNet
 
 
@@ -22,13 +23,15 @@ def setup():
 def test_variant_table_feeds_per_locus(setup):
     models, X = setup
     tab = pipeline.variant_effects(
-        models, X, exposure="a", outcome="c", chunk_size=4, progress=False, select={"strategy": "top_k", "k": 8}
+        models, X, exposure="a", outcome="c", chunk_size=4, progress=False, select=Selection("top_k", k=8)
     )
     assert set(tab.exposure) == {"a"} and set(tab.outcome) == {"c"}
     assert (tab.groupby("locus").size() == 8).all()
     res = mr.per_locus(tab, "ivw")
     assert len(res) == 10 and (res.status == "ok").all()
-    cand = pipeline.variant_effects(models, X, exposure=0, outcome=2, chunk_size=4, progress=False, select=False)
+    cand = pipeline.variant_effects(
+        models, X, exposure=0, outcome=2, chunk_size=4, progress=False, select=Selection("all")
+    )
     assert len(cand) == 10 * 60 * 3
     with pytest.raises(ValueError, match="'z' is not an output"):
         pipeline.variant_effects(models, X, exposure="z", outcome="a", progress=False)
@@ -87,8 +90,10 @@ def test_strings_and_calibration(setup):
     models, X = setup
     seqs = sq.decode(X[:3])
     cal = VarianceScaling(lam=4.0)
-    a = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False)
-    b = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=False, calibration=cal)
+    a = pipeline.variant_effects(models, seqs, exposure="a", outcome="b", progress=False, select=Selection("all"))
+    b = pipeline.variant_effects(
+        models, seqs, exposure="a", outcome="b", progress=False, select=Selection("all"), calibration=cal
+    )
     assert (b.bx - a.bx).abs().max() < 1e-6
     assert ((b.bxse / a.bxse).dropna() - 2.0).abs().max() < 1e-4
 
@@ -146,15 +151,15 @@ def test_names_resolve_against_the_selected_outputs(setup):
     """exposure='a' with outputs=[2, 0, 1] is the second selected column, not the model's first."""
     models, X = setup
     sub = pipeline.variant_effects(
-        models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1], progress=False, select=False
+        models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1], progress=False, select=Selection("all")
     )
-    full = pipeline.variant_effects(models, X[:3], exposure=0, outcome=2, progress=False, select=False)
+    full = pipeline.variant_effects(models, X[:3], exposure=0, outcome=2, progress=False, select=Selection("all"))
     np.testing.assert_array_equal(sub.bx.to_numpy(), full.bx.to_numpy())  # output "a" in both
     np.testing.assert_array_equal(sub.by.to_numpy(), full.by.to_numpy())
     assert set(sub.exposure) == {"a"} and set(sub.outcome) == {"c"}
     # indices are into the selected outputs too: 1 is "a" here
     by_index = pipeline.variant_effects(
-        models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1], progress=False, select=False
+        models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1], progress=False, select=Selection("all")
     )
     np.testing.assert_array_equal(by_index.bx.to_numpy(), full.bx.to_numpy())
     assert set(by_index.outcome) == {"c"}
@@ -170,7 +175,7 @@ def test_names_resolve_against_the_selected_outputs(setup):
         outputs=_first_two,
         output_names=["x", "y"],
         progress=False,
-        select=False,
+        select=Selection("all"),
     )
     np.testing.assert_array_equal(named.by.to_numpy(), full.bx.to_numpy())
 
@@ -190,12 +195,19 @@ def test_positions_window_and_list_are_different_runs(setup, tmp_path):
     models, X = setup
     out = tmp_path / "run"
     window = pipeline.variant_effects(
-        models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out, progress=False, select=False
+        models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out, progress=False, select=Selection("all")
     )
     assert sorted(set(window.position)) == list(range(10))
     with pytest.raises(ValueError, match="holds a different run"):
         pipeline.variant_effects(
-            models, X[:2], exposure="a", outcome="b", positions=[0, 10], out=out, progress=False, select=False
+            models,
+            X[:2],
+            exposure="a",
+            outcome="b",
+            positions=[0, 10],
+            out=out,
+            progress=False,
+            select=Selection("all"),
         )
 
 
@@ -232,28 +244,28 @@ def test_foreign_and_unreadable_chunks_are_recomputed(setup, tmp_path):
     models, X = setup
     a, b = tmp_path / "a", tmp_path / "b"
     want = pipeline.variant_effects(
-        models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+        models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=Selection("all")
     )
     other = pipeline.variant_effects(
-        models, X[4:8], exposure="a", outcome="b", chunk_size=2, out=b, progress=False, select=False
+        models, X[4:8], exposure="a", outcome="b", chunk_size=2, out=b, progress=False, select=Selection("all")
     )
     assert not np.allclose(want.bx.to_numpy()[:10], other.bx.to_numpy()[:10])
     (a / "chunk_00001.parquet").write_bytes((b / "chunk_00001.parquet").read_bytes())  # another run's chunk
     with pytest.warns(UserWarning, match="chunk_00001.parquet belongs to another run; recomputing"):
         got = pipeline.variant_effects(
-            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=Selection("all")
         )
     pd.testing.assert_frame_equal(got, want)
     (a / "chunk_00001.parquet").write_bytes((a / "chunk_00000.parquet").read_bytes())  # the wrong slot
     with pytest.warns(UserWarning, match="belongs to chunk 0, not chunk 1"):
         got = pipeline.variant_effects(
-            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=Selection("all")
         )
     pd.testing.assert_frame_equal(got, want)
     (a / "chunk_00000.parquet").write_bytes(b"PAR1 truncated")
     with pytest.warns(UserWarning, match="chunk_00000.parquet is unreadable"):
         got = pipeline.variant_effects(
-            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=False
+            models, X[:4], exposure="a", outcome="b", chunk_size=2, out=a, progress=False, select=Selection("all")
         )
     pd.testing.assert_frame_equal(got, want)
     # the same for .npz chunks
@@ -310,6 +322,7 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(setup, tmp_path):
     script = f"""
 import time, torch
 from deepmr_utils import pipeline
+from deepmr_utils.instruments import Selection
 from deepmr_utils.models import DilatedResidualNet
 
 d = torch.load({str(tmp_path / "inputs.pt")!r})
@@ -322,7 +335,7 @@ def slow(*a, **k):
     return real(*a, **k)
 pipeline.saturation_mutagenesis = slow
 pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1, out={str(out)!r},
-                         progress=False, select=False)
+                         progress=False, select=Selection("all"))
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60
@@ -333,7 +346,9 @@ pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1
     done = len(list(out.glob("chunk_*.parquet")))
     assert 3 <= done < 10
     resumed = pipeline.variant_effects(
-        models, X, exposure="a", outcome="b", chunk_size=1, out=out, progress=False, select=False
+        models, X, exposure="a", outcome="b", chunk_size=1, out=out, progress=False, select=Selection("all")
     )
-    full = pipeline.variant_effects(models, X, exposure="a", outcome="b", chunk_size=1, progress=False, select=False)
+    full = pipeline.variant_effects(
+        models, X, exposure="a", outcome="b", chunk_size=1, progress=False, select=Selection("all")
+    )
     pd.testing.assert_frame_equal(resumed, full, check_exact=True)

@@ -77,3 +77,31 @@ def test_fit_with_a_nan_loss_from_the_first_epoch_says_so():
         train.fit(
             _DropNet(), X, torch.zeros(32, 1), config=train.TrainConfig(max_epochs=2), device="cpu", loss_fn=nan_loss
         )
+
+
+def test_fit_standardizes_targets_and_predicts_in_their_units():
+    from deepmr_utils.models import PooledRegressor
+
+    X = sq.random_sequences(400, 40, seed=2)
+    gc = X[:, 1:3].sum((1, 2)).numpy()
+    y = np.stack([1000 + 50 * gc, 0.01 * gc], axis=1)  # very different scales
+    model = PooledRegressor(2, n_conv=1, n_filters=8, hidden=8)
+    hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=40, patience=40, batch_size=32), seed=0)
+    tr_mean = np.asarray(hist.target_mean)
+    assert tr_mean == pytest.approx(y.mean(0), rel=0.02) and model.target_scale.mean.numpy() == pytest.approx(tr_mean)
+    assert hist.val_loss[0] < 2.0  # losses are in units of the targets' variance, whatever their scale
+    pred = model(X).detach().numpy()
+    for j in range(2):  # both outputs learned (neither drowned by the other's scale), in original units
+        assert np.corrcoef(pred[:, j], y[:, j])[0, 1] > 0.9
+        assert pred[:, j].mean() == pytest.approx(y[:, j].mean(), rel=0.05)
+    with pytest.raises(ValueError, match="constant"):
+        train.fit(PooledRegressor(2), X, np.stack([gc, np.ones_like(gc)], 1), config=train.TrainConfig(max_epochs=1))
+
+
+def test_fit_warns_when_still_improving_at_max_epochs():
+    from deepmr_utils.models import PooledRegressor
+
+    X = sq.random_sequences(200, 30, seed=4)
+    y = X[:, 0].sum(1).numpy()
+    with pytest.warns(train.ConvergenceWarning, match="still improving at max_epochs=2"):
+        train.fit(PooledRegressor(1, n_conv=1, n_filters=4, hidden=4), X, y, config=train.TrainConfig(max_epochs=2))

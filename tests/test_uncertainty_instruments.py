@@ -75,10 +75,12 @@ def _table(rng, loci=3, n=40):
 def test_selection_strategies():
     t = _table(np.random.default_rng(0))
     t.loc[0, "bxse"] = 0.0  # a zero SE can never be an instrument
-    loc = instruments.select(t, threshold=3)
+    chosen = instruments.Selection(threshold=3).apply(t)
+    loc = chosen.instruments
+    assert loc.equals(instruments.select(t, threshold=3))
     assert ((loc.bx.abs() / loc.bxse) >= 3).all()
     assert not ((loc.locus == 0) & (loc.position == 0) & (loc.alt == "C")).any()  # the zero-SE row
-    summ = loc.attrs["selection"].set_index("locus")
+    summ = chosen.loci.set_index("locus")
     assert summ.n_candidates.tolist() == [40, 40, 40] and summ.n_usable.tolist() == [39, 40, 40]
     assert (loc.groupby("locus").size() == summ.n_kept[summ.n_kept > 0]).all()
     assert (loc.n_candidates == 40).all()
@@ -91,13 +93,27 @@ def test_selection_strategies():
     assert not one.duplicated(["locus", "position"]).any()
     with pytest.raises(ValueError, match="strategy"):
         instruments.select(t, "best")
+    assert len(instruments.Selection("all").apply(t).instruments) == len(t)  # zero-SE row included
+
+
+def test_old_select_forms_say_what_to_pass():
+    for old, hint in [
+        ({"threshold": 5}, r"Selection\(\*\*\{'threshold': 5\}\)"),
+        (False, r"Selection\('all'\)"),
+        (None, r"Selection\(\) for the default"),
+        (lambda t: t, "filter the returned table"),
+    ]:
+        with pytest.raises(TypeError, match=hint):
+            instruments.as_selection(old)
+    with pytest.raises(ValueError, match="steiger must be"):
+        instruments.Selection(steiger=(1.0, -1.0))
 
 
 def test_selection_keeps_loci_with_nothing_in_summary():
     t = _table(np.random.default_rng(1))
     t.loc[t.locus == 2, "bx"] = 1e-6
-    out = instruments.select(t, threshold=3)
-    summ = out.attrs["selection"].set_index("locus")
+    chosen = instruments.Selection(threshold=3).apply(t)
+    out, summ = chosen.instruments, chosen.loci.set_index("locus")
     assert summ.loc[2, "n_kept"] == 0 and 2 not in set(out.locus)
 
 
@@ -163,11 +179,13 @@ def test_calibration_per_output_on_ism_tensor():
         ],
         1,
     )  # lambda ~ 1
-    cal = uncertainty.VarianceScaling().fit(members, y, ids=np.arange(len(y)))
+    cal = uncertainty.VarianceScaling(noise_var=0).fit(members, y, ids=np.arange(len(y)))
     assert cal.lams[0] == pytest.approx(9, rel=0.15) and cal.lams[1] == pytest.approx(1, rel=0.15)
     noisy = uncertainty.VarianceScaling(noise_var=1.0).fit(members, y, ids=np.arange(len(y)))
     with pytest.raises(TypeError, match="required keyword-only argument: 'ids'"):
         uncertainty.VarianceScaling().fit(members, y)
+    with pytest.raises(ValueError, match="noise_var must be"):
+        uncertainty.VarianceScaling(noise_var="guess")
     with pytest.raises(TypeError, match="fit needs ids="):
         uncertainty.VarianceScaling().fit(members, y, ids=None)
     assert noisy.lams[0] == pytest.approx(8, rel=0.2) and noisy.lams[1] < 0.2  # label noise is not model error
@@ -208,3 +226,23 @@ def test_n_positions_are_measured_against_the_unmutated_sequence():
         uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2])
     e2, _ = uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2], reference=ref)
     np.testing.assert_allclose(e2[0, 0], eff[0, 2], rtol=1e-6)
+
+
+def test_variance_scaling_estimates_label_noise_and_model_spread_apart():
+    # y = mu + sqrt(lam) * sigma_i * z + noise: the spread varies between sequences, so lam and the
+    # noise variance are both identified; the generating values are the reference
+    rng = np.random.default_rng(11)
+    n, M, lam, noise = 20000, 5, 4.0, 2.0
+    sigma = rng.uniform(0.2, 3.0, n)
+    mu = rng.normal(0, 5, n)
+    z = rng.normal(0, 1, (n, M))
+    z = (z - z.mean(1, keepdims=True)) / z.std(1, ddof=1, keepdims=True)  # members with spread exactly sigma
+    members = mu[:, None] + sigma[:, None] * z
+    y = mu + np.sqrt(lam) * sigma * rng.normal(0, 1, n) + np.sqrt(noise) * rng.normal(0, 1, n)
+    cal = uncertainty.VarianceScaling().fit(members, y, ids=np.arange(n))
+    assert cal.lams[0] == pytest.approx(lam, rel=0.08)
+    assert cal.noise_vars[0] == pytest.approx(noise, rel=0.1)
+    known = uncertainty.VarianceScaling(noise_var=noise).fit(members, y, ids=np.arange(n))
+    assert known.lams[0] == pytest.approx(lam, rel=0.08) and known.noise_vars == [noise]
+    # ignoring the label noise inflates lambda (the failure the estimate avoids)
+    assert uncertainty.VarianceScaling(noise_var=0).fit(members, y, ids=np.arange(n)).lams[0] > 1.3 * lam

@@ -3,10 +3,14 @@
 ``DilatedResidualNet`` is a BPNet-style counts model (stem convolution, residual
 dilated convolutions, one pooled count head per task) that also implements the
 receptive-field fast path of :func:`deepmr_utils.ism.saturation_mutagenesis`.
+``PooledRegressor`` is the simulation chapter's translation-invariant counts CNN;
+``CountsRegressor`` the original study's position-specific one (kept for comparison).
 """
 
 from .bpnet import BPNet
 from .cnn import CountsRegressor
 from .dilated import DilatedResidualNet
+from .pooled import PooledRegressor
+from .scale import TargetScale
 
-__all__ = ["BPNet", "CountsRegressor", "DilatedResidualNet"]
+__all__ = ["BPNet", "CountsRegressor", "DilatedResidualNet", "PooledRegressor", "TargetScale"]

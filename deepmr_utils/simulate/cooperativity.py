@@ -168,6 +168,19 @@ class CooperativityModel:
         """Noise-free Anscombe-scale predictions ``(n, 2)``: what a perfect model would learn."""
         return anscombe(self.expected_counts(X, b_conf))
 
+    def sequence_oracle(self, X) -> np.ndarray:
+        """The oracle a model can at best learn from sequence alone, ``(n, 2)``: averaged over the
+        sequence-independent confounder ``b_conf ~ Bernoulli(p_confounder)``, which no sequence
+        reveals (the plain :meth:`oracle` when that confounder is off)."""
+        n = X.shape[0]
+        if not self.sequence_independent:
+            return self.oracle(X)
+        q = self.occupancies(X)
+        p = self.p_confounder
+        on = anscombe(self.expected_counts(None, np.ones(n), q=q))
+        off = anscombe(self.expected_counts(None, np.zeros(n), q=q))
+        return p * on + (1 - p) * off
+
     def variant_truth(self, X, table, b_conf=None):
         """Oracle effects of each variant of a variant table on exposure and outcome.
 

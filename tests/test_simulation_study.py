@@ -1,0 +1,106 @@
+"""The simulation study: fidelity against the oracle, rounds that resume, and honest summaries."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from deepmr_utils import pipeline, simulate, simulation_study
+from deepmr_utils.instruments import Selection
+
+TINY = simulation_study.StudySizes(
+    n_train=200, n_calibration=40, n_test=40, n_members=2, n_filters=4, hidden=8, max_epochs=2, patience=1, n_boot=20
+)
+
+
+class _OracleMember(nn.Module):
+    """The generator's sequence oracle times ``scale * (1 + eps)``: right up to ``eps`` when ``scale`` is 1."""
+
+    def __init__(self, gen, eps: float, scale: float = 1.0):
+        super().__init__()
+        self.gen, self.eps, self.scale = gen, eps, scale
+        self.output_names = ["exposure", "outcome"]
+
+    def forward(self, x):
+        o = self.gen.sequence_oracle(x.detach().cpu().numpy())
+        return torch.as_tensor(self.scale * (1 + self.eps) * o, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("scale, ok", [(1.0, True), (0.5, False)])
+def test_fidelity_passes_the_oracle_and_fails_a_shrunken_model(scale, ok):
+    gen = simulate.CooperativityModel(alpha=100, beta=300)
+    test = gen.sample(150, seed=3)
+    models = [_OracleMember(gen, e, scale) for e in (-0.02, 0.0, 0.02)]
+    mutated = np.flatnonzero(np.isin(test["config"], (1, 3)))
+    table = pipeline.variant_effects(models, test["X"][mutated], exposure=0, outcome=1, progress=False,
+                                     select=Selection(threshold=3.0), device="cpu")  # fmt: skip
+    f = simulation_study.fidelity(gen, models, test, mutated, table)
+    assert f["fidelity_ok"] is ok
+    if ok:  # the oracle's own effects: slopes 1 up to the members' +-2 %, r equal to the ceiling
+        assert f["slope_bx_pair"] == pytest.approx(1.0, abs=0.03) and f["slope_by_pair"] == pytest.approx(1.0, abs=0.03)
+        assert f["r_exposure"] == pytest.approx(f["r_oracle_exposure"], abs=1e-4)
+    else:  # halved effects: r is unchanged (a linear map) but the slopes give it away
+        assert f["slope_bx_exposure_only"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_sequence_oracle_averages_the_hidden_confounder():
+    gen = simulate.CooperativityModel().with_scenario("sequence-independent")
+    X = gen.sample(20, seed=1)["X"]
+    mix = gen.sequence_oracle(X)
+    lo, hi = gen.oracle(X, np.zeros(20)), gen.oracle(X, np.ones(20))
+    assert np.allclose(mix, 0.5 * lo + 0.5 * hi) and (hi > lo).all()
+    plain = simulate.CooperativityModel()
+    assert np.allclose(plain.sequence_oracle(X), plain.oracle(X))
+
+
+def test_run_study_resumes_round_by_round_and_refuses_other_settings(tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    first = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=out, progress=False)
+    assert (out / "round_none_000.csv").exists() and set(first["round"]) == {0}
+    assert {"fidelity_ok", "r_exposure", "slope_bx_pair", "lam_exposure"} <= set(first.columns)
+
+    with pytest.raises(ValueError, match="calibration must be"):
+        simulation_study.run_round("none", seed=1, calibration="oracle")
+
+    def boom(*a, **k):
+        raise AssertionError("a finished round was recomputed")
+
+    monkeypatch.setattr(simulation_study, "run_round", boom)
+    again = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=out, progress=False)
+    pd.testing.assert_frame_equal(first, again, check_dtype=False)
+    with pytest.raises(ValueError, match="other settings"):
+        simulation_study.run_study(1, seed=8, sizes=TINY, scenarios=["none"], out=out, progress=False)
+    with pytest.raises(ValueError, match="unknown scenarios"):
+        simulation_study.run_study(1, seed=7, scenarios=["nope"])
+
+
+def test_round_seeds_are_stable():
+    # the chapter's and tools/run_study.py's rounds are the same rounds: the seed rule must not drift
+    assert simulation_study.round_seed(2022, "none", 0) == 3022
+    assert simulation_study.round_seed(2022, "both", 4) == 7025
+
+
+def test_summarize_leaves_out_unfaithful_rounds_and_gives_the_coverage_interval():
+    rounds = pd.DataFrame(
+        {
+            "scenario": "none",
+            "estimator": "IVW",
+            "estimate": 1.0,
+            "se": 0.1,
+            "ci_low": 0.8,
+            "ci_high": 1.2,
+            "tau": 0.5,
+            "truth": [1.0] * 9 + [2.0] + [5.0] * 2,  # 9 covered, 1 missed, 2 missed by unfaithful models
+            "local_coverage": 0.9,
+            "n_loci": 10,
+            "fidelity_ok": [True] * 10 + [False] * 2,
+        }
+    )
+    s = simulation_study.summarize(rounds).iloc[0]
+    assert s.rounds == 10 and s.rounds_unfaithful == 2 and s.coverage_95ci == pytest.approx(0.9)
+    # Clopper-Pearson 95 % interval for 9 of 10 (e.g. R: binom.test(9, 10)$conf.int)
+    assert s.coverage_95ci_low == pytest.approx(0.5549839, abs=1e-6)
+    assert s.coverage_95ci_high == pytest.approx(0.9974714, abs=1e-6)
+    everything = simulation_study.summarize(rounds, include_unfaithful=True).iloc[0]
+    assert everything.rounds == 12 and everything.coverage_95ci == pytest.approx(9 / 12)
