@@ -147,7 +147,7 @@ def main():
                     X,
                     exposure=0,
                     outcome=1,
-                    select=False,
+                    select=instruments.Selection("all"),
                     device=device,
                     progress=False,
                     **kw,  # noqa: B023 (called at once)

@@ -51,6 +51,7 @@ __all__ = [
     "round_seed",
     "fidelity",
     "run_round",
+    "effect_coverage",
     "run_study",
     "summarize",
 ]
@@ -315,6 +316,35 @@ def run_round(
         "fidelity": fid,
         "sizes": asdict(sizes),
     }
+
+
+def effect_coverage(details: dict, calibration: str, *, threshold: float = 3.0) -> dict[str, pd.DataFrame]:
+    """How well a calibration's effect intervals cover the oracle's effects, in one round.
+
+    ``details``: the second value of ``run_round(..., details=True)``. Refits ``calibration``
+    on that round's held-out calibration sequences, recomputes the mutated sequences'
+    effects with it, and returns :func:`~deepmr_utils.uncertainty.coverage_curve` frames
+    keyed ``"<subset> <output>"`` for subsets ``all`` (every variant with a positive SE)
+    and ``selected`` (the instruments at ``threshold``), outputs ``exposure`` (``bx``
+    against the oracle's exposure change) and ``outcome`` (``by`` against its total
+    outcome change). Only the simulation can do this: it needs the oracle.
+    """
+    from .uncertainty import coverage_curve
+
+    gen, models, test, mutated = details["generator"], details["models"], details["test"], details["mutated"]
+    calibrator = _calibrator(calibration, models, details["calibration_data"])
+    Xm, b_conf = test["X"][mutated], test["b_conf"][mutated]
+    table = pipeline.variant_effects(
+        models, Xm, exposure=0, outcome=1, calibration=calibrator, select=Selection("all"), progress=False
+    )
+    table = table[(table.bxse > 0) & (table.byse > 0)].reset_index(drop=True)
+    subsets = {"all": table, "selected": Selection(threshold=threshold).apply(table).instruments}
+    out = {}
+    for subset, t in subsets.items():
+        truth = gen.variant_truth(Xm, t, b_conf)
+        out[f"{subset} exposure"] = coverage_curve(mu=t.bx.to_numpy(), sigma=t.bxse.to_numpy(), y=truth.dx.to_numpy())
+        out[f"{subset} outcome"] = coverage_curve(mu=t.by.to_numpy(), sigma=t.byse.to_numpy(), y=truth.dy.to_numpy())
+    return out
 
 
 def _one_round(job: tuple) -> pd.DataFrame:

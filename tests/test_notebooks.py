@@ -38,3 +38,12 @@ def test_every_chapter_is_in_the_toc():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = {c["file"] for c in toc["chapters"]}
     assert files == {f"book/{p.stem}" for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_stay_short(path):
+    # d2l's rule: prose in markdown, reusable code in the library; a chapter's code cells stay readable
+    nb = nbformat.read(path, as_version=4)
+    long = [(i, c.source.count("\n") + 1) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    long = [(i, n) for i, n in long if n > 25]
+    assert not long, f"{path.name}: code cells (index, lines) {long} are longer than 25 lines"
