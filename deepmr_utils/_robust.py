@@ -23,34 +23,36 @@ from math import comb
 import numpy as np
 from scipy.optimize import brentq
 
+from ._types import ArrayLike, Sequences
+
 C_CHI = 1.54764  # lmrob.control()$tuning.chi for bisquare (50 % breakdown)
 C_PSI = 4.685061  # lmrob.control()$tuning.psi for bisquare (95 % efficiency)
 BB = 0.5
 
 
-def chi(u, c):
+def chi(u: ArrayLike, c: float) -> np.ndarray:
     """Bisquare rho normalised to rho(inf) = 1 (robustbase ``Mchi``)."""
     t = np.minimum((u / c) ** 2, 1.0)
     return 1.0 - (1.0 - t) ** 3
 
 
-def chi_d1(u, c):
+def chi_d1(u: ArrayLike, c: float) -> np.ndarray:
     t = (u / c) ** 2
     return np.where(t < 1, 6.0 * u / c**2 * (1.0 - t) ** 2, 0.0)
 
 
-def psi(u, c):
+def psi(u: ArrayLike, c: float) -> np.ndarray:
     """Bisquare psi (robustbase ``Mpsi``): u (1 - (u/c)^2)^2 inside [-c, c]."""
     t = (u / c) ** 2
     return np.where(t < 1, u * (1.0 - t) ** 2, 0.0)
 
 
-def psi_d1(u, c):
+def psi_d1(u: ArrayLike, c: float) -> np.ndarray:
     t = (u / c) ** 2
     return np.where(t < 1, (1.0 - t) * (1.0 - 5.0 * t), 0.0)
 
 
-def bisquare_weight(u, c):
+def bisquare_weight(u: ArrayLike, c: float) -> np.ndarray:
     t = (u / c) ** 2
     return np.where(t < 1, (1.0 - t) ** 2, 0.0)
 
@@ -125,7 +127,14 @@ class MMFit:
 
 
 def lmrob_mm(
-    x, y, weights=None, *, n_resample: int = 500, seed: int = 0, max_iter: int = 500, tol: float = 1e-10
+    x: Sequences,
+    y: ArrayLike,
+    weights: ArrayLike | None = None,
+    *,
+    n_resample: int = 500,
+    seed: int = 0,
+    max_iter: int = 500,
+    tol: float = 1e-10,
 ) -> MMFit:
     """MM-estimate of ``y ~ x`` (``x`` includes any intercept column).
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._types import ArrayLike, Models, Sequences
 from .sequence import as_one_hot
 
 OutputSpec = Callable[[torch.Tensor], torch.Tensor] | Sequence[int] | int | None
@@ -29,7 +30,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def as_models(models) -> list[nn.Module]:
+def as_models(models: Models) -> list[nn.Module]:
     """One module or an iterable of them as a non-empty list (an ensemble)."""
     if isinstance(models, nn.Module):
         models = [models]
@@ -84,7 +85,7 @@ def on_device(models: list[nn.Module], device: torch.device) -> list[nn.Module]:
     return [copy.deepcopy(m).to(device) for m in models]
 
 
-def prepare_input(X, models: list[nn.Module], device: torch.device) -> torch.Tensor:
+def prepare_input(X: Sequences, models: list[nn.Module], device: torch.device) -> torch.Tensor:
     """A checked one-hot ``(N, 4, L)`` tensor in the models' dtype on ``device``.
 
     One-hot values are exact in every float dtype, so a float64 batch for a float32
@@ -136,7 +137,7 @@ def check_outputs(outputs: OutputSpec) -> OutputSpec:
     return [int(i) for i in idx]
 
 
-def select_outputs(y, outputs: OutputSpec) -> torch.Tensor:
+def select_outputs(y: ArrayLike, outputs: OutputSpec) -> torch.Tensor:
     """The model's raw output as ``(batch, n_outputs)`` according to ``outputs``."""
     if callable(outputs):
         y = outputs(y)
@@ -159,7 +160,9 @@ def select_outputs(y, outputs: OutputSpec) -> torch.Tensor:
     return y[:, idx]
 
 
-def selected_names(models: list[nn.Module], outputs: OutputSpec, output_names=None) -> list[str] | None:
+def selected_names(
+    models: list[nn.Module], outputs: OutputSpec, output_names: Sequence[str] | None = None
+) -> list[str] | None:
     """Names of the *selected* outputs (the columns ISM returns), or None when unknown.
 
     ``output_names`` given by the caller name the selected outputs and win. Otherwise the

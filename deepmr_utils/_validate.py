@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._types import ArrayLike, Sequences
 
-def as_1d(x, name: str) -> np.ndarray:
+
+def as_1d(x: Sequences, name: str) -> np.ndarray:
     """Return ``x`` as a 1-D float64 array or raise ``TypeError``/``ValueError``."""
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be numeric, got a string")
@@ -43,7 +45,9 @@ def check_positive(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be > 0, got {arr[i]} at index {i}")
 
 
-def summary_stats(bx, bxse, by, byse, *, min_k: int, method: str):
+def summary_stats(
+    bx: ArrayLike, bxse: ArrayLike, by: ArrayLike, byse: ArrayLike, *, min_k: int, method: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate MR summary statistics and return them as float arrays.
 
     Checks: 1-D, equal lengths, finite, standard errors > 0, at least ``min_k``

@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-if TYPE_CHECKING:
-    from .simulation_study import StudySizes
-    from .train import TrainConfig
+from .simulation_study import StudySizes
+from .train import TrainConfig
 
 SCALES = ("quick", "default", "paper")
 ENV_VAR = "DEEPMR_SCALE"
@@ -163,7 +162,7 @@ def set_seed(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def default_device():
+def default_device() -> torch.device:
     """``torch.device("cuda")`` when a GPU is visible, else the CPU (the package's one device rule)."""
     from ._torch import resolve_device
 

@@ -7,11 +7,13 @@ A *variant table* has one row per substitution of each locus:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from ._types import ArrayLike, Positions, Sequences
 from .sequence import ALPHABET
 
 __all__ = ["variant_table", "Selection", "Selected", "select", "as_selection", "STRATEGIES"]
@@ -23,7 +25,15 @@ COLUMNS = ["locus", "position", "ref", "alt", "exposure", "outcome", "bx", "bxse
 
 
 def variant_table(
-    effect, se, X, *, exposure: int, outcome: int, positions=None, loci=None, output_names=None
+    effect: ArrayLike,
+    se: ArrayLike,
+    X: Sequences,
+    *,
+    exposure: int,
+    outcome: int,
+    positions: Positions = None,
+    loci: ArrayLike | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Long table of all substitutions from :func:`deepmr_utils.uncertainty.paired_effects` output.
 
@@ -194,7 +204,7 @@ def select(
     return Selection(strategy, threshold, k, one_per_position, steiger).apply(table).instruments
 
 
-def as_selection(select, where: str = "select") -> Selection:
+def as_selection(select: object, where: str = "select") -> Selection:
     """``select`` if it is a :class:`Selection`; the old forms (dict, callable, True/False/None) raise
     a ``TypeError`` that says what to pass instead."""
     if isinstance(select, Selection):

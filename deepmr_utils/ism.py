@@ -31,6 +31,7 @@ from ._torch import (
     resolve_device,
     select_outputs,
 )
+from ._types import Device, Models, Positions, Sequences
 from .sequence import ALPHABET, substitute
 
 __all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "OutputSpec"]
@@ -85,7 +86,7 @@ class _SharedDropout:
         return hook
 
 
-def mutant_index(X: torch.Tensor, positions: torch.Tensor):
+def mutant_index(X: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All substitutions of ``X`` at ``positions``: ``(seq, pos_index, base)`` of every mutant.
 
     A position whose column is all zero (an unknown base) gets all four bases.
@@ -147,14 +148,14 @@ def _same_architecture(models) -> bool:
 
 
 def saturation_mutagenesis(
-    models,
-    X,
+    models: Models,
+    X: Sequences,
     *,
     outputs: OutputSpec = None,
-    positions=None,
+    positions: Positions = None,
     batch_size: int | None = None,
-    device=None,
-    dtype=None,
+    device: Device = None,
+    dtype: torch.dtype | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
     fast: bool | None = None,
@@ -239,7 +240,7 @@ def saturation_mutagenesis(
     return out
 
 
-def resolve_positions(positions, L: int) -> torch.Tensor:
+def resolve_positions(positions: Positions, L: int) -> torch.Tensor:
     """The mutated positions as a sorted 1-D tensor.
 
     ``positions``: ``None`` (all ``L``), a ``(start, stop)`` **tuple** (a window), or any

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._types import ArrayLike
 from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive
 
 __all__ = ["MetaResult", "random_effects", "fixed_effect", "pool"]
@@ -126,8 +127,8 @@ def _reml_loglik(y, v, t2):
 
 
 def random_effects(
-    estimates,
-    ses,
+    estimates: ArrayLike,
+    ses: ArrayLike,
     *,
     method: str = "REML",
     knapp_hartung: bool = False,
@@ -203,7 +204,7 @@ def random_effects(
     )
 
 
-def fixed_effect(estimates, ses, *, alpha: float = 0.05) -> MetaResult:
+def fixed_effect(estimates: ArrayLike, ses: ArrayLike, *, alpha: float = 0.05) -> MetaResult:
     """Inverse-variance fixed-effect (metafor "EE") meta-analysis; I^2 from Q."""
     alpha = check_alpha(alpha)
     y, v = _inputs(estimates, ses, min_k=1)
@@ -237,7 +238,7 @@ def fixed_effect(estimates, ses, *, alpha: float = 0.05) -> MetaResult:
 
 
 def pool(
-    local,
+    local: pd.DataFrame,
     *,
     method: str = "REML",
     knapp_hartung: bool = False,

@@ -7,11 +7,14 @@ with pyjaspar by ``tools/make_motifs.py``; no download happens at run time.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 import torch
+
+from ._types import Sequences
 
 __all__ = ["available", "jaspar", "sample_instance", "window_llr", "occupancy"]
 
@@ -50,7 +53,7 @@ def sample_instance(pwm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (u > np.cumsum(pwm, axis=1)).sum(axis=1).clip(0, 3)
 
 
-def window_llr(X: torch.Tensor | np.ndarray, pwm: np.ndarray, background) -> np.ndarray:
+def window_llr(X: torch.Tensor | np.ndarray, pwm: np.ndarray, background: Sequence[float]) -> np.ndarray:
     """Log-likelihood ratio (motif vs background) of every forward-strand window.
 
     ``X``: one-hot ``(N, 4, L)``; returns ``(N, L - width + 1)``. An all-zero column
@@ -66,7 +69,7 @@ def window_llr(X: torch.Tensor | np.ndarray, pwm: np.ndarray, background) -> np.
     return np.einsum("nlwk,wk->nl", win, lr)
 
 
-def occupancy(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
+def occupancy(X: Sequences, pwm: np.ndarray, background: Sequence[float], *, mu: float = 0.0) -> np.ndarray:
     """Probability that at least one window is bound: ``1 - prod_j (1 - s_j)``.
 
     ``s_j = 1 / (1 + exp(E_j - mu))`` with ``E_j = -LLR_j`` (Zhao & Stormo binding
@@ -75,7 +78,7 @@ def occupancy(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
     return occupancy_from_llr(window_llr(X, pwm, background), mu=mu)
 
 
-def site_probabilities(X, pwm: np.ndarray, background, *, mu: float = 0.0) -> np.ndarray:
+def site_probabilities(X: Sequences, pwm: np.ndarray, background: Sequence[float], *, mu: float = 0.0) -> np.ndarray:
     """Probability ``s_j = 1 / (1 + exp(E_j - mu))`` that window ``j`` is bound, ``(N, L - w + 1)``."""
     return 1.0 / (1.0 + np.exp(-window_llr(X, pwm, background) - mu))
 

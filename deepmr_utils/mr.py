@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from . import _robust
+from ._types import ArrayLike
 from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats, weights_finite
 
 __all__ = [
@@ -94,7 +95,16 @@ def _interval(est, se, alpha, df=None):
 # --------------------------------------------------------------------------- Wald
 
 
-def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0, alpha: float = 0.05) -> MRResult:
+def wald_ratio(
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
+    *,
+    order: int = 1,
+    psi: float = 0.0,
+    alpha: float = 0.05,
+) -> MRResult:
     """Ratio estimate ``by / bx`` of a single instrument.
 
     ``order=1`` gives the first-order SE ``byse/|bx|``; ``order=2`` the delta-method
@@ -113,7 +123,9 @@ def wald_ratio(bx, bxse, by, byse, *, order: int = 1, psi: float = 0.0, alpha: f
     return MRResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha, model=f"order {order}")
 
 
-def ratio_se(bx, bxse, by, byse, order: int = 1, psi: float = 0.0) -> np.ndarray:
+def ratio_se(
+    bx: ArrayLike, bxse: ArrayLike, by: ArrayLike, byse: ArrayLike, order: int = 1, psi: float = 0.0
+) -> np.ndarray:
     """SEs of the ratio estimates ``by / bx`` of many instruments: first-order (``byse / |bx|``)
     or second-order (delta method, also propagating ``bxse``; ``psi`` their correlation)."""
     if order == 1:
@@ -125,10 +137,10 @@ def ratio_se(bx, bxse, by, byse, order: int = 1, psi: float = 0.0) -> np.ndarray
 
 
 def ivw(
-    bx,
-    bxse,
-    by,
-    byse,
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
     *,
     model: str = "default",
     weights: str = "simple",
@@ -231,7 +243,15 @@ def _egger_inference(est, se_fixed, sigma, alpha, distribution, df):
 
 
 def egger(
-    bx, bxse, by, byse, *, robust: bool = False, distribution: str = "normal", alpha: float = 0.05, seed: int = 0
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
+    *,
+    robust: bool = False,
+    distribution: str = "normal",
+    alpha: float = 0.05,
+    seed: int = 0,
 ) -> MRResult:
     """MR-Egger regression: ``by ~ intercept + bx`` weighted by ``byse^-2``.
 
@@ -324,7 +344,7 @@ class Heterogeneity:
         )
 
 
-def heterogeneity(bx, bxse, by, byse) -> Heterogeneity:
+def heterogeneity(bx: ArrayLike, bxse: ArrayLike, by: ArrayLike, byse: ArrayLike) -> Heterogeneity:
     """Heterogeneity statistics with first-order weights ``byse^-2``.
 
     Q_diff = max(0, Q_IVW - Q_Egger) on 1 df; a small p says the Egger intercept
@@ -374,10 +394,10 @@ def _weighted_median_rows(r: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def weighted_median(
-    bx,
-    bxse,
-    by,
-    byse,
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
     *,
     weighting: str = "weighted",
     n_boot: int = 10000,
@@ -452,10 +472,10 @@ def _mode_rows(r: np.ndarray, w: np.ndarray, phi: float, chunk: int = 256) -> np
 
 
 def mbe(
-    bx,
-    bxse,
-    by,
-    byse,
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
     *,
     weighting: str = "weighted",
     stderror: str = "delta",

@@ -16,24 +16,25 @@ import numpy as np
 import pandas as pd
 
 from . import instruments, meta, mr
+from ._types import ArrayLike, Sequences
 
 __all__ = ["all_pairs", "to_matrix"]
 
 
 def all_pairs(
-    effect,
-    se,
-    X,
+    effect: ArrayLike,
+    se: ArrayLike,
+    X: Sequences,
     names: Sequence[str],
     *,
-    loci=None,
+    loci: ArrayLike | None = None,
     select: instruments.Selection = instruments.Selection(),
-    steiger=None,
+    steiger: bool | Sequence[float] | None = None,
     method: str = "ivw",
     meta_method: str = "REML",
     min_loci: int = 2,
     truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
-    pairs=None,
+    pairs: Sequence[tuple[int, int]] | None = None,
     **mr_kwargs,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Local and global MR effects for every ordered pair of outputs.

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ from tqdm import tqdm
 from . import instruments
 from ._io import replace, write_atomic
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
+from ._types import ArrayLike, Device, Models, Positions, Sequences
 from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
-from .uncertainty import paired_effects
+from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
 
 __all__ = ["variant_effects", "effects"]
 
@@ -241,26 +243,26 @@ def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibratio
 
 
 def variant_effects(
-    models,
-    X,
+    models: Models,
+    X: Sequences,
     *,
     exposure: str | int,
     outcome: str | int,
     out: str | os.PathLike | None = None,
     chunk_size: int = 64,
     select: instruments.Selection = instruments.Selection(),
-    loci=None,
-    positions=None,
-    output_names=None,
+    loci: ArrayLike | None = None,
+    positions: Positions = None,
+    output_names: Sequence[str] | None = None,
     outputs: OutputSpec = None,
     outputs_key: str | None = None,
-    calibration=None,
+    calibration: VarianceScaling | IsotonicCalibration | None = None,
     ddof: int = 1,
-    device=None,
+    device: Device = None,
     batch_size: int | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
-    dtype=None,
+    dtype: torch.dtype | None = None,
     fast: bool | None = None,
     ensemble: str = "auto",
     progress: bool = True,
@@ -312,21 +314,21 @@ def variant_effects(
 
 
 def effects(
-    models,
-    X,
+    models: Models,
+    X: Sequences,
     *,
     out: str | os.PathLike | None = None,
     chunk_size: int = 64,
-    positions=None,
+    positions: Positions = None,
     outputs: OutputSpec = None,
     outputs_key: str | None = None,
-    calibration=None,
+    calibration: VarianceScaling | IsotonicCalibration | None = None,
     ddof: int = 1,
-    device=None,
+    device: Device = None,
     batch_size: int | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
-    dtype=None,
+    dtype: torch.dtype | None = None,
     fast: bool | None = None,
     ensemble: str = "auto",
     progress: bool = True,

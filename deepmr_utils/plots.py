@@ -6,13 +6,17 @@ returns it, so chapters can compose panels. Nothing is shown or saved here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
 
+from ._types import ArrayLike
 from ._validate import as_1d
 from .mr import MRResult, ratio_se
+from .train import History
 
 __all__ = [
     "mr_scatter",
@@ -37,17 +41,17 @@ def _axes(ax, figsize):
 
 
 def mr_scatter(
-    bx,
-    bxse,
-    by,
-    byse,
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
     results: Iterable[MRResult] = (),
     *,
-    ax=None,
+    ax: Axes | None = None,
     orient: bool = True,
     xlabel: str = "effect on exposure (bx)",
     ylabel: str = "effect on outcome (by)",
-):
+) -> Axes:
     """Instrument effects with 95 % error bars and one line per MR result.
 
     With ``orient=True`` the instruments are re-signed so that ``bx >= 0`` (the
@@ -95,19 +99,19 @@ def mr_scatter(
 
 
 def forest(
-    bx,
-    bxse,
-    by,
-    byse,
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
     results: Iterable[MRResult] = (),
     *,
-    labels=None,
+    labels: Sequence[str] | None = None,
     order: int = 1,
-    ax=None,
+    ax: Axes | None = None,
     sort: bool = True,
-    xlim=None,
+    xlim: tuple[float, float] | None = None,
     xlabel: str = "causal effect (ratio estimate)",
-):
+) -> Axes:
     """Per-instrument Wald ratios with 95 % CIs, and the pooled results beneath them.
 
     Weak instruments (tiny ``bx``) give huge ratios; pass ``xlim`` to keep the
@@ -145,7 +149,17 @@ def forest(
     return ax
 
 
-def funnel(bx, bxse, by, byse, results: Iterable[MRResult] = (), *, order: int = 1, ax=None, xlim=None):
+def funnel(
+    bx: ArrayLike,
+    bxse: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
+    results: Iterable[MRResult] = (),
+    *,
+    order: int = 1,
+    ax: Axes | None = None,
+    xlim: tuple[float, float] | None = None,
+) -> Axes:
     """Ratio estimate against its precision (1/SE); asymmetry hints at pleiotropy."""
     bx, bxse, by, byse = (as_1d(a, n) for a, n in ((bx, "bx"), (bxse, "bxse"), (by, "by"), (byse, "byse")))
     r = by / bx
@@ -176,7 +190,15 @@ def _clip_marks(ax, x, y, xlim):
             ax.plot(hi - pad, yi, marker=">", color="C3", ms=6, clip_on=False)
 
 
-def estimate_vs_truth(truth, estimate, se=None, *, ax=None, label: str = "", color=None):
+def estimate_vs_truth(
+    truth: ArrayLike,
+    estimate: ArrayLike,
+    se: ArrayLike = None,
+    *,
+    ax: Axes | None = None,
+    label: str = "",
+    color: str | None = None,
+) -> Axes:
     """Local estimates against the true local effects, with the identity line."""
     truth, estimate = as_1d(truth, "truth"), as_1d(estimate, "estimate")
     ax = _axes(ax, (4.5, 4.5))
@@ -191,7 +213,7 @@ def estimate_vs_truth(truth, estimate, se=None, *, ax=None, label: str = "", col
     return ax
 
 
-def loss_curves(histories, *, ax=None):
+def loss_curves(histories: Sequence[History], *, ax: Axes | None = None) -> Axes:
     """Training and validation loss of every ensemble member (``train.History`` objects)."""
     ax = _axes(ax, (5, 3.5))
     for i, h in enumerate(histories):
@@ -206,25 +228,21 @@ def loss_curves(histories, *, ax=None):
     return ax
 
 
-def binding_tracks(generator, x, *, sites=None, ax=None):
-    """Per-window binding probability of each TF along one sequence ``(4, L)``.
+def binding_tracks(
+    tracks: pd.DataFrame, *, sites: ArrayLike | None = None, widths: Sequence[int] | None = None, ax: Axes | None = None
+) -> Axes:
+    """Per-window binding probability of each TF along one sequence.
 
-    ``generator`` is a :class:`deepmr_utils.simulate.CooperativityModel`; embedded
-    motif starts (``sites``: exposure, outcome, confounder; -1 = none) are shaded.
+    ``tracks``: a frame with ``role, name, position, p_bound`` (one row per role and
+    window centre), e.g. :meth:`deepmr_utils.simulate.CooperativityModel.binding_tracks`.
+    ``sites`` (a start per role in the frame's order, -1 = none) and ``widths`` shade the
+    embedded motifs.
     """
-    from . import motifs
-
     ax = _axes(ax, (9, 2.6))
-    x = x[None] if x.ndim == 2 else x
-    roles = ("exposure", "outcome", "confounder")
-    names = (generator.exposure_motif, generator.outcome_motif, generator.confounder_motif)
-    for j, (role, name) in enumerate(zip(roles, names)):
-        pwm = generator.pwm(role)
-        s = motifs.site_probabilities(x, pwm, generator.background, mu=generator.mu)[0]
-        ax.plot(np.arange(s.size) + pwm.shape[0] / 2, s, color=_COLORS[j], lw=1.5, label=f"{role}: {name}")
-        if sites is not None and sites[j] >= 0:
-            ax.axvspan(sites[j], sites[j] + pwm.shape[0], color=_COLORS[j], alpha=0.15)
-    ax.set_xlim(0, x.shape[-1])
+    for j, ((role, name), g) in enumerate(tracks.groupby(["role", "name"], sort=False)):
+        ax.plot(g.position, g.p_bound, color=_COLORS[j], lw=1.5, label=f"{role}: {name}")
+        if sites is not None and widths is not None and sites[j] >= 0:
+            ax.axvspan(sites[j], sites[j] + widths[j], color=_COLORS[j], alpha=0.15)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("position")
     ax.set_ylabel("P(site bound)")
@@ -232,7 +250,14 @@ def binding_tracks(generator, x, *, sites=None, ax=None):
     return ax
 
 
-def ism_heatmap(effect, *, names=("exposure", "outcome"), sites=None, widths=None, axes=None):
+def ism_heatmap(
+    effect: ArrayLike,
+    *,
+    names: Sequence[str] | None = ("exposure", "outcome"),
+    sites: ArrayLike | None = None,
+    widths: Sequence[int] | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
     """Heatmaps of ISM effects ``(P, 4, O)`` (NaN at reference bases), one panel per output."""
     effect = np.asarray(effect)
     n_out = effect.shape[-1]
@@ -254,7 +279,7 @@ def ism_heatmap(effect, *, names=("exposure", "outcome"), sites=None, widths=Non
     return axes
 
 
-def coverage(frames: dict, *, ax=None):
+def coverage(frames: dict, *, ax: Axes | None = None) -> Axes:
     """Expected vs observed coverage curves (``uncertainty.coverage_curve`` frames), one per label."""
     ax = _axes(ax, (4, 4))
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1)
@@ -272,7 +297,15 @@ def coverage(frames: dict, *, ax=None):
     return ax
 
 
-def profiles(observed, predicted=None, *, names=None, sites=None, widths=None, axes=None):
+def profiles(
+    observed: ArrayLike,
+    predicted: ArrayLike | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    sites: ArrayLike | None = None,
+    widths: Sequence[int] | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Sequence[Axes]:
     """Two-strand base-resolution profiles ``(T, 2, L)``, one panel per task.
 
     Observed counts are drawn as bars (+ strand up, - strand down); ``predicted``
@@ -304,7 +337,16 @@ def profiles(observed, predicted=None, *, names=None, sites=None, widths=None, a
     return axes
 
 
-def effect_matrix(matrix, *, low=None, high=None, ax=None, title: str = "", vmax=None, cmap: str = "RdBu_r"):
+def effect_matrix(
+    matrix: pd.DataFrame,
+    *,
+    low: ArrayLike | None = None,
+    high: ArrayLike | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+    vmax: float | None = None,
+    cmap: str = "RdBu_r",
+) -> Axes:
     """Heatmap of an exposure x outcome effect matrix (a DataFrame), annotated with the values.
 
     ``low``/``high`` (same shape) add the CI to each annotation.

@@ -15,13 +15,14 @@ from ._torch import (
     select_outputs,
     selected_names,
 )
+from ._types import Models, Sequences
 
 __all__ = ["predict", "output_names"]
 
 
 def predict(
-    models,
-    X,
+    models: Models,
+    X: Sequences,
     *,
     outputs: OutputSpec = None,
     batch_size: int = 64,
@@ -50,7 +51,7 @@ def predict(
     return torch.cat(ys)
 
 
-def output_names(models, outputs: OutputSpec = None) -> list[str] | None:
+def output_names(models: Models, outputs: OutputSpec = None) -> list[str] | None:
     """Names of the outputs that ``outputs`` selects, from the first model's ``output_names``.
 
     ``None`` when the model has no names or ``outputs`` is a callable (then name the

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._types import ArrayLike, Positions, Sequences
+
 __all__ = [
     "ALPHABET",
     "one_hot",
@@ -48,7 +50,9 @@ def _codes(seq: str, non_acgt: str, index: int) -> np.ndarray:
     return codes
 
 
-def one_hot(seqs: str | Sequence[str], *, non_acgt: str = "error", dtype=torch.float32) -> torch.Tensor:
+def one_hot(
+    seqs: str | Sequence[str], *, non_acgt: str = "error", dtype: torch.dtype | None = torch.float32
+) -> torch.Tensor:
     """One-hot encode one sequence or a list of equal-length sequences to ``(N, 4, L)``."""
     if non_acgt not in ("error", "zero"):
         raise ValueError(f"non_acgt must be 'error' or 'zero', got {non_acgt!r}")
@@ -66,7 +70,7 @@ def one_hot(seqs: str | Sequence[str], *, non_acgt: str = "error", dtype=torch.f
     return from_codes(codes.astype(np.int64), dtype=dtype)
 
 
-def check_one_hot(X, name: str = "X", *, allow_zero_columns: bool = True) -> torch.Tensor:
+def check_one_hot(X: Sequences, name: str = "X", *, allow_zero_columns: bool = True) -> torch.Tensor:
     """Validate a one-hot batch: a floating tensor ``(N, 4, L)`` whose columns are one-hot (or zero)."""
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, 4, L), got {type(X).__name__}")
@@ -87,7 +91,7 @@ def check_one_hot(X, name: str = "X", *, allow_zero_columns: bool = True) -> tor
     return X
 
 
-def from_codes(codes, *, dtype=torch.float32) -> torch.Tensor:
+def from_codes(codes: ArrayLike, *, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
     """One-hot ``(N, 4, L)`` from integer base codes ``(N, L)`` (0-3 in ACGT order; -1 or 4 = N)."""
     codes = np.asarray(codes.cpu() if isinstance(codes, torch.Tensor) else codes)
     if codes.ndim == 1:
@@ -104,7 +108,7 @@ def from_codes(codes, *, dtype=torch.float32) -> torch.Tensor:
     return torch.from_numpy(out).to(dtype)
 
 
-def substitute(X, positions, bases, *, inplace: bool = False):
+def substitute(X: Sequences, positions: Positions, bases: ArrayLike, *, inplace: bool = False) -> Sequences:
     """Row ``i`` of ``X`` with base ``bases[i]`` at position ``positions[i]`` (one substitution per row).
 
     ``X``: one-hot ``(B, 4, L)``, a torch tensor or a NumPy array; ``positions`` and

@@ -37,9 +37,11 @@ from tqdm import tqdm
 
 from . import meta, mr, pipeline, simulate, train
 from ._io import write_atomic
+from ._types import Models
 from .instruments import Selection
 from .models import PooledRegressor
 from .predict import predict
+from .simulate import CooperativityModel
 from .uncertainty import IsotonicCalibration, VarianceScaling
 
 __all__ = [
@@ -114,7 +116,14 @@ def round_seed(seed: int, scenario: str, r: int) -> int:
     return seed + 1000 * (r + 1) + SCENARIOS.index(scenario)
 
 
-def fidelity(gen, models, test: dict, mutated: np.ndarray, table: pd.DataFrame, bar: FidelityBar = FidelityBar()):
+def fidelity(
+    gen: CooperativityModel,
+    models: Models,
+    test: dict,
+    mutated: np.ndarray,
+    table: pd.DataFrame,
+    bar: FidelityBar = FidelityBar(),
+) -> dict:
     """The model against the oracle on held-out sequences; returns a dict of numbers and ``fidelity_ok``.
 
     ``test``: a :meth:`~deepmr_utils.simulate.CooperativityModel.sample` dict (held out from
@@ -195,7 +204,7 @@ def run_round(
     bar: FidelityBar = FidelityBar(),
     device: str | torch.device | None = None,
     details: bool = False,
-):
+) -> pd.DataFrame | tuple[pd.DataFrame, dict]:
     """One round of the study for ``scenario``; returns a frame with one row per estimator.
 
     ``calibration`` (fixed before the round; nothing here looks at the oracle to choose):

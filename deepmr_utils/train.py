@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ._torch import resolve_device
+from ._types import ArrayLike, Device, Models, Sequences
 from .models.scale import TargetScale
 from .predict import predict
 
@@ -84,13 +85,13 @@ def _check_xy(X, y):
 def fit(
     model: nn.Module,
     X: torch.Tensor,
-    y,
+    y: ArrayLike,
     *,
     config: TrainConfig = TrainConfig(),
     seed: int = 0,
-    device=None,
+    device: Device = None,
     progress: bool = False,
-    loss_fn=None,
+    loss_fn: Callable | None = None,
     standardize: bool | None = None,
 ) -> History:
     """Train ``model`` in place on ``X`` ``(N, 4, L)`` and ``y`` ``(N, ...)``; returns the loss history.
@@ -211,15 +212,15 @@ def _diverged(best_state, what: str) -> None:
 
 def train_ensemble(
     make_model: Callable[[], nn.Module],
-    X,
-    y,
+    X: Sequences,
+    y: ArrayLike,
     n_members: int,
     *,
     config: TrainConfig = TrainConfig(),
     seed: int = 0,
-    device=None,
+    device: Device = None,
     progress: bool = True,
-    loss_fn=None,
+    loss_fn: Callable | None = None,
     standardize: bool | None = None,
 ) -> tuple[list[nn.Module], list[History]]:
     """``n_members`` models from ``make_model()``, member ``i`` seeded with ``seed + i``; see :func:`fit`."""
@@ -236,7 +237,7 @@ def train_ensemble(
     return models, hists
 
 
-def accuracy(models, X, y, *, names=None) -> pd.DataFrame:
+def accuracy(models: Models, X: Sequences, y: ArrayLike, *, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Held-out accuracy of the ensemble mean per output: Pearson r, R^2 and MSE."""
     _, y = _check_xy(X, y)
     pred = predict(models, X).mean(dim=1).numpy()

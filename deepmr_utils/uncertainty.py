@@ -36,6 +36,8 @@ import torch
 from scipy import stats
 from scipy.optimize import isotonic_regression
 
+from ._types import ArrayLike, Positions, Sequences
+
 __all__ = ["paired_effects", "VarianceScaling", "IsotonicCalibration", "coverage_curve"]
 
 
@@ -43,7 +45,9 @@ def _np(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def paired_effects(pred, X, positions=None, *, ddof: int = 1, reference=None):
+def paired_effects(
+    pred: ArrayLike, X: Sequences, positions: Positions = None, *, ddof: int = 1, reference: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Effects and SEs of every substitution from an ISM tensor.
 
     ``pred``: ``(N, M, P, 4, O)`` from :func:`deepmr_utils.ism.saturation_mutagenesis`;
@@ -284,7 +288,7 @@ class IsotonicCalibration(_Calibration):
         self._u, self._r = u, isotonic_regression(emp, increasing=True).x
         return self
 
-    def recalibrate_cdf(self, u, output: int | None = None):
+    def recalibrate_cdf(self, u: ArrayLike, output: int | None = None) -> np.ndarray:
         """Calibrated probability for predictive-CDF values ``u`` (of ``output`` if fitted per output)."""
         if self.per_output is not None:
             return self.per_output[output or 0].recalibrate_cdf(u)
@@ -301,7 +305,15 @@ class IsotonicCalibration(_Calibration):
         return mu + sigma * stats.norm.ppf(u)
 
 
-def coverage_curve(members=None, y=None, *, mu=None, sigma=None, ddof: int = 1, levels=None) -> pd.DataFrame:
+def coverage_curve(
+    members: ArrayLike | None = None,
+    y: ArrayLike = None,
+    *,
+    mu: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
+    ddof: int = 1,
+    levels: ArrayLike | None = None,
+) -> pd.DataFrame:
     """Expected vs observed coverage of central Gaussian predictive intervals.
 
     Give either ``members`` ``(n, M)`` or ``mu``/``sigma``, and observed ``y``.

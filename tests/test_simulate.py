@@ -210,3 +210,13 @@ def test_chip_nexus_motifs_are_independent_and_strong():
     for bad in ({"motif_prob": 1.5}, {"site_strength": 0.0}, {"length": 30}):
         with pytest.raises(ValueError):
             simulate.ChipNexusModel(**bad)
+
+
+def test_binding_tracks_are_the_site_probabilities_of_each_role():
+    gen = simulate.CooperativityModel()
+    x = gen.sample(3, seed=2)["X"][1]
+    tracks = gen.binding_tracks(x)
+    assert list(tracks.role.unique()) == ["exposure", "outcome", "confounder"]
+    for role in ("exposure", "outcome", "confounder"):
+        want = motifs.site_probabilities(x[None], gen.pwm(role), gen.background, mu=gen.mu)[0]
+        assert np.allclose(tracks[tracks.role == role].p_bound, want)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._torch import as_models, eval_mode, model_device
+from .._types import ArrayLike, Models
 from .dilated import DilatedResidualNet
 
 __all__ = ["BPNet", "bpnet_loss", "counts", "init_counts_bias", "evaluate", "load_keras_h5", "OSKN_MD5", "OSKN_LAYERS"]
@@ -65,16 +66,16 @@ class BPNet(DilatedResidualNet):
         self.profile = nn.ConvTranspose1d(n_filters, 2 * T, tconv_kernel, padding=tconv_kernel // 2)
         self.head = nn.Linear(n_filters, 2 * T)
 
-    def pooled_head(self, pooled):
+    def pooled_head(self, pooled: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         return None, self.head(pooled).view(-1, len(self.tasks), 2)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
         prof = self.profile(h).view(x.shape[0], len(self.tasks), 2, -1)
         return prof, self.head(h.mean(dim=-1)).view(-1, len(self.tasks), 2)
 
 
-def counts(output) -> torch.Tensor:
+def counts(output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Strand-averaged log counts ``(N, T)`` from a BPNet output (DeepMR's exposure/outcome)."""
     return output[1].mean(dim=-1)
 
@@ -94,7 +95,9 @@ def init_counts_bias(model: BPNet, profile_counts: torch.Tensor) -> BPNet:
     return model
 
 
-def bpnet_loss(output, profile_counts: torch.Tensor, *, count_weight: float = 10.0) -> torch.Tensor:
+def bpnet_loss(
+    output: tuple[torch.Tensor, torch.Tensor], profile_counts: torch.Tensor, *, count_weight: float = 10.0
+) -> torch.Tensor:
     """Multinomial NLL of the profiles + ``count_weight`` x MSE of log(1 + total counts).
 
     ``profile_counts``: observed counts ``(N, T, 2, L)``. Per batch example, as in BPNet.
@@ -110,13 +113,13 @@ def bpnet_loss(output, profile_counts: torch.Tensor, *, count_weight: float = 10
 
 @torch.no_grad()
 def evaluate(
-    models,
+    models: Models,
     X: torch.Tensor,
     profile_counts: torch.Tensor,
     *,
     tasks: Sequence[str] | None = None,
     batch_size: int = 128,
-    reference_shape=None,
+    reference_shape: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Held-out accuracy of a BPNet ensemble, one row per task.
 

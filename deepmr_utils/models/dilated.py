@@ -56,7 +56,7 @@ class DilatedResidualNet(nn.Module):
             h = h + F.relu(bn(conv(h)))
         return h
 
-    def pooled_head(self, pooled: torch.Tensor):
+    def pooled_head(self, pooled: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Outputs from the length-averaged trunk features ``(N, n_filters)``."""
         return self.head(self.dropout(pooled))
 
@@ -81,7 +81,7 @@ class DilatedResidualNet(nn.Module):
         return t[:, :, None, :].contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def ism_reference(self, x: torch.Tensor):
+    def ism_reference(self, x: torch.Tensor) -> dict:
         """Cache each layer's pre-activation and activation increment for references ``(N, 4, L)``."""
         if self.training:
             raise RuntimeError("the windowed ISM path needs eval mode")
@@ -104,7 +104,7 @@ class DilatedResidualNet(nn.Module):
         return conv.weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def ism_block(self, cache, x_mut: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def ism_block(self, cache: dict, x_mut: torch.Tensor, start: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions for ``B`` mutants that differ from their reference only on ``[start, start + w)``.
 
         ``x_mut``: ``(B, 4, w)`` the mutants' one-hot over that window; ``rows``: ``(B,)`` which

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._types import ArrayLike
 
-def anscombe(c):
+
+def anscombe(c: float) -> np.ndarray:
     """Variance-stabilising transform of Poisson counts, ``2 sqrt(c + 3/8)``."""
     return 2.0 * np.sqrt(np.asarray(c, dtype=np.float64) + 0.375)
 
 
-def slope_through_origin(locus, dx, dy) -> pd.DataFrame:
+def slope_through_origin(locus: ArrayLike, dx: ArrayLike, dy: ArrayLike) -> pd.DataFrame:
     """Per-locus ``sum(dx * dy) / sum(dx^2)``: the true local effect over a locus's instruments
     (NaN where the instruments do not move the exposure)."""
     g = pd.DataFrame({"locus": locus, "xy": dx * dy, "xx": dx * dx}).groupby("locus", sort=False).sum()

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .. import motifs as _motifs
+from .._types import ArrayLike, Sequences
 from ..sequence import ALPHABET, from_codes, substitute
 from ._common import slope_through_origin
 
@@ -90,7 +91,7 @@ class ChipNexusModel:
             raise ValueError(f"length {self.length} cannot hold the four motifs ({widths} bases)")
 
     @property
-    def tasks(self):
+    def tasks(self) -> tuple[str, ...]:
         return OSKN
 
     def pwm(self, name: str) -> np.ndarray:
@@ -116,7 +117,7 @@ class ChipNexusModel:
             pos[:, t] = np.stack([centre[m] for m in ms])[best, np.arange(n)]
         return q, pos
 
-    def binding(self, X, *, q=None, pos=None) -> np.ndarray:
+    def binding(self, X: Sequences, *, q: np.ndarray | None = None, pos: ArrayLike = None) -> np.ndarray:
         """Total binding ``b`` ``(n, T)`` after recruitment along the causal cascade."""
         if q is None or pos is None:
             q, pos = self._sites(X)
@@ -129,11 +130,11 @@ class ChipNexusModel:
             b[:, t] = q[:, t] * (1 + recruit)
         return b
 
-    def log_counts(self, b) -> np.ndarray:
+    def log_counts(self, b: ArrayLike) -> np.ndarray:
         """``log(1 + expected counts per strand)`` for binding ``b`` ``(n, T)``: BPNet's counts scale."""
         return np.log1p(0.5 * (1 + np.asarray(self.depth) * b))
 
-    def oracle(self, X) -> np.ndarray:
+    def oracle(self, X: Sequences) -> np.ndarray:
         """Noise-free ``log(1 + expected counts per strand)`` ``(n, T)``, the scale of :func:`bpnet.counts`."""
         return self.log_counts(self.binding(X))
 
@@ -183,12 +184,12 @@ class ChipNexusModel:
             "motifs": names,
         }
 
-    def expected_profiles(self, X) -> np.ndarray:
+    def expected_profiles(self, X: Sequences) -> np.ndarray:
         """Expected read distribution ``(n, T, 2, L)`` of sequences ``X`` (the profile oracle)."""
         q, pos = self._sites(X)
         return self.profile_shape(pos, self.binding(X, q=q, pos=pos))
 
-    def motif_distance(self, sites, a: int, b: int) -> np.ndarray:
+    def motif_distance(self, sites: ArrayLike | None, a: int, b: int) -> np.ndarray:
         """Gap in bases between the planted instances of motifs ``a`` and ``b`` (``sites`` from
         :meth:`sample`; 0 when they touch, NaN when either is absent), as in the original
         study's motif-spacing analysis."""
@@ -198,7 +199,7 @@ class ChipNexusModel:
         gap = np.maximum(sb - (sa + w[a]), sa - (sb + w[b])).clip(min=0)
         return np.where((sa >= 0) & (sb >= 0), gap, np.nan)
 
-    def profile_shape(self, pos, b) -> np.ndarray:
+    def profile_shape(self, pos: ArrayLike, b: ArrayLike) -> np.ndarray:
         """Expected read distribution ``(n, T, 2, L)`` (sums to 1 per task) for binding ``b`` ``(n, T)``.
 
         A fraction ``depth b / (1 + depth b)`` of the reads falls in the footprint at the
@@ -215,7 +216,7 @@ class ChipNexusModel:
         w = (bound / (1 + bound))[..., None, None]
         return w * peak + (1 - w) / (2 * L)
 
-    def true_local_effects(self, X, table, exposure: int, outcome: int) -> pd.DataFrame:
+    def true_local_effects(self, X: Sequences, table: pd.DataFrame, exposure: int, outcome: int) -> pd.DataFrame:
         """True local effect of TF ``exposure`` on TF ``outcome`` per locus, on the given instruments.
 
         Instrument ``v`` changes the exposure's direct occupancy (and best site); the causal

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .. import motifs as _motifs
+from .._types import ArrayLike, Sequences
 from ..sequence import ALPHABET, from_codes, substitute
 from ._common import anscombe, slope_through_origin
 
@@ -144,7 +145,7 @@ class CooperativityModel:
         return {"X": X, "b_conf": b_conf, "config": config, "sites": sites, "counts": counts, "y": anscombe(counts)}
 
     # ------------------------------------------------------------------ oracle
-    def occupancies(self, X) -> np.ndarray:
+    def occupancies(self, X: Sequences) -> np.ndarray:
         """PWM occupancy of the exposure, outcome and confounder TFs, ``(n, 3)``."""
         return np.stack(
             [
@@ -154,7 +155,9 @@ class CooperativityModel:
             axis=1,
         )
 
-    def expected_counts(self, X, b_conf=None, *, q=None) -> np.ndarray:
+    def expected_counts(
+        self, X: Sequences, b_conf: ArrayLike | None = None, *, q: np.ndarray | None = None
+    ) -> np.ndarray:
         """Noise-free expected counts ``(n, 2)`` (exposure, outcome)."""
         q = self.occupancies(X) if q is None else q
         n = q.shape[0]
@@ -164,11 +167,27 @@ class CooperativityModel:
         c_out = 1 + self.beta * q[:, 0] * q[:, 1] + self.nu * qc + self.tau2 * b
         return np.stack([c_exp, c_out], axis=1)
 
-    def oracle(self, X, b_conf=None) -> np.ndarray:
+    def oracle(self, X: Sequences, b_conf: ArrayLike | None = None) -> np.ndarray:
         """Noise-free Anscombe-scale predictions ``(n, 2)``: what a perfect model would learn."""
         return anscombe(self.expected_counts(X, b_conf))
 
-    def sequence_oracle(self, X) -> np.ndarray:
+    def binding_tracks(self, x: Sequences) -> pd.DataFrame:
+        """Per-window binding probability of each TF along one sequence ``(4, L)``: a frame with
+        ``role, name, position`` (window centre) and ``p_bound``, for :func:`deepmr_utils.plots.binding_tracks`."""
+        x = x[None] if x.ndim == 2 else x
+        frames = []
+        for role in ("exposure", "outcome", "confounder"):
+            pwm = self.pwm(role)
+            p = _motifs.site_probabilities(x, pwm, self.background, mu=self.mu)[0]
+            name = {"exposure": self.exposure_motif, "outcome": self.outcome_motif}.get(role, self.confounder_motif)
+            frames.append(
+                pd.DataFrame(
+                    {"role": role, "name": name, "position": np.arange(p.size) + pwm.shape[0] / 2, "p_bound": p}
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    def sequence_oracle(self, X: Sequences) -> np.ndarray:
         """The oracle a model can at best learn from sequence alone, ``(n, 2)``: averaged over the
         sequence-independent confounder ``b_conf ~ Bernoulli(p_confounder)``, which no sequence
         reveals (the plain :meth:`oracle` when that confounder is off)."""
@@ -181,7 +200,7 @@ class CooperativityModel:
         off = anscombe(self.expected_counts(None, np.zeros(n), q=q))
         return p * on + (1 - p) * off
 
-    def variant_truth(self, X, table, b_conf=None):
+    def variant_truth(self, X: Sequences, table: pd.DataFrame, b_conf: ArrayLike | None = None) -> pd.DataFrame:
         """Oracle effects of each variant of a variant table on exposure and outcome.
 
         ``table`` has ``locus`` (row index into ``X``), ``position`` and ``alt``.
@@ -212,7 +231,7 @@ class CooperativityModel:
             index=table.index,
         )
 
-    def true_local_effects(self, X, table, b_conf=None) -> pd.DataFrame:
+    def true_local_effects(self, X: Sequences, table: pd.DataFrame, b_conf: ArrayLike | None = None) -> pd.DataFrame:
         """True local causal effect per locus on exactly the given instruments.
 
         The slope through the origin of the causal outcome change on the exposure
