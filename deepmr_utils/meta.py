@@ -15,7 +15,7 @@ is *multiplicative* (SE scaled by the residual SE); this one is *additive*
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -23,20 +23,16 @@ from scipy import stats
 
 from ._types import ArrayLike
 from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive
+from .results import Estimate
 
 __all__ = ["MetaResult", "random_effects", "fixed_effect", "pool"]
 
 
 @dataclass(frozen=True)
-class MetaResult:
-    """Pooled estimate with heterogeneity statistics (I^2 and H^2 as fractions/ratios)."""
+class MetaResult(Estimate):
+    """Pooled estimate of ``k`` studies (loci) with heterogeneity statistics (I^2 and H^2 as
+    fractions/ratios), the prediction interval ``pi_low`` to ``pi_high`` and the REML fit's status."""
 
-    method: str
-    estimate: float
-    se: float
-    ci_low: float
-    ci_high: float
-    pvalue: float
     k: int
     tau2: float
     tau: float
@@ -49,7 +45,6 @@ class MetaResult:
     pi_low: float
     pi_high: float
     test: str = "z"
-    alpha: float = 0.05
     converged: bool = True
     iterations: int = 0
     n_excluded: int = 0
@@ -67,9 +62,6 @@ class MetaResult:
         )
 
     __str__ = __repr__
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _inputs(estimates, ses, min_k):

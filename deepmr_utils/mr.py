@@ -13,7 +13,8 @@ sequence and its instruments are in-silico mutations of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,15 @@ from scipy import stats
 from . import _robust
 from ._types import ArrayLike
 from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats, weights_finite
+from .results import Estimate
 
 __all__ = [
     "MRResult",
+    "WaldResult",
+    "IVWResult",
+    "EggerResult",
+    "MedianResult",
+    "ModeResult",
     "Heterogeneity",
     "wald_ratio",
     "ivw",
@@ -39,26 +46,58 @@ __all__ = [
 _NAN = float("nan")
 
 
-@dataclass(frozen=True)
-class MRResult:
-    """Result of one MR estimator. Fields that do not apply to a method are NaN."""
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class MRResult(Estimate):
+    """Result of an MR estimator: the causal estimate from ``n_instruments`` instruments.
 
-    method: str
-    estimate: float
-    se: float
-    ci_low: float
-    ci_high: float
-    pvalue: float
+    Each estimator returns its own subclass with only the fields it has:
+    :class:`WaldResult`, :class:`IVWResult`, :class:`EggerResult`, :class:`MedianResult`,
+    :class:`ModeResult`. ``model`` says which variant of the method ran.
+    """
+
     n_instruments: int
-    alpha: float = 0.05
+    _: KW_ONLY
     model: str = ""
+
+    def _details(self) -> str:
+        return f", K={self.n_instruments}"
+
+
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class WaldResult(MRResult):
+    """The ratio estimate of a single instrument (``model``: the order of its SE)."""
+
+
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class _Regression(MRResult):
+    """What the two regression estimators share: the t or normal reference and residual heterogeneity."""
+
+    _: KW_ONLY
     distribution: str = "normal"
     q: float = _NAN
     q_df: int = 0
     q_pvalue: float = _NAN
     rse: float = _NAN
+
+    def _details(self) -> str:
+        q = f", Q={self.q:.4g} on {self.q_df} df" if np.isfinite(self.q) else ""
+        return super()._details() + q
+
+
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class IVWResult(_Regression):
+    """Inverse-variance weighted estimate, with Cochran's Q, I^2 and the mean F statistic."""
+
+    _: KW_ONLY
     i2: float = _NAN
     f_stat: float = _NAN
+
+
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class EggerResult(_Regression):
+    """MR-Egger: slope (the causal estimate) and intercept (directional pleiotropy), with I^2_GX."""
+
+    _: KW_ONLY
     intercept: float = _NAN
     intercept_se: float = _NAN
     intercept_ci_low: float = _NAN
@@ -66,22 +105,19 @@ class MRResult:
     intercept_pvalue: float = _NAN
     i2_gx: float = _NAN
 
-    def __repr__(self) -> str:
-        level = round(100 * (1 - self.alpha))
-        s = (
-            f"{self.method}: {self.estimate:.4g} (SE {self.se:.4g}, {level}% CI "
-            f"{self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}, K={self.n_instruments}"
-        )
-        if np.isfinite(self.intercept):
-            s += f", intercept {self.intercept:.3g} (SE {self.intercept_se:.3g}, p={self.intercept_pvalue:.3g})"
-        if np.isfinite(self.q):
-            s += f", Q={self.q:.4g} on {self.q_df} df"
-        return s + ")"
+    def _details(self) -> str:
+        icpt = f", intercept {self.intercept:.3g} (SE {self.intercept_se:.3g}, p={self.intercept_pvalue:.3g})"
+        return MRResult._details(self) + icpt + (f", Q={self.q:.4g} on {self.q_df} df" if np.isfinite(self.q) else "")
 
-    __str__ = __repr__
 
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class MedianResult(MRResult):
+    """Weighted (or simple, penalised) median of the ratio estimates, bootstrap SE."""
+
+
+@dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
+class ModeResult(MRResult):
+    """Mode-based estimate (MBE) of the ratio estimates, bootstrap SE."""
 
 
 def _interval(est, se, alpha, df=None):
@@ -120,7 +156,7 @@ def wald_ratio(
     est = float(by[0] / bx[0])
     se = float(ratio_se(bx, bxse, by, byse, order, psi)[0])
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha, model=f"order {order}")
+    return WaldResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha, model=f"order {order}")
 
 
 def ratio_se(
@@ -178,7 +214,7 @@ def ivw(
         model = "fixed" if k < 4 else "random"
     se = se_fixed * max(1.0, rse) if model == "random" else se_fixed
     lo, hi, p = _interval(est, se, alpha, df=(k - 1) if distribution == "t" else None)
-    return MRResult(
+    return IVWResult(
         "IVW",
         est,
         se,
@@ -222,24 +258,31 @@ def _egger_design_ok(sw, sx, sxx):
         return (sw * sxx - sx * sx) > _EGGER_SINGULAR * sw * sxx
 
 
-def _egger_inference(est, se_fixed, sigma, alpha, distribution, df):
-    """MendelianRandomization's Egger CI/p: SE = fixed-effect SE x max(1, sigma); with t, the wider rule.
+def _egger_rule(est, se_fixed, rse, alpha, distribution, df):
+    """MendelianRandomization's Egger SE, CI and p-value, elementwise over loci (or one fit).
 
-    R computes ``se_lm / min(1, sigma)`` with ``se_lm = sigma * se_fixed``: the same number
-    for sigma > 0, and written this way an exact fit (sigma = 0) gets the fixed-effect SE,
-    its limit, instead of 0/0.
+    SE = fixed-effect SE x max(1, rse). R computes ``se_lm / min(1, sigma)`` with
+    ``se_lm = sigma * se_fixed``: the same number for sigma > 0; written this way an exact
+    fit (sigma = 0) gets the fixed-effect SE, its limit, instead of 0/0. With
+    ``distribution="t"`` the interval uses the unfloored ``se_lm`` on t(df), and when
+    RSE < 1 the wider of that and the normal interval (an exact fit: the normal one).
+    Returns ``(se, ci_low, ci_high, pvalue)``.
     """
-    se = se_fixed * max(1.0, sigma)
-    lo_n, hi_n, p_n = _interval(est, se, alpha)
-    if distribution == "normal":
-        return se, lo_n, hi_n, p_n
-    se_lm = se_fixed * sigma  # t uses the unfloored lm SE; with RSE >= 1 that is the reported SE anyway
-    if sigma >= 1:
-        return se, *_interval(est, se_lm, alpha, df=df)
-    if se_lm == 0:  # exact fit: the t interval has zero width, so the wider rule gives the normal one
-        return se, lo_n, hi_n, p_n
-    lo_t, hi_t, p_t = _interval(est, se_lm, alpha, df=df)
-    return se, min(lo_t, lo_n), max(hi_t, hi_n), max(p_t, p_n)
+    est, se_fixed, rse = np.asarray(est, float), np.asarray(se_fixed, float), np.asarray(rse, float)
+    se = se_fixed * np.maximum(1.0, rse)
+    zcrit = stats.norm.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi, p = est - zcrit * se, est + zcrit * se, 2 * stats.norm.sf(np.abs(est / se))
+        if distribution == "normal":
+            return se, lo, hi, p
+        t = stats.t(np.asarray(df, float))
+        se_lm = se_fixed * rse
+        tcrit = t.ppf(1 - alpha / 2)
+        p_t = np.where(se_lm > 0, 2 * t.sf(np.abs(est / np.where(se_lm > 0, se_lm, 1.0))), 0.0)
+    wide = rse >= 1  # then se_lm is the reported SE and t alone decides
+    lo = np.where(wide, est - tcrit * se_lm, np.minimum(est - tcrit * se_lm, lo))
+    hi = np.where(wide, est + tcrit * se_lm, np.maximum(est + tcrit * se_lm, hi))
+    return se, lo, hi, np.where(wide, p_t, np.maximum(p_t, p))
 
 
 def egger(
@@ -294,9 +337,10 @@ def egger(
         sigma = float(np.sqrt(np.sum(w * resid**2) / (k - 2)))
         se_fixed = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * w[:, None]))))
     q = float(np.sum(w * (oy - X @ coef) ** 2))
-    se, lo, hi, p = _egger_inference(coef[1], se_fixed[1], sigma, alpha, distribution, k - 2)
-    ise, ilo, ihi, ip = _egger_inference(coef[0], se_fixed[0], sigma, alpha, distribution, k - 2)
-    return MRResult(
+    (se, ise), (lo, ilo), (hi, ihi), (p, ip) = _egger_rule(
+        coef[::-1], se_fixed[::-1], sigma, alpha, distribution, k - 2
+    )
+    return EggerResult(
         "MR-Egger (robust)" if robust else "MR-Egger",
         float(coef[1]),
         float(se),
@@ -429,7 +473,7 @@ def weighted_median(
         _bootstrap(lambda bxb, byb: _weighted_median_rows(byb / bxb, w), bx, bxse, by, byse, n_boot, rng).std(ddof=1)
     )
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha, model=weighting)
+    return MedianResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha, model=weighting)
 
 
 def _bootstrap(stat, bx, bxse, by, byse, n_boot, rng, chunk=2000):
@@ -510,7 +554,7 @@ def mbe(
     )
     se = float(stats.median_abs_deviation(draws, scale="normal"))
     lo, hi, p = _interval(est, se, alpha)
-    return MRResult(
+    return ModeResult(
         f"{weighting.capitalize()} mode",
         est,
         se,
@@ -555,7 +599,9 @@ def per_locus(
     distribution: str = "normal",
     alpha: float = 0.05,
     min_instruments: int | None = None,
-    **kwargs,
+    weighting: str = "weighted",
+    n_boot: int = 10000,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """MR for every locus of a variant table in one pass.
 
@@ -564,185 +610,182 @@ def per_locus(
     ``estimate, se, ci_low, ci_high, pvalue, n_instruments, q, q_df, q_pvalue, rse``
     and, for Egger, ``intercept, intercept_se, intercept_pvalue``, plus ``status``:
     ``"ok"`` or the reason the locus has no estimate (too few instruments,
-    non-finite or non-positive input, all bx zero). One bad locus never affects
-    the others.
+    non-finite or non-positive input, all bx zero, a degenerate fit). One bad locus
+    never affects the others, and no locus is ``"ok"`` with a NaN.
 
-    ``"ivw"`` and ``"egger"`` are vectorised with segment sums and match
-    :func:`ivw` / :func:`egger` with the same options. ``"egger_robust"``,
-    ``"weighted_median"`` and ``"mbe"`` run the scalar estimator per locus
-    (``kwargs`` are passed on).
+    ``"ivw"`` and ``"egger"`` are vectorised kernels over segment sums and match
+    :func:`ivw` / :func:`egger` with the same options (``model`` applies to IVW,
+    ``distribution`` to both). ``"egger_robust"``, ``"weighted_median"`` and ``"mbe"``
+    run the scalar estimator per locus, with ``weighting``, ``n_boot`` and ``seed`` for
+    the last two.
     """
     check_choice(method, "method", tuple(_MIN_K))
     check_choice(model, "model", ("default", "fixed", "random"))
     check_choice(distribution, "distribution", ("normal", "t"))
     alpha = check_alpha(alpha)
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
-    need = [locus, "bx", "bxse", "by", "byse"]
-    missing = [c for c in need if c not in frame.columns]
-    if missing:
-        raise ValueError(f"frame is missing column(s) {missing}; it needs {need}")
-    if len(frame) == 0:
-        raise ValueError("frame is empty: no instruments to analyse")
-    min_k = max(_MIN_K[method], min_instruments or 0)
+    loci = _Loci.from_frame(frame, locus, max(_MIN_K[method], min_instruments or 0))
+    out = pd.DataFrame({locus: loci.labels, "method": method, "n_instruments": loci.k})
+    for c in _PER_LOCUS_COLUMNS[3:-1]:
+        out[c] = np.nan
+    if method == "ivw":
+        _ivw_kernel(loci, out, model, distribution, alpha)
+    elif method == "egger":
+        _egger_kernel(loci, out, distribution, alpha)
+    else:
+        fn = {
+            "egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha),
+            "weighted_median": lambda *a: weighted_median(
+                *a, weighting=weighting, n_boot=n_boot, seed=seed, alpha=alpha
+            ),
+            "mbe": lambda *a: mbe(*a, weighting=weighting, n_boot=n_boot, seed=seed, alpha=alpha),
+        }[method]
+        _scalar_kernel(loci, out, fn)
+    out["status"] = loci.status
+    return _flag_degenerate(out)
 
-    codes, uniq = pd.factorize(frame[locus], sort=False)
-    if (codes < 0).any():
-        raise ValueError(f"column {locus!r} has missing values at row {int(np.flatnonzero(codes < 0)[0])}")
-    n_loci = len(uniq)
-    cols = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bx", "bxse", "by", "byse")}
-    bx, bxse, by, byse = cols["bx"], cols["bxse"], cols["by"], cols["byse"]
 
-    def seg(v):
-        return np.bincount(codes, weights=v, minlength=n_loci)
+@dataclass
+class _Loci:
+    """A variant table cut into loci: the rows' locus codes, the four columns, and each locus's status."""
 
-    k = np.bincount(codes, minlength=n_loci)
-    status = np.full(n_loci, "ok", dtype=object)
-    ok_locus = np.ones(n_loci, dtype=bool)
-    finite = np.isfinite(bx) & np.isfinite(by) & np.isfinite(bxse) & np.isfinite(byse)
-    positive = (bxse > 0) & (byse > 0)
-    weighable = weights_finite(byse)
-    valid_row = finite & positive & weighable
-    if not valid_row.all():
-        # report the first offending row of each locus; non-finite values take precedence
-        rows = np.arange(len(frame))
+    codes: np.ndarray
+    labels: np.ndarray
+    k: np.ndarray
+    bx: np.ndarray
+    bxse: np.ndarray
+    by: np.ndarray
+    byse: np.ndarray
+    status: np.ndarray
+    ok: np.ndarray
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, locus: str, min_k: int) -> _Loci:
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+        need = [locus, "bx", "bxse", "by", "byse"]
+        missing = [c for c in need if c not in frame.columns]
+        if missing:
+            raise ValueError(f"frame is missing column(s) {missing}; it needs {need}")
+        if len(frame) == 0:
+            raise ValueError("frame is empty: no instruments to analyse")
+        codes, labels = pd.factorize(frame[locus], sort=False)
+        if (codes < 0).any():
+            raise ValueError(f"column {locus!r} has missing values at row {int(np.flatnonzero(codes < 0)[0])}")
+        n = len(labels)
+        bx, bxse, by, byse = (
+            frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bx", "bxse", "by", "byse")
+        )
+        k = np.bincount(codes, minlength=n)
+        loci = cls(codes, np.asarray(labels), k, bx, bxse, by, byse, np.full(n, "ok", dtype=object), np.ones(n, bool))
+        finite = np.isfinite(bx) & np.isfinite(by) & np.isfinite(bxse) & np.isfinite(byse)
+        positive = (bxse > 0) & (byse > 0)
+        weighable = weights_finite(byse)
+        valid_row = finite & positive & weighable
+        # the first offending row of each locus is reported; non-finite values take precedence
         for mask, text in (
             (finite & positive & ~weighable, "byse so small that 1/byse^2 overflows"),
             (finite & ~positive, "bxse/byse must be > 0"),
             (~finite, "non-finite bx/bxse/by/byse"),
         ):
             if mask.any():
-                first = np.full(n_loci, -1)
-                bad_rows = rows[mask][::-1]
+                first = np.full(n, -1)
+                bad_rows = np.flatnonzero(mask)[::-1]
                 first[codes[bad_rows]] = bad_rows  # reversed, so the first row of a locus wins
-                hit = first >= 0
-                status[hit] = [f"{text} (row {r})" for r in first[hit]]
-                ok_locus &= ~hit
-    allzero = ok_locus & (np.bincount(codes[valid_row & (bx != 0)], minlength=n_loci) == 0)
-    status[allzero] = "all bx are zero"
-    ok_locus &= ~allzero
-    few = ok_locus & (k < min_k)
-    status[few] = [f"too few instruments ({n} < {min_k})" for n in k[few]]
-    ok_locus &= ~few
+                loci.fail(first >= 0, [f"{text} (row {r})" for r in first[first >= 0]])
+        loci.fail(loci.ok & (np.bincount(codes[valid_row & (bx != 0)], minlength=n) == 0), "all bx are zero")
+        few = loci.ok & (k < min_k)
+        loci.fail(few, [f"too few instruments ({m} < {min_k})" for m in k[few]])
+        return loci
 
-    out = pd.DataFrame({locus: uniq, "method": method, "n_instruments": k})
-    for c in _PER_LOCUS_COLUMNS[3:-1]:
-        out[c] = np.nan
-    out["status"] = status
+    def fail(self, mask: np.ndarray, reason) -> None:
+        """Give the loci in ``mask`` the status ``reason`` (one string, or one per locus)."""
+        self.status[mask] = reason
+        self.ok &= ~mask
 
-    if method in ("ivw", "egger"):
-        if ok_locus.all():
-            x, y, w = bx, by, 1.0 / (byse * byse)
-        else:  # rows of failed loci contribute nothing to the segment sums
-            use = ok_locus[codes]
-            x = np.where(use, bx, 0.0)
-            y = np.where(use, by, 0.0)
-            w = np.where(use, 1.0 / np.where(use, byse * byse, 1.0), 0.0)
-        kk = np.where(ok_locus, k, 0)
-        if method == "ivw":
-            sxx, sxy = seg(w * x * x), seg(w * x * y)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                est = sxy / sxx
-                q = seg(w * (y - est[codes] * x) ** 2)
-                rse = np.sqrt(q / (kk - 1))
-                se = 1 / np.sqrt(sxx)
-            rand = (kk >= 4) if model == "default" else np.full(n_loci, model == "random")
-            se = np.where(rand, se * np.maximum(1.0, rse), se)
-            df = kk - 1
-            est_i = se_i = None
-        else:
-            x, y = np.abs(x), y * np.sign(x)
-            sw, sx, sxx = seg(w), seg(w * x), seg(w * x * x)
-            sy, sxy = seg(w * y), seg(w * x * y)
-            singular = ok_locus & ~_egger_design_ok(sw, sx, sxx)
-            status[singular] = "degenerate: all |bx| are equal (singular Egger design)"
-            ok_locus &= ~singular
-            with np.errstate(divide="ignore", invalid="ignore"):
-                det = sw * sxx - sx * sx
-                est = (sw * sxy - sx * sy) / det
-                est_i = (sy - est * sx) / sw
-                q = seg(w * (y - est_i[codes] - est[codes] * x) ** 2)
-                rse = np.sqrt(q / (kk - 2))
-                inflate = np.maximum(1.0, rse)  # as in egger(): an exact fit keeps the fixed-effect SE
-                se = np.sqrt(sw / det) * inflate
-                se_i = np.sqrt(sxx / det) * inflate
-            df = kk - 2
-        dfarg = np.where(ok_locus, df, 1)
-        if distribution == "normal" or method == "ivw":
-            dist = stats.norm if distribution == "normal" else stats.t(dfarg)
-            crit = dist.ppf(1 - alpha / 2)
-            lo, hi = est - crit * se, est + crit * se
-            p = 2 * dist.sf(np.abs(est / se))
-            ip = 2 * dist.sf(np.abs(est_i / se_i)) if est_i is not None else None
-        else:  # Egger with t: the wider of normal (floored) and t (unfloored) when RSE < 1
-            tcrit = stats.t(dfarg).ppf(1 - alpha / 2)
-            zcrit = stats.norm.ppf(1 - alpha / 2)
-            se_t = np.where(rse >= 1, se, se * rse)
-            lo = np.where(rse >= 1, est - tcrit * se_t, np.minimum(est - tcrit * se_t, est - zcrit * se))
-            hi = np.where(rse >= 1, est + tcrit * se_t, np.maximum(est + tcrit * se_t, est + zcrit * se))
-            p = np.where(
-                rse >= 1,
-                2 * stats.t(dfarg).sf(np.abs(est / se_t)),
-                np.maximum(2 * stats.t(dfarg).sf(np.abs(est / se_t)), 2 * stats.norm.sf(np.abs(est / se))),
-            )
-            sei_t = np.where(rse >= 1, se_i, se_i * rse)
-            ip = np.where(
-                rse >= 1,
-                2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)),
-                np.maximum(2 * stats.t(dfarg).sf(np.abs(est_i / sei_t)), 2 * stats.norm.sf(np.abs(est_i / se_i))),
-            )
-        out["status"] = status
-        m = ok_locus
-        out.loc[m, "estimate"] = est[m]
-        out.loc[m, "se"] = se[m]
-        out.loc[m, "ci_low"] = lo[m]
-        out.loc[m, "ci_high"] = hi[m]
-        out.loc[m, "pvalue"] = p[m]
-        out.loc[m, "q"] = q[m]
-        out.loc[m, "q_df"] = df[m]
-        out.loc[m, "q_pvalue"] = stats.chi2.sf(q[m], df[m])
-        out.loc[m, "rse"] = rse[m]
-        if est_i is not None:
-            out.loc[m, "intercept"] = est_i[m]
-            out.loc[m, "intercept_se"] = se_i[m]
-            out.loc[m, "intercept_pvalue"] = ip[m]
-        return _flag_degenerate(out)
+    def seg(self, v: np.ndarray) -> np.ndarray:
+        """Per-locus sums of a per-row quantity."""
+        return np.bincount(self.codes, weights=v, minlength=self.k.size)
 
-    # estimators without a closed form: one call per locus, failures kept per locus
-    fn = {
-        "egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha, **kwargs),
-        "weighted_median": lambda *a: weighted_median(*a, alpha=alpha, **kwargs),
-        "mbe": lambda *a: mbe(*a, alpha=alpha, **kwargs),
-    }[method]
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(n_loci + 1))
-    for i in np.flatnonzero(ok_locus):
+    def usable_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``bx, by`` and the IVW weights ``1/byse^2``, zero on rows of failed loci (they add nothing to sums)."""
+        if self.ok.all():
+            return self.bx, self.by, 1.0 / (self.byse * self.byse)
+        use = self.ok[self.codes]
+        w = np.where(use, 1.0 / np.where(use, self.byse * self.byse, 1.0), 0.0)
+        return np.where(use, self.bx, 0.0), np.where(use, self.by, 0.0), w
+
+
+def _fill(out: pd.DataFrame, m: np.ndarray, **columns: np.ndarray) -> None:
+    for name, values in columns.items():
+        out.loc[m, name] = values[m]
+
+
+def _ivw_kernel(loci: _Loci, out: pd.DataFrame, model: str, distribution: str, alpha: float) -> None:
+    """IVW for every locus from segment sums (the same numbers as :func:`ivw`)."""
+    x, y, w = loci.usable_rows()
+    kk = np.where(loci.ok, loci.k, 0)
+    sxx, sxy = loci.seg(w * x * x), loci.seg(w * x * y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = sxy / sxx
+        q = loci.seg(w * (y - est[loci.codes] * x) ** 2)
+        rse = np.sqrt(q / (kk - 1))
+        se = 1 / np.sqrt(sxx)
+    rand = (kk >= 4) if model == "default" else np.full(kk.size, model == "random")
+    se = np.where(rand, se * np.maximum(1.0, rse), se)
+    df = kk - 1
+    dist = stats.norm if distribution == "normal" else stats.t(np.where(loci.ok, df, 1))
+    crit = dist.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * dist.sf(np.abs(est / se))
+    m = loci.ok
+    _fill(out, m, estimate=est, se=se, ci_low=est - crit * se, ci_high=est + crit * se, pvalue=p, q=q, q_df=df, rse=rse)
+    out.loc[m, "q_pvalue"] = stats.chi2.sf(q[m], df[m])
+
+
+def _egger_kernel(loci: _Loci, out: pd.DataFrame, distribution: str, alpha: float) -> None:
+    """MR-Egger (least squares) for every locus from segment sums (the same numbers as :func:`egger`)."""
+    x, y, w = loci.usable_rows()
+    x, y = np.abs(x), y * np.sign(x)  # orient every instrument to raise the exposure
+    sw, sx, sxx = loci.seg(w), loci.seg(w * x), loci.seg(w * x * x)
+    sy, sxy = loci.seg(w * y), loci.seg(w * x * y)
+    loci.fail(loci.ok & ~_egger_design_ok(sw, sx, sxx), "degenerate: all |bx| are equal (singular Egger design)")
+    kk = np.where(loci.ok, loci.k, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        det = sw * sxx - sx * sx
+        est = (sw * sxy - sx * sy) / det
+        icpt = (sy - est * sx) / sw
+        q = loci.seg(w * (y - icpt[loci.codes] - est[loci.codes] * x) ** 2)
+        rse = np.sqrt(q / (kk - 2))
+        se_fixed, ise_fixed = np.sqrt(sw / det), np.sqrt(sxx / det)
+    df = np.where(loci.ok, kk - 2, 1)
+    se, lo, hi, p = _egger_rule(est, se_fixed, rse, alpha, distribution, df)
+    ise, _, _, ip = _egger_rule(icpt, ise_fixed, rse, alpha, distribution, df)
+    m = loci.ok
+    _fill(out, m, estimate=est, se=se, ci_low=lo, ci_high=hi, pvalue=p, q=q, q_df=df, rse=rse)
+    _fill(out, m, intercept=icpt, intercept_se=ise, intercept_pvalue=ip)
+    out.loc[m, "q_pvalue"] = stats.chi2.sf(q[m], df[m])
+
+
+def _scalar_kernel(loci: _Loci, out: pd.DataFrame, fn: Callable) -> None:
+    """Estimators without a closed form: one call per usable locus, a failed fit marks only its locus."""
+    order = np.argsort(loci.codes, kind="stable")
+    bounds = np.searchsorted(loci.codes[order], np.arange(loci.k.size + 1))
+    columns = ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse")
+    for i in np.flatnonzero(loci.ok):
         idx = order[bounds[i] : bounds[i + 1]]
         try:
-            res = fn(bx[idx], bxse[idx], by[idx], byse[idx])
-        except ValueError as exc:  # inputs passed the checks above, so this is a degenerate fit
-            out.loc[i, "status"] = f"degenerate: {exc}"
+            res = fn(loci.bx[idx], loci.bxse[idx], loci.by[idx], loci.byse[idx])
+        except ValueError as exc:  # inputs passed the checks, so this is a degenerate fit
+            loci.status[i] = f"degenerate: {exc}"
             continue
         if not (np.isfinite(res.se) and res.se > 1e-12 * max(1.0, abs(res.estimate))):
             # e.g. every bootstrap draw gave the same mode: no usable uncertainty
-            out.loc[i, "status"] = f"degenerate: SE is {res.se}"
+            loci.status[i] = f"degenerate: SE is {res.se}"
             continue
-        for c in (
-            "estimate",
-            "se",
-            "ci_low",
-            "ci_high",
-            "pvalue",
-            "q",
-            "q_pvalue",
-            "rse",
-            "intercept",
-            "intercept_se",
-            "intercept_pvalue",
-        ):
-            out.loc[i, c] = getattr(res, c)
-        out.loc[i, "q_df"] = res.q_df if np.isfinite(res.q) else np.nan
-    return _flag_degenerate(out)
+        for c in (*columns, "intercept", "intercept_se", "intercept_pvalue"):
+            out.loc[i, c] = getattr(res, c, np.nan)  # fields a method does not have stay NaN in the table
+        if np.isfinite(getattr(res, "q", np.nan)):
+            out.loc[i, "q_df"] = res.q_df
 
 
 def _flag_degenerate(out: pd.DataFrame) -> pd.DataFrame:

@@ -35,7 +35,8 @@ def all_pairs(
     min_loci: int = 2,
     truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
     pairs: Sequence[tuple[int, int]] | None = None,
-    **mr_kwargs,
+    n_boot: int = 10000,
+    seed: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Local and global MR effects for every ordered pair of outputs.
 
@@ -51,7 +52,8 @@ def all_pairs(
         more than the outcome; outputs on one scale) or ``(T,)`` per-output scales (e.g. SDs
         across sequences) to compare outputs in different units; it sets the selection's
         ``steiger`` for each pair. See :class:`~deepmr_utils.instruments.Selection`.
-    method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`.
+    method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`; ``n_boot`` and ``seed``
+        go to it for the weighted median and the mode.
     truth : optional ``truth(selected_table, exposure, outcome)`` returning
         ``locus, theta`` (the true local effects); adds ``theta`` and ``truth`` columns.
     pairs : ``None`` (all ordered pairs) or a list of ``(exposure, outcome)`` indices.
@@ -94,7 +96,7 @@ def all_pairs(
         if len(chosen) == 0:
             rows.append(row)
             continue
-        local = mr.per_locus(chosen, method, **mr_kwargs)
+        local = mr.per_locus(chosen, method, n_boot=n_boot, seed=seed)
         if truth is not None:
             local = local.merge(truth(chosen, e, o), on="locus", how="left")
         local.insert(0, "exposure", names[e])

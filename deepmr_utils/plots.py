@@ -81,7 +81,7 @@ def mr_scatter(
     hi = float(np.max(bx + 1.96 * bxse))
     xs = np.linspace(lo, hi, 50)
     for i, res in enumerate(results):
-        icpt = res.intercept if np.isfinite(res.intercept) else 0.0
+        icpt = getattr(res, "intercept", 0.0)  # only Egger has one
         ax.plot(
             xs,
             icpt + res.estimate * xs,

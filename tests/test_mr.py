@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmr_utils import mr
+from deepmr_utils import mr, simulate
 
 EXACT = 1e-8  # analytic estimates and SEs
 PVAL = 1e-6  # p-values (tail areas; scipy vs R's pnorm/pt)
@@ -481,3 +481,29 @@ def test_degenerate_fits_raise_or_are_flagged():
     egger = mr.per_locus(frame, "egger")
     assert egger.status[1] == "ok" and egger.se[1] == pytest.approx(fixed)
     assert mr.per_locus(frame, "egger_robust").status[1].startswith("degenerate: ")
+
+
+def test_one_result_class_per_method_with_a_common_base():
+    from dataclasses import fields
+
+    from deepmr_utils import meta
+    from deepmr_utils.results import Estimate
+
+    v, _ = simulate.summary_statistics(1, 30, seed=3)
+    a = (v.bx, v.bxse, v.by, v.byse)
+    got = {
+        mr.IVWResult: mr.ivw(*a),
+        mr.EggerResult: mr.egger(*a),
+        mr.MedianResult: mr.weighted_median(*a, n_boot=200),
+        mr.ModeResult: mr.mbe(*a, n_boot=200),
+        mr.WaldResult: mr.wald_ratio(1.0, 0.1, 2.0, 0.1),
+    }
+    for cls, res in got.items():
+        assert type(res) is cls and isinstance(res, mr.MRResult) and isinstance(res, Estimate)
+        assert not any(f.name.startswith("intercept") for f in fields(res)) or cls is mr.EggerResult
+        line = repr(res)
+        assert "\n" not in line and f"K={res.n_instruments}" in line and "nan" not in line.lower()
+    assert not hasattr(got[mr.IVWResult], "intercept") and not hasattr(got[mr.MedianResult], "q")
+    assert "intercept" in repr(got[mr.EggerResult]) and "Q=" in repr(got[mr.IVWResult])
+    pooled = meta.random_effects([1.0, 2.0, 3.0], [0.5, 0.5, 0.5])
+    assert isinstance(pooled, Estimate) and pooled.to_dict()["k"] == 3

@@ -1,0 +1,44 @@
+"""The base of every result object: a point estimate with its SE, confidence interval and p-value.
+
+MR estimators (:mod:`deepmr_utils.mr`) return one subclass per method, each with only
+the fields that method has (as MendelianRandomization does); meta-analyses
+(:mod:`deepmr_utils.meta`) return :class:`~deepmr_utils.meta.MetaResult`. All print
+in one line and convert with :meth:`Estimate.to_dict` (e.g. into a ``pandas`` row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass, fields
+
+__all__ = ["Estimate"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """``estimate`` with ``se``, the ``1 - alpha`` interval ``ci_low`` to ``ci_high`` and ``pvalue``."""
+
+    method: str
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    pvalue: float
+    _: KW_ONLY
+    alpha: float = 0.05
+
+    def _details(self) -> str:
+        """What a subclass adds to the one-line summary (after the p-value)."""
+        return ""
+
+    def __repr__(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return (
+            f"{self.method}: {self.estimate:.4g} (SE {self.se:.4g}, {level}% CI "
+            f"{self.ci_low:.4g} to {self.ci_high:.4g}, p={self.pvalue:.3g}{self._details()})"
+        )
+
+    __str__ = __repr__
+
+    def to_dict(self) -> dict:
+        """Every field by name, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
