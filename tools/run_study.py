@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _commit() -> str:
+    """The commit the code ran from, marked ``-dirty`` if tracked files differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout
         return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     n_jobs = args.n_jobs or (1 if cuda else max(1, os.cpu_count() or 1))
     sizes = config.sizes("simulation", args.scale).study
+    commit = _commit()  # before the run: the code that computes the rounds
     start = time.time()
     rounds = simulation_study.run_study(
         args.rounds,
@@ -75,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     provenance = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": commit,
         "device": f"{device}, {n_jobs} process(es), {os.cpu_count()} cores visible",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": round(wall),
-        "note": "wall time of this invocation; rounds found in the run folder were reused",
+        "note": "commit and wall time of this invocation; rounds already in the run folder were reused, not rerun",
         "rounds_per_scenario": args.rounds,
         "scenarios": args.scenarios,
         "seed": args.seed,
