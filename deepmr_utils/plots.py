@@ -17,6 +17,7 @@ from ._types import ArrayLike
 from ._validate import as_1d
 from .mr import MRResult, ratio_se
 from .train import History
+from .uncertainty import miscalibration_area
 
 __all__ = [
     "mr_scatter",
@@ -289,7 +290,7 @@ def coverage(frames: dict, *, ax: Axes | None = None) -> Axes:
             f.observed,
             color=_COLORS[i % len(_COLORS)],
             lw=2,
-            label=f"{label} (area {f.attrs.get('miscalibration_area', np.nan):.2f})",
+            label=f"{label} (area {miscalibration_area(f):.2f})",
         )
     ax.set_xlabel("expected coverage")
     ax.set_ylabel("observed coverage")

@@ -38,7 +38,7 @@ from scipy.optimize import isotonic_regression
 
 from ._types import ArrayLike, Positions, Sequences
 
-__all__ = ["paired_effects", "VarianceScaling", "IsotonicCalibration", "coverage_curve"]
+__all__ = ["paired_effects", "VarianceScaling", "IsotonicCalibration", "coverage_curve", "miscalibration_area"]
 
 
 def _np(a) -> np.ndarray:
@@ -317,8 +317,8 @@ def coverage_curve(
     """Expected vs observed coverage of central Gaussian predictive intervals.
 
     Give either ``members`` ``(n, M)`` or ``mu``/``sigma``, and observed ``y``.
-    Returns a frame with ``expected`` and ``observed`` coverage per level and the
-    miscalibration area (mean absolute gap) in ``attrs["miscalibration_area"]``.
+    Returns a frame with ``expected`` and ``observed`` coverage per level; summarise it
+    with :func:`miscalibration_area`.
     """
     if members is not None:
         members = _np(members).astype(np.float64)
@@ -333,5 +333,10 @@ def coverage_curve(
     half = stats.norm.ppf(0.5 + levels / 2)
     observed = (z[None, :] <= half[:, None]).mean(axis=1)
     frame = pd.DataFrame({"expected": levels, "observed": observed})
-    frame.attrs["miscalibration_area"] = float(np.mean(np.abs(observed - levels)))
     return frame
+
+
+def miscalibration_area(curve: pd.DataFrame) -> float:
+    """Mean absolute gap between observed and expected coverage of a :func:`coverage_curve` frame
+    (0 for perfect calibration; Kuleshov et al. 2018, Tran et al. 2020)."""
+    return float(np.mean(np.abs(curve.observed.to_numpy() - curve.expected.to_numpy())))
