@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	rm -rf _build
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --keep-going
 	@test -f _build/html/index.html
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
@@ -37,14 +37,19 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# make test never touches the user's book or results: it builds into _build/quick and writes tables to
+# _build/quick/results (DEEPMR_RESULTS), so the output of `make book` survives it
+QUICK := _build/quick
+
 notebooks: $(STAMP)
-	DEEPMR_SCALE=quick $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg book/
 
 book-quick: $(STAMP)
-	rm -rf _build
-	DEEPMR_SCALE=quick $(BIN)/jupyter-book build . -W -n --keep-going
-	@test -f _build/html/index.html
+	rm -rf $(QUICK)/_build
+	DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/jupyter-book build . -W -n --keep-going \
+		--path-output $(QUICK)
+	@test -f $(QUICK)/_build/html/index.html
 
 # the simulation study at full length (50 rounds per scenario; resumable); writes book/data/simulation_study.*
 study: $(STAMP)

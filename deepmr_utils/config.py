@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,6 +148,20 @@ def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSiz
     from .train import TrainConfig
 
     return BPNetSizes(scale=scale, **{**row, "train": TrainConfig(**row["train"])})
+
+
+RESULTS_VAR = "DEEPMR_RESULTS"
+
+
+def results_dir(chapter: str) -> Path:
+    """Where ``chapter`` writes its tables: ``$DEEPMR_RESULTS/<chapter>``, by default ``results/<chapter>``
+    at the repository root (``make test`` points it at its own folder, so it never overwrites the
+    results of ``make book``). The folder is created."""
+    root = os.environ.get(RESULTS_VAR)
+    base = Path(root) if root else Path(__file__).resolve().parents[1] / "results"
+    folder = base / chapter
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def set_seed(seed: int) -> np.random.Generator:

@@ -55,3 +55,10 @@ def test_claims_report_margins_and_every_failure(capsys):
         claims.check([("first", 0.5, ">", 0.6), ("second", 2, ">=", 2), ("third", float("nan"), "<", 1)])
     with pytest.raises(ValueError, match="op must be one of"):
         claims.check([("bad", 1, "==", 1)])
+
+
+def test_results_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPMR_RESULTS", str(tmp_path / "quick"))
+    assert config.results_dir("bpnet") == tmp_path / "quick" / "bpnet" and (tmp_path / "quick" / "bpnet").is_dir()
+    monkeypatch.delenv("DEEPMR_RESULTS")
+    assert config.results_dir("bpnet").parts[-2:] == ("results", "bpnet")
