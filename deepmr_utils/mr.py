@@ -13,7 +13,7 @@ sequence and its instruments are in-silico mutations of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
@@ -22,7 +22,15 @@ from scipy import stats
 
 from . import _robust
 from ._types import ArrayLike
-from ._validate import check_alpha, check_choice, check_nonzero_bx, summary_stats, weights_finite
+from ._validate import (
+    as_1d,
+    check_alpha,
+    check_choice,
+    check_nonzero_bx,
+    check_positive,
+    summary_stats,
+    weights_finite,
+)
 from .results import Estimate
 
 __all__ = [
@@ -32,6 +40,8 @@ __all__ = [
     "EggerResult",
     "MedianResult",
     "ModeResult",
+    "MultivariableResult",
+    "multivariable",
     "Heterogeneity",
     "wald_ratio",
     "ivw",
@@ -564,6 +574,143 @@ def mbe(
         k,
         alpha=alpha,
         model=f"{weighting}, {stderror} SE, phi={phi:g}",
+    )
+
+
+# --------------------------------------------------------------------------- multivariable
+
+
+@dataclass(frozen=True, repr=False)
+class MultivariableResult(Estimate):
+    """Multivariable MR: ``estimate``, ``se``, ``ci_low``, ``ci_high`` and ``pvalue`` are arrays with one
+    direct effect per exposure (named in ``exposures``), each adjusted for the others."""
+
+    n_instruments: int
+    exposures: tuple[str, ...]
+    _: KW_ONLY
+    model: str = ""
+    distribution: str = "normal"
+    q: float = _NAN
+    q_df: int = 0
+    q_pvalue: float = _NAN
+    rse: float = _NAN
+    intercept: float = _NAN
+    intercept_se: float = _NAN
+    intercept_pvalue: float = _NAN
+    orientate: int = 0
+
+    def __repr__(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        parts = "; ".join(
+            f"{name} {e:.4g} (SE {s:.4g}, {level}% CI {lo:.4g} to {hi:.4g}, p={p:.3g})"
+            for name, e, s, lo, hi, p in zip(
+                self.exposures, self.estimate, self.se, self.ci_low, self.ci_high, self.pvalue
+            )
+        )
+        icpt = f", intercept {self.intercept:.3g} (SE {self.intercept_se:.3g})" if np.isfinite(self.intercept) else ""
+        return f"{self.method}: {parts} (K={self.n_instruments}{icpt}, Q={self.q:.4g} on {self.q_df} df)"
+
+    __str__ = __repr__
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per exposure: ``exposure, estimate, se, ci_low, ci_high, pvalue``."""
+        return pd.DataFrame(
+            {
+                "exposure": self.exposures,
+                "estimate": self.estimate,
+                "se": self.se,
+                "ci_low": self.ci_low,
+                "ci_high": self.ci_high,
+                "pvalue": self.pvalue,
+            }
+        )
+
+
+def multivariable(
+    bx: ArrayLike,
+    by: ArrayLike,
+    byse: ArrayLike,
+    *,
+    method: str = "ivw",
+    model: str = "default",
+    distribution: str = "normal",
+    orientate: int = 1,
+    exposures: Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> MultivariableResult:
+    """Multivariable MR (Burgess & Thompson 2015; MVMR-Egger, Rees et al. 2017) of ``by`` on several exposures.
+
+    ``bx``: ``(n_variants, n_exposures)`` variant-exposure associations; ``by``, ``byse``:
+    ``(n_variants,)``. The direct effect of each exposure is the coefficient of a weighted
+    regression of ``by`` on the columns of ``bx`` (weights ``byse^-2``), without an intercept
+    for ``method="ivw"`` (R ``mr_mvivw``) and with one for ``"egger"`` (``mr_mvegger``, after
+    orienting every variant so that its association with exposure ``orientate`` (1-based) is
+    positive). SEs follow MendelianRandomization: ``model="fixed"`` is the fixed-effect SE,
+    ``"random"`` multiplies it by max(1, residual SE); ``"default"`` is fixed with at most
+    ``n_exposures + 1`` variants (IVW) and random otherwise (always random for Egger).
+    ``distribution="t"`` takes intervals and p-values from t(n - parameters).
+    In DeepMR, a second exposure is e.g. the model's output for a confounding TF: adjusting
+    for it removes the part of the outcome effect that flows through it.
+    """
+    check_choice(method, "method", ("ivw", "egger"))
+    check_choice(model, "model", ("default", "fixed", "random"))
+    check_choice(distribution, "distribution", ("normal", "t"))
+    alpha = check_alpha(alpha)
+    X = np.asarray(bx, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"bx must be (n_variants, n_exposures), got shape {X.shape}")
+    n, m = X.shape
+    y, s = as_1d(by, "by"), as_1d(byse, "byse")
+    if y.size != n or s.size != n:
+        raise ValueError(f"bx has {n} variants but by has {y.size} and byse {s.size}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all() and np.isfinite(s).all()):
+        raise ValueError("bx, by and byse must be finite")
+    check_positive(s, "byse")
+    names = tuple(exposures) if exposures is not None else tuple(f"exposure {j + 1}" for j in range(m))
+    if len(names) != m:
+        raise ValueError(f"exposures has {len(names)} names for {m} columns of bx")
+    p = m + (method == "egger")
+    if n <= p:
+        raise ValueError(f"multivariable {method} needs more variants ({n}) than parameters ({p})")
+    if method == "egger":
+        if not 1 <= orientate <= m:
+            raise ValueError(f"orientate must be an exposure number in 1..{m}, got {orientate}")
+        sign = np.where(X[:, orientate - 1] < 0, -1.0, 1.0)
+        X, y = X * sign[:, None], y * sign
+        X = np.column_stack([np.ones(n), X])
+    w = s**-2
+    xtwx = X.T @ (X * w[:, None])
+    if np.linalg.cond(xtwx) > 1e12:
+        raise ValueError("the exposures' associations are (nearly) collinear: their effects cannot be separated")
+    coef = np.linalg.solve(xtwx, X.T @ (w * y))
+    q = float(np.sum(w * (y - X @ coef) ** 2))
+    df = n - p
+    rse = float(np.sqrt(q / df))
+    if model == "default":
+        model = "random" if method == "egger" or n > m + 1 else "fixed"
+    se = np.sqrt(np.diag(np.linalg.inv(xtwx))) * (max(1.0, rse) if model == "random" else 1.0)
+    lo, hi, pv = _interval(coef, se, alpha, df=df if distribution == "t" else None)
+    k = 1 if method == "egger" else 0
+    return MultivariableResult(
+        "Multivariable MR-Egger" if method == "egger" else "Multivariable IVW",
+        coef[k:],
+        se[k:],
+        lo[k:],
+        hi[k:],
+        np.asarray(pv)[k:],
+        n,
+        names,
+        alpha=alpha,
+        model=model,
+        distribution=distribution,
+        q=q,
+        q_df=df,
+        q_pvalue=float(stats.chi2.sf(q, df)),
+        rse=rse,
+        intercept=float(coef[0]) if k else _NAN,
+        intercept_se=float(se[0]) if k else _NAN,
+        intercept_pvalue=float(np.asarray(pv)[0]) if k else _NAN,
+        orientate=orientate if k else 0,
     )
 
 
