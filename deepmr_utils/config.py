@@ -153,13 +153,16 @@ def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSiz
 RESULTS_VAR = "DEEPMR_RESULTS"
 
 
-def results_dir(chapter: str) -> Path:
-    """Where ``chapter`` writes its tables: ``$DEEPMR_RESULTS/<chapter>``, by default ``results/<chapter>``
-    at the repository root (``make test`` points it at its own folder, so it never overwrites the
-    results of ``make book``). The folder is created."""
+def results_root() -> Path:
+    """``$DEEPMR_RESULTS``, by default ``results/`` at the repository root (``make test`` points it at
+    its own folder, so it never overwrites the results of ``make book``)."""
     root = os.environ.get(RESULTS_VAR)
-    base = Path(root) if root else Path(__file__).resolve().parents[1] / "results"
-    folder = base / chapter
+    return Path(root) if root else Path(__file__).resolve().parents[1] / "results"
+
+
+def results_dir(chapter: str) -> Path:
+    """Where ``chapter`` writes its tables, ``results_root() / chapter``; the folder is created."""
+    folder = results_root() / chapter
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
