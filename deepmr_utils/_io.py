@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,3 +36,25 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fsync_write(tmp, data)
     replace(tmp, path)
+
+
+def open_pinned(out, manifest: str, pins: dict, info: dict, *, refusal: str, unreadable: str) -> Path | None:
+    """The run folder ``out`` (``None`` stays ``None``), created if needed, whose ``manifest`` file pins
+    the run: written atomically with ``pins`` and ``info`` on first use; on a later use its ``pins``
+    must match, else ``ValueError`` naming the folder and ``refusal`` (a crash-truncated manifest:
+    ``unreadable``). ``info`` is recorded but not compared."""
+    if out is None:
+        return None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / manifest
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is unreadable ({exc}); {unreadable}") from None
+        if any(stored.get(k) != json.loads(json.dumps(v)) for k, v in pins.items()):
+            raise ValueError(f"{folder} {refusal}")
+    else:
+        write_atomic(path, json.dumps({**pins, **info}, indent=1, sort_keys=True).encode())
+    return folder

@@ -20,12 +20,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .simulation_study import StudySizes
-from .train import TrainConfig
+if TYPE_CHECKING:  # sizes() imports them when called, so importing config does not load the study's stack
+    from .simulation_study import StudySizes
+    from .train import TrainConfig
 
 SCALES = ("quick", "default", "paper")
 ENV_VAR = "DEEPMR_SCALE"
@@ -140,7 +142,7 @@ def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSiz
     if chapter == "method":
         return MethodSizes(scale=scale, **row)
     if chapter == "simulation":
-        from .simulation_study import StudySizes  # config stays importable without the study's torch stack
+        from .simulation_study import StudySizes
 
         return SimulationSizes(
             scale=scale, rounds=row["rounds"], n_jobs=row["n_jobs"], study=StudySizes(**row["study"])
@@ -168,15 +170,10 @@ def results_dir(chapter: str) -> Path:
 
 
 def set_seed(seed: int) -> np.random.Generator:
-    """Seed Python, NumPy and torch (if imported) and return a NumPy Generator."""
+    """Seed Python, NumPy and torch, and return a NumPy Generator."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep seeding usable
-        pass
-    else:
-        torch.manual_seed(seed)
+    torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
 

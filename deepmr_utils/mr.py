@@ -26,6 +26,7 @@ from ._validate import (
     as_1d,
     check_alpha,
     check_choice,
+    check_finite,
     check_nonzero_bx,
     check_positive,
     summary_stats,
@@ -663,8 +664,8 @@ def multivariable(
     y, s = as_1d(by, "by"), as_1d(byse, "byse")
     if y.size != n or s.size != n:
         raise ValueError(f"bx has {n} variants but by has {y.size} and byse {s.size}")
-    if not (np.isfinite(X).all() and np.isfinite(y).all() and np.isfinite(s).all()):
-        raise ValueError("bx, by and byse must be finite")
+    for arr, name in ((X.ravel(), "bx (flattened row by row)"), (y, "by"), (s, "byse")):
+        check_finite(arr, name)
     check_positive(s, "byse")
     names = tuple(exposures) if exposures is not None else tuple(f"exposure {j + 1}" for j in range(m))
     if len(names) != m:

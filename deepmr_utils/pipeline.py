@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from . import instruments
-from ._io import replace, write_atomic
+from ._io import open_pinned, replace
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
 from ._types import ArrayLike, Device, Models, Positions, Sequences
 from .ism import resolve_positions, saturation_mutagenesis
@@ -140,27 +139,16 @@ def _fingerprint(X: torch.Tensor, models, payload: dict) -> str:
 
 def _open_run(out, fp: str, info: dict) -> Path | None:
     """The run folder, with a manifest that pins the inputs; a different run there is refused."""
-    if out is None:
-        return None
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / "manifest.json"
-    if manifest.exists():
-        try:
-            stored = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(
-                f"{manifest} is unreadable ({exc}); it was probably cut short by a crash. Delete that file and "
-                "rerun: finished chunks carry their run's fingerprint, so only matching ones are reused"
-            ) from None
-        if stored.get("fingerprint") != fp:
-            raise ValueError(
-                f"{folder} holds a different run (other sequences, models, outputs or options); "
-                "use a new out folder or delete it"
-            )
-    else:
-        write_atomic(manifest, json.dumps({"fingerprint": fp, **info}, indent=1).encode())
-    return folder
+    return open_pinned(
+        out,
+        "manifest.json",
+        {"fingerprint": fp},
+        info,
+        refusal="holds a different run (other sequences, models, outputs or options); "
+        "use a new out folder or delete it",
+        unreadable="it was probably cut short by a crash. Delete that file and rerun: finished chunks carry their "
+        "run's fingerprint, so only matching ones are reused",
+    )
 
 
 def _write_chunk(path: Path, fp: str, index: int, value) -> None:

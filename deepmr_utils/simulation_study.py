@@ -22,13 +22,11 @@ to the paper's ±2τ band.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from . import meta, mr, pipeline, simulate, train
-from ._io import write_atomic
+from ._io import open_pinned, write_atomic
 from ._types import Models
 from .instruments import Selection
 from .models import PooledRegressor
@@ -54,6 +52,7 @@ __all__ = [
     "fidelity",
     "run_round",
     "effect_coverage",
+    "fit_calibration",
     "run_study",
     "summarize",
 ]
@@ -181,8 +180,11 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
     }
 
 
-def _calibrator(calibration: str, models, cal: dict):
-    """The SE calibration, fitted on the held-out calibration sequences' labels."""
+def fit_calibration(
+    calibration: str, models: Models, cal: dict
+) -> VarianceScaling | IsotonicCalibration | None:
+    """The SE calibration named ``calibration`` (see :func:`run_round`), fitted on the labels of the
+    held-out calibration sequences ``cal`` (a ``sample`` dict); ``None`` for ``"none"``."""
     if calibration == "none":
         return None
     members = predict(models, cal["X"]).numpy()  # (n, M, 2)
@@ -250,7 +252,7 @@ def run_round(
         device=device,
         progress=False,
     )
-    calibrator = _calibrator(calibration, models, cal)
+    calibrator = fit_calibration(calibration, models, cal)
 
     mutate = np.flatnonzero(np.isin(test["config"], (1, 3)))  # test sequences with the exposure motif
     Xm, b_conf = test["X"][mutate], test["b_conf"][mutate]
@@ -341,7 +343,7 @@ def effect_coverage(details: dict, calibration: str, *, threshold: float = 3.0) 
     from .uncertainty import coverage_curve
 
     gen, models, test, mutated = details["generator"], details["models"], details["test"], details["mutated"]
-    calibrator = _calibrator(calibration, models, details["calibration_data"])
+    calibrator = fit_calibration(calibration, models, details["calibration_data"])
     Xm, b_conf = test["X"][mutated], test["b_conf"][mutated]
     table = pipeline.variant_effects(
         models, Xm, exposure=0, outcome=1, calibration=calibrator, select=Selection("all"), progress=False
@@ -391,7 +393,14 @@ def run_study(
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         raise ValueError(f"unknown scenarios {bad}; known: {SCENARIOS}")
-    folder = _open_study(out, {"seed": seed, "sizes": asdict(sizes), "calibration": calibration})
+    folder = open_pinned(
+        out,
+        "study.json",
+        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration},
+        {},
+        refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
+        unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
+    )
     jobs, done = [], {}
     for scenario in scenarios:
         for r in range(rounds):
@@ -427,23 +436,6 @@ def run_study(
         frame.insert(2, "round", r)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def _open_study(out, settings: dict) -> Path | None:
-    if out is None:
-        return None
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    pinned = folder / "study.json"
-    text = json.dumps(settings, indent=1, sort_keys=True)
-    if pinned.exists():
-        if json.loads(pinned.read_text()) != json.loads(text):
-            raise ValueError(
-                f"{folder} holds rounds of a study with other settings ({pinned}); use a new folder or delete it"
-            )
-    else:
-        write_atomic(pinned, text.encode())
-    return folder
 
 
 def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.DataFrame:

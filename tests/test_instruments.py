@@ -5,23 +5,10 @@ import pandas as pd
 import pytest
 
 from deepmr_utils import instruments, uncertainty
-from deepmr_utils import sequence as sq
 
 
-def _toy_pred():
-    """ISM tensor for one sequence 'AC' with 3 members and 2 outputs, by hand."""
-    X = sq.one_hot("AC")
-    pred = np.zeros((1, 3, 2, 4, 2))
-    ref = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # member x output
-    pred[0] = ref[:, None, None, :]
-    # position 0, base G (mutant): differences 1, 2, 3 on output 0 and -1, -1, -1 on output 1
-    pred[0, :, 0, 2, 0] = ref[:, 0] + [1, 2, 3]
-    pred[0, :, 0, 2, 1] = ref[:, 1] - 1
-    return pred, X
-
-
-def test_variant_table_and_selection():
-    pred, X = _toy_pred()
+def test_variant_table_and_selection(toy_pred):
+    pred, X = toy_pred
     eff, se = uncertainty.paired_effects(pred, X)
     t = instruments.variant_table(eff, se, X, exposure=0, outcome=1, loci=["seqA"], output_names=["x", "y"])
     assert list(t.columns) == instruments.COLUMNS and len(t) == 6

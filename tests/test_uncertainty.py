@@ -9,20 +9,8 @@ from deepmr_utils import instruments, uncertainty
 from deepmr_utils import sequence as sq
 
 
-def _toy_pred():
-    """ISM tensor for one sequence 'AC' with 3 members and 2 outputs, by hand."""
-    X = sq.one_hot("AC")
-    pred = np.zeros((1, 3, 2, 4, 2))
-    ref = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])  # member x output
-    pred[0] = ref[:, None, None, :]
-    # position 0, base G (mutant): differences 1, 2, 3 on output 0 and -1, -1, -1 on output 1
-    pred[0, :, 0, 2, 0] = ref[:, 0] + [1, 2, 3]
-    pred[0, :, 0, 2, 1] = ref[:, 1] - 1
-    return pred, X
-
-
-def test_paired_effects_by_hand():
-    pred, X = _toy_pred()
+def test_paired_effects_by_hand(toy_pred):
+    pred, X = toy_pred
     eff, se = uncertainty.paired_effects(pred, X)
     assert eff.shape == se.shape == (1, 2, 4, 2)
     assert eff[0, 0, 2, 0] == pytest.approx(2.0) and se[0, 0, 2, 0] == pytest.approx(1.0)  # sd(1,2,3), ddof 1
