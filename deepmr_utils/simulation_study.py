@@ -180,9 +180,7 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
     }
 
 
-def fit_calibration(
-    calibration: str, models: Models, cal: dict
-) -> VarianceScaling | IsotonicCalibration | None:
+def fit_calibration(calibration: str, models: Models, cal: dict) -> VarianceScaling | IsotonicCalibration | None:
     """The SE calibration named ``calibration`` (see :func:`run_round`), fitted on the labels of the
     held-out calibration sequences ``cal`` (a ``sample`` dict); ``None`` for ``"none"``."""
     if calibration == "none":
