@@ -1,0 +1,611 @@
+"""Exact windowed ISM for any traceable PyTorch model (the engine behind ``fast=True``).
+
+A single-base substitution changes a convolutional network only inside the
+receptive-field cone of the edited position. :class:`WindowedModel` captures a model
+with ``torch.fx``, runs every reference once and keeps every intermediate activation,
+then evaluates a batch of mutants that differ from their reference on one window of
+the input by carrying, through each operation, only the window where the mutants'
+activations can differ from the reference's (fastISM, Nair et al. 2022; tangermeme's
+``fast=True``):
+
+* **local** operations keep a window: convolutions and pooling along the length axis
+  (any kernel, stride, dilation, padding) widen it by their cone; elementwise maps,
+  eval-mode BatchNorm / Dropout and sums or products of local tensors keep or unite
+  it; cropping shifts it;
+* **linear global** operations are updated from the window alone: a mean or sum over
+  the length axis (``ref + sum(window - ref_window)``) and a dense layer over the
+  flattened ``(C, L)`` features (``ref + W[:, :, window] . delta``, as in
+  DeepSEA/Beluga), so a dense head costs ``C * w`` rather than ``C * L`` per output;
+* anything else (attention, a max over the length, a reshape the engine does not
+  know) gets the full tensor, rebuilt from the reference cache and the window, and
+  runs as usual from there on; still exact, only slower. The first such operation
+  is reported by :attr:`WindowedModel.fallback`.
+
+Tensors whose length axis is not the last one (a transpose to ``(B, L, C)``) count as
+"anything else". A model that ``torch.fx`` cannot trace (data-dependent control flow)
+raises :class:`TraceError`; :func:`deepmr_utils.ism.saturation_mutagenesis` then uses
+the plain path with one warning.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import namedtuple
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["WindowedModel", "TraceError"]
+
+
+class TraceError(RuntimeError):
+    """``torch.fx`` could not capture the model."""
+
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.PReLU, nn.Sigmoid, nn.Tanh,
+    nn.Softplus, nn.Mish, nn.Hardtanh, nn.Threshold, nn.Identity, nn.Dropout, nn.BatchNorm1d,
+)  # fmt: skip
+_POINTWISE_FUNCTIONS = {
+    torch.relu, F.relu, F.gelu, F.silu, F.elu, F.leaky_relu, F.softplus, F.threshold, F.dropout,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.exp, torch.log, torch.log1p, torch.abs,
+    torch.square, torch.sqrt, operator.neg, torch.neg, torch.clamp, torch.clip, F.mish, F.hardtanh,
+}  # fmt: skip
+_POINTWISE_METHODS = {
+    "relu", "sigmoid", "tanh", "exp", "log", "log1p", "abs", "square", "sqrt", "neg", "clamp", "clip",
+    "float", "contiguous",
+}  # fmt: skip
+_BINARY = {
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
+    torch.div, torch.maximum, torch.minimum, operator.iadd, operator.imul,
+}  # fmt: skip
+_BINARY_METHODS = {"add", "sub", "mul", "div"}
+
+
+@dataclass
+class _Win:
+    """A per-mutant tensor equal to reference ``node``'s activation except on ``[a, b)`` of its
+    last (length) axis, where it is ``t`` (shape ``(B, ..., b - a)``)."""
+
+    t: torch.Tensor
+    a: int
+    b: int
+    node: str
+
+
+@dataclass
+class _Flat:
+    """``flatten(win, 1)`` of a ``(B, C, L)`` window, kept unflattened for a dense layer."""
+
+    win: _Win
+
+
+def _map(v, fn):
+    """``fn`` over the leaves of plain tuples, lists and dicts (fx's own mapper would also open
+    tuple subclasses such as ``torch.return_types.max`` and lose their fields)."""
+    if type(v) is tuple:
+        return tuple(_map(x, fn) for x in v)
+    if isinstance(v, list):  # fx's immutable_list included
+        return [_map(x, fn) for x in v]
+    if isinstance(v, dict):
+        return {k: _map(x, fn) for k, x in v.items()}
+    return fn(v)
+
+
+_MaxOut = namedtuple("_MaxOut", ["values", "indices"])  # indices are not tracked (None)
+
+
+class _Dense:
+    """A per-mutant tensor (or structure) that holds no reference to a window."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+
+class _Selected(nn.Module):
+    """``outputs(model(x))`` as one module, for tracing."""
+
+    def __init__(self, model: nn.Module, outputs: Callable):
+        super().__init__()
+        self.model, self.outputs = model, outputs
+
+    def forward(self, x):
+        return self.outputs(self.model(x))
+
+
+def _conv_params(node, modules, args, kwargs):
+    """``(weight, bias, stride, left_pad, dilation, groups)`` of a 1-D convolution node, or None."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if type(m) is not nn.Conv1d or m.padding_mode != "zeros":
+            return None
+        w, b = m.weight, m.bias
+        stride, dil, groups, pad = m.stride[0], m.dilation[0], m.groups, m.padding
+    elif node.op == "call_function" and node.target is F.conv1d:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        got = dict(zip(names, args)) | dict(kwargs)
+        w, b = got["weight"], got.get("bias")
+        if not isinstance(w, torch.Tensor) or (b is not None and not isinstance(b, torch.Tensor)):
+            return None
+        one = lambda v, d: (v[0] if isinstance(v, (tuple, list)) else v) if v is not None else d  # noqa: E731
+        stride, dil, groups, pad = (
+            one(got.get("stride"), 1),
+            one(got.get("dilation"), 1),
+            got.get("groups", 1),
+            got.get("padding", 0),
+        )
+    else:
+        return None
+    k = w.shape[-1]
+    if pad == "same":
+        left = dil * (k - 1) // 2
+    elif pad == "valid":
+        left = 0
+    else:
+        left = pad[0] if isinstance(pad, (tuple, list)) else int(pad)
+    return w, b, int(stride), int(left), int(dil), int(groups)
+
+
+def _pool_params(node, modules):
+    """``(kind, kernel, stride, dilation)`` of a padding-free 1-D max/avg pool node, or None."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if type(m) is nn.MaxPool1d and not m.ceil_mode and not m.return_indices and m.padding in (0, (0,)):
+            k, s, d = m.kernel_size, m.stride, m.dilation
+            kind = "max"
+        elif type(m) is nn.AvgPool1d and not m.ceil_mode and m.padding in (0, (0,)):
+            k, s, d, kind = m.kernel_size, m.stride, 1, "avg"
+        else:
+            return None
+    elif node.op == "call_function" and node.target in (F.max_pool1d, F.avg_pool1d, torch.max_pool1d):
+        kind = "avg" if node.target is F.avg_pool1d else "max"
+        names = ("input", "kernel_size", "stride", "padding") + (
+            ("dilation", "ceil_mode") if kind == "max" else ("ceil_mode",)
+        )
+        got = dict(zip(names, node.args)) | dict(node.kwargs)
+        if got.get("padding", 0) not in (0, (0,)) or got.get("ceil_mode", False) or got.get("return_indices", False):
+            return None
+        k, s, d = got["kernel_size"], got.get("stride") or got["kernel_size"], got.get("dilation", 1)
+    else:
+        return None
+    one = lambda v: int(v[0] if isinstance(v, (tuple, list)) else v)  # noqa: E731
+    return kind, one(k), one(s), one(d)
+
+
+def _cone(a, b, k, stride, left, dil, L_out):
+    """Output window ``[oa, ob)`` of a length-axis operation reading inputs ``o*stride - left + j*dil``
+    (``j < k``) whose input changed on ``[a, b)``, and the input range ``[ia, ib)`` it reads."""
+    span = (k - 1) * dil
+    oa = max(0, -((span - a - left) // stride))  # ceil((a + left - span) / stride)
+    ob = min(L_out, (b - 1 + left) // stride + 1)
+    ob = max(ob, oa)
+    return oa, ob, oa * stride - left, (ob - 1) * stride - left + span + 1
+
+
+class WindowedModel:
+    """One model, captured once, evaluated on windows of mutants.
+
+    ``model``: an ``nn.Module`` in eval mode whose input is ``(N, 4, L)``; ``outputs``: an
+    optional map of its raw output, captured with it when traceable (then
+    :attr:`applies_outputs` is true and results are already mapped). ``reference(x)``
+    caches the activations of references ``x``; ``mutants(x_win, start, rows)`` returns the
+    raw outputs for mutants that equal reference ``rows[i]`` except on ``[start, start + w)``,
+    where their one-hot is ``x_win`` ``(B, 4, w)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        outputs: Callable | None = None,
+        dropout_mask: Callable[[nn.Module, torch.Size], torch.Tensor] | None = None,
+    ):
+        self.dropout_mask = dropout_mask  # MC-dropout: module, activation shape -> the pass's shared mask
+        self.applies_outputs = False
+        if outputs is not None:  # capture the outputs map too, so branches it drops are never computed
+            try:
+                self.gm = fx.symbolic_trace(_Selected(model, outputs))
+                self.applies_outputs = True
+            except Exception:  # an untraceable map is applied afterwards instead
+                pass
+        if not self.applies_outputs:
+            try:
+                self.gm = fx.symbolic_trace(model)
+            except Exception as err:  # fx raises many types for untraceable code
+                msg = f"torch.fx could not trace {type(model).__name__}: {type(err).__name__}: {err}"
+                raise TraceError(msg) from err
+        # drop what no output needs (e.g. a profile head when only counts are asked for);
+        # calls to wrapped non-torch functions (input checks) stay and run on the references
+        self.gm.graph.eliminate_dead_code(
+            is_impure_node=lambda n: (
+                n.is_impure()
+                or n.op == "call_function"
+                and not str(getattr(n.target, "__module__", "") or "").startswith(("torch", "_operator"))
+                and n.target is not getattr
+            )
+        )
+        self.gm.recompile()
+        self.modules = dict(self.gm.named_modules())
+        self.nodes = list(self.gm.graph.nodes)
+        inputs = [n for n in self.nodes if n.op == "placeholder"]
+        if len(inputs) != 1:
+            raise TraceError(f"the model takes {len(inputs)} inputs; windowed ISM needs exactly one (the sequence)")
+        self.input = inputs[0].name
+        self.fallback: str | None = None  # the first operation that needed a full tensor
+        self._weights: dict = {}
+
+    # ------------------------------------------------------------------ references
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor) -> torch.Tensor | tuple | dict:
+        """Run references ``x`` ``(N, 4, L)``, caching every activation; returns the raw output."""
+        env, self.static, self._cum = {}, set(), {}
+        for node in self.nodes:
+            if node.op == "placeholder":
+                env[node.name] = x
+                continue
+            args, kwargs = self._load(node, lambda n: env[n.name])
+            if node.op == "output":
+                out = args[0]
+                break
+            if node.op == "get_attr" or not any(n.name not in self.static for n in node.all_input_nodes):
+                self.static.add(node.name)
+            mask = self._mask(node, args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else None
+            env[node.name] = args[0] * mask if mask is not None else self._call(node, args, kwargs)
+        self.ref = env
+        return out
+
+    # ------------------------------------------------------------------ mutants
+    @torch.no_grad()
+    def mutants(self, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
+        """Raw outputs for ``B`` mutants; ``rows`` ``(B,)`` picks each one's cached reference
+        (``None``: one reference, shared)."""
+        self.rows, self.B = rows, x_win.shape[0]
+        env: dict = {}
+
+        def value(n):
+            return self.ref[n.name] if n.name in self.static else env[n.name]
+
+        for node in self.nodes:
+            if node.op == "placeholder":
+                env[node.name] = _Win(x_win, start, start + x_win.shape[-1], node.name)
+                continue
+            if node.name in self.static or (not node.users and node.op != "output"):
+                continue  # shared with the references, or unused (an input check ran on the references)
+            if node.op == "output":
+                return _map(self._load(node, value)[0][0], self._full)
+            env[node.name] = self._step(node, value)
+        raise TraceError("the traced graph has no output")
+
+    def _step(self, node, value):
+        args, kwargs = self._load(node, value)
+        first = args[0] if args else None
+        windows = self._windows(args, kwargs)
+        if not windows:  # only dense and static inputs
+            return _Dense(self._call(node, args, kwargs))
+        op, target = node.op, node.target
+        if isinstance(first, (_Win, _Dense)) and len(windows) <= 1 and self._is_masked(node):
+            mask = self._mask(node, self.ref[node.args[0].name].shape[1:])
+            if isinstance(first, _Win):
+                return _Win(first.t * mask[..., first.a : first.b], first.a, first.b, node.name)
+            return _Dense(first.v * mask)
+        if isinstance(first, _Win) and len(windows) == 1:
+            if self._pointwise(node, args, kwargs):
+                return _Win(self._call(node, (first.t,) + tuple(args[1:]), kwargs), first.a, first.b, node.name)
+            conv = _conv_params(node, self.modules, args, kwargs)
+            if conv is not None and first.t.ndim == 3:
+                return self._conv(node, first, *conv)
+            pool = _pool_params(node, self.modules)
+            if pool is not None and first.t.ndim == 3:
+                return self._pool(node, first, *pool)
+            if (op, target) in (("call_method", "mean"), ("call_method", "sum")) or target in (torch.mean, torch.sum):
+                red = self._reduce(node, first, args, kwargs)
+                if red is not None:
+                    return red
+            if (op == "call_method" and target in ("max", "amax")) or target in (torch.max, torch.amax):
+                top = self._max(node, first, args, kwargs)
+                if top is not None:
+                    return top
+            if op == "call_function" and target is operator.getitem:
+                crop = self._crop(node, first, args[1])
+                if crop is not None:
+                    return crop
+            if self._is_flatten(node, first, args, kwargs):
+                return _Flat(first)
+            if (op, target) == ("call_method", "size") or (op == "call_function" and target is getattr):
+                shape = torch.Size((self.B,) + tuple(self.ref[first.node].shape[1:]))
+                if target == "size":
+                    return _Dense(shape if len(args) < 2 else shape[args[1]])
+                if args[1] == "shape":
+                    return _Dense(shape)
+        if isinstance(first, _Flat) and len(windows) == 1:
+            lin = self._linear(node, first, args)
+            if lin is not None:
+                return lin
+        if self._binary(node) and all(isinstance(w, _Win) for w in windows):
+            out = self._elementwise(node, args, kwargs, windows)
+            if out is not None:
+                return out
+        if self.fallback is None and self._costly_from(node):
+            self.fallback = f"{node.op} {node.target!r} (node {node.name})"
+        args, kwargs = _map((args, kwargs), self._full)
+        return _Dense(self._call(node, args, kwargs))
+
+    # ------------------------------------------------------------------ helpers
+    def _costly_from(self, node) -> bool:
+        """Whether ``node`` or an operation after it carries weights (a full-length tensor there
+        costs time; near the output, e.g. concatenating the outputs, it costs nothing)."""
+        seen, todo = set(), [node]
+        heavy = {F.linear, F.conv1d, torch.conv1d, torch.matmul, torch.bmm, torch.einsum, operator.matmul}
+        while todo:
+            n = todo.pop()
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op == "call_module" and any(True for _ in self.modules[n.target].parameters()):
+                return True
+            if n.op == "call_function" and n.target in heavy or n.op == "call_method" and n.target in ("matmul", "bmm"):
+                return True
+            todo.extend(n.users)
+        return False
+
+    def _load(self, node, value):
+        return fx.node.map_arg((node.args, node.kwargs), value)
+
+    @staticmethod
+    def _windows(args, kwargs):
+        found = []
+        _map((args, kwargs), lambda v: found.append(v) if isinstance(v, (_Win, _Flat)) else v)
+        return found
+
+    def _unwrap(self, args, kwargs):
+        return _map((args, kwargs), lambda v: v.v if isinstance(v, _Dense) else v)
+
+    def _call(self, node, args, kwargs):
+        args, kwargs = self._unwrap(args, kwargs)
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "get_attr":
+            obj = self.gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        raise TraceError(f"unexpected node {node.op} {node.target}")
+
+    def _ref_rows(self, name, a, b):
+        """The references' slice ``[a, b)`` of cached activation ``name``, one row per mutant."""
+        t = self.ref[name][..., a:b]
+        return t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:])
+
+    def _gather(self, w: _Win, lo: int, hi: int) -> torch.Tensor:
+        """``w``'s full values on ``[lo, hi)``, zeros outside the sequence (conv zero padding)."""
+        L = self.ref[w.node].shape[-1]
+        a0, b0 = max(lo, 0), min(hi, L)
+        pa, pb = max(w.a, a0), min(w.b, b0)
+        if pa >= pb:
+            parts = [self._ref_rows(w.node, a0, b0)]
+        else:
+            parts = [self._ref_rows(w.node, a0, pa), w.t[..., pa - w.a : pb - w.a], self._ref_rows(w.node, pb, b0)]
+        out = torch.cat([p for p in parts if p.shape[-1]] or [parts[0]], dim=-1)
+        if lo < a0 or hi > b0:
+            out = F.pad(out, (a0 - lo, hi - b0))
+        return out
+
+    def _full(self, v):
+        if isinstance(v, _Win):
+            return self._gather(v, 0, self.ref[v.node].shape[-1])
+        if isinstance(v, _Flat):
+            return self._full(v.win).flatten(1)
+        if isinstance(v, _Dense):
+            return v.v
+        return v
+
+    def _pointwise(self, node, args, kwargs):
+        rest = [v for v in list(args[1:]) + list(kwargs.values())]
+        if any(isinstance(v, (_Win, _Flat, _Dense, torch.Tensor)) for v in rest):
+            return False
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            if isinstance(m, (nn.BatchNorm1d, nn.PReLU)):  # channel-wise: the channel axis must be axis 1
+                return not m.training and args[0].t.ndim == 3
+            return isinstance(m, _POINTWISE_MODULES) and not (isinstance(m, nn.Dropout) and m.training)
+        if node.op == "call_function":
+            if node.target is F.dropout:
+                return not kwargs.get("training", args[2] if len(args) > 2 else True)
+            return node.target in _POINTWISE_FUNCTIONS
+        return node.op == "call_method" and node.target in _POINTWISE_METHODS
+
+    def _binary(self, node):
+        return (node.op == "call_function" and node.target in _BINARY) or (
+            node.op == "call_method" and node.target in _BINARY_METHODS
+        )
+
+    def _elementwise(self, node, args, kwargs, windows):
+        L = {self.ref[w.node].shape[-1] for w in windows}
+        nd = {w.t.ndim for w in windows}
+        if len(L) != 1 or len(nd) != 1:
+            return None
+        L, nd = L.pop(), nd.pop()
+        changed = [w for w in windows if w.b > w.a] or windows[:1]
+        a, b = min(w.a for w in changed), max(w.b for w in changed)
+        ok = True
+
+        def fit(v):
+            nonlocal ok
+            if isinstance(v, _Win):
+                return v.t if (v.a, v.b) == (a, b) else self._gather(v, a, b)
+            if isinstance(v, _Dense):
+                ok = False
+                return v
+            if isinstance(v, torch.Tensor) and v.ndim:
+                if v.ndim > nd:
+                    ok = False
+                elif v.shape[-1] == L and L > 1:
+                    return v[..., a:b]  # a static tensor along the length axis (e.g. a positional term)
+                elif v.shape[-1] != 1:
+                    ok = False
+            return v
+
+        args, kwargs = _map((args, kwargs), fit)
+        if not ok:
+            return None
+        return _Win(self._call(node, args, kwargs), a, b, node.name)
+
+    def _conv(self, node, w: _Win, weight, bias, stride, left, dil, groups):
+        if w.a >= w.b:
+            return self._unchanged(node, w)
+        L_out = self.ref[node.name].shape[-1]
+        key = node.name
+        if key not in self._weights:  # channels-last 2-D kernels: 2-3x faster than conv1d on CPUs
+            self._weights[key] = weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        span = (weight.shape[-1] - 1) * dil
+        if stride == 1:
+            # linear: the mutants' output is the reference's plus the convolution of the input's
+            # change, which is zero outside [a, b): no reference flanks to read for the input
+            delta = w.t - self._ref_rows(w.node, w.a, w.b)
+            delta = delta[:, :, None, :].contiguous(memory_format=torch.channels_last)
+            dz = F.conv2d(delta, self._weights[key], None, dilation=(1, dil), padding=(0, span), groups=groups)
+            first = w.a - span + left  # the output position of dz's first column
+            oa, ob = max(0, first), min(L_out, w.b + left)
+            if oa >= ob:
+                return self._unchanged(node, w)
+            return _Win(self._ref_rows(node.name, oa, ob) + dz[:, :, 0, oa - first : ob - first], oa, ob, node.name)
+        oa, ob, ia, ib = _cone(w.a, w.b, weight.shape[-1], stride, left, dil, L_out)
+        x = self._gather(w, ia, ib)[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, self._weights[key], bias, stride=(1, stride), dilation=(1, dil), groups=groups)
+        return _Win(y[:, :, 0, :], oa, ob, node.name)
+
+    def _pool(self, node, w: _Win, kind, k, stride, dil):
+        if w.a >= w.b:
+            return self._unchanged(node, w)
+        L_out = self.ref[node.name].shape[-1]
+        oa, ob, ia, ib = _cone(w.a, w.b, k, stride, 0, dil, L_out)
+        x = self._gather(w, ia, ib)
+        if kind == "max":
+            y = F.max_pool1d(x, k, stride, 0, dil)
+        else:
+            y = F.avg_pool1d(x, k, stride)
+        return _Win(y, oa, ob, node.name)
+
+    def _is_masked(self, node) -> bool:
+        return (
+            self.dropout_mask is not None
+            and node.op == "call_module"
+            and isinstance(self.modules[node.target], nn.modules.dropout._DropoutNd)
+            and self.modules[node.target].p > 0
+        )
+
+    def _mask(self, node, shape):
+        return self.dropout_mask(self.modules[node.target], shape) if self._is_masked(node) else None
+
+    def _max(self, node, w: _Win, args, kwargs):
+        """Maximum over the length axis from the references' prefix and suffix maxima: exact, O(window)."""
+        nd = w.t.ndim
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        if set(kwargs) - {"dim", "keepdim"} or len(args) > 3 or isinstance(dim, (tuple, list)) and len(dim) != 1:
+            return None
+        dim = dim[0] if isinstance(dim, (tuple, list)) else dim
+        if not isinstance(dim, int) or dim % nd != nd - 1:
+            return None
+        tuple_out = node.target in ("max", torch.max)
+        if tuple_out and not all(
+            (u.target is getattr and u.args[1] == "values") or (u.target is operator.getitem and u.args[1] == 0)
+            for u in node.users
+        ):
+            return None  # the indices are used; let the full tensor answer
+        if w.node not in self._cum:
+            ref = self.ref[w.node]
+            prefix = ref.cummax(-1).values
+            suffix = ref.flip(-1).cummax(-1).values.flip(-1)
+            self._cum[w.node] = (prefix, suffix)
+        prefix, suffix = self._cum[w.node]
+        L = prefix.shape[-1]
+        parts = [w.t] if w.b > w.a else []
+        for t, i in ((prefix, w.a - 1), (suffix, w.b)):
+            if 0 <= i < L:
+                t = t[..., i : i + 1]
+                parts.append(t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:]))
+        top = torch.cat(parts, -1).amax(-1, keepdim=bool(keep))
+        return _Dense(_MaxOut(top, None) if tuple_out else top)
+
+    def _unchanged(self, node, w: _Win) -> _Win:
+        """An empty window for ``node``: the mutants equal the reference there."""
+        shape = (self.B,) + tuple(self.ref[node.name].shape[1:-1]) + (0,)
+        return _Win(w.t.new_zeros(shape), 0, 0, node.name)
+
+    def _reduce(self, node, w: _Win, args, kwargs):
+        nd = w.t.ndim
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        if set(kwargs) - {"dim", "keepdim"} or len(args) > 3:
+            return None
+        if isinstance(dim, (tuple, list)) and len(dim) == 1:
+            dim = dim[0]
+        if not isinstance(dim, int) or dim % nd != nd - 1:
+            return None
+        delta = (w.t - self._ref_rows(w.node, w.a, w.b)).sum(-1, keepdim=bool(keep))
+        if node.target in ("mean", torch.mean):
+            delta = delta / self.ref[w.node].shape[-1]
+        ref = self.ref[node.name]
+        ref = ref[self.rows] if self.rows is not None else ref.expand(self.B, *ref.shape[1:])
+        return _Dense(ref + delta)
+
+    def _crop(self, node, w: _Win, idx):
+        nd = w.t.ndim
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if Ellipsis in idx:
+            i = idx.index(Ellipsis)
+            idx = idx[:i] + (slice(None),) * (nd - len(idx) + 1) + idx[i + 1 :]
+        if len(idx) != nd or any(s != slice(None) for s in idx[:-1]) or not isinstance(idx[-1], slice):
+            return None
+        L = self.ref[w.node].shape[-1]
+        start, stop, step = idx[-1].indices(L)
+        if step != 1:
+            return None
+        a, b = min(max(w.a, start), stop), min(max(w.b, start), stop)
+        if a >= b:  # the crop drops the changed window: the mutants equal the reference here
+            return _Win(w.t[..., :0], a - start, a - start, node.name)
+        return _Win(w.t[..., a - w.a : b - w.a], a - start, b - start, node.name)
+
+    def _is_flatten(self, node, w: _Win, args, kwargs):
+        if w.t.ndim != 3:
+            return False
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            return type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim in (-1, 2)
+        if node.target in ("flatten", torch.flatten):
+            start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
+            end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
+            return start == 1 and end in (-1, 2)
+        if node.target in ("view", "reshape") and node.op == "call_method":
+            shape = args[1:] if len(args) > 2 else args[1]
+            shape = shape.v if isinstance(shape, _Dense) else shape
+            shape = [s.v if isinstance(s, _Dense) else s for s in shape]
+            ref = self.ref[w.node].shape
+            return len(shape) == 2 and shape[0] in (self.B, -1) and shape[1] in (-1, ref[1] * ref[2])
+        return False
+
+    def _linear(self, node, flat: _Flat, args):
+        if node.op == "call_module" and type(self.modules[node.target]) is nn.Linear:
+            weight = self.modules[node.target].weight
+        elif node.op == "call_function" and node.target is F.linear and isinstance(args[1], torch.Tensor):
+            weight = args[1]
+        else:
+            return None
+        w = flat.win
+        _, C, L = self.ref[w.node].shape
+        if weight.shape[1] != C * L:
+            return None
+        delta = w.t - self._ref_rows(w.node, w.a, w.b)  # (B, C, w)
+        W = weight.view(weight.shape[0], C, L)[:, :, w.a : w.b]
+        ref = self.ref[node.name]
+        ref = ref[self.rows] if self.rows is not None else ref.expand(self.B, *ref.shape[1:])
+        return _Dense(ref + torch.einsum("bcw,ocw->bo", delta, W))

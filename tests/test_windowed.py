@@ -1,0 +1,201 @@
+"""The generic windowed ISM engine (fast=True on any model) equals the plain path.
+
+The plain path is itself checked against a one-mutant-at-a-time loop in test_ism.py;
+here every architecture the engine claims to handle (and a few it must hand back)
+is run both ways on random weights, with random BatchNorm statistics.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepmr_utils import ism
+from deepmr_utils import sequence as sq
+from deepmr_utils._windowed import TraceError, WindowedModel
+from deepmr_utils.models import BPNet, DilatedResidualNet, PooledRegressor, bpnet
+
+TOL = 2e-5
+L = 40
+
+
+def _randomize_bn(model):
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm1d):
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.normal_()
+    return model
+
+
+class DenseHead(nn.Module):
+    """DeepSEA-like: valid convs, Threshold, max-pool, dropout, view(size(0), -1), dense, sigmoid."""
+
+    def __init__(self, L=L):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(4, 8, 5), nn.Conv1d(8, 6, 3)
+        self.pool, self.drop, self.th = nn.MaxPool1d(2, 2), nn.Dropout(0.3), nn.Threshold(0, 1e-6)
+        n = ((L - 4) // 2 - 2) // 2
+        self.fc, self.out = nn.Linear(6 * n, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = self.drop(self.pool(self.th(self.c1(x))))
+        h = self.drop(self.pool(self.th(self.c2(h))))
+        return torch.sigmoid(self.out(F.relu(self.fc(h.view(h.size(0), -1)))))
+
+
+class Strided(nn.Module):
+    """Stride, dilation, 'same' padding, a functional grouped conv, cropping, gating, BN,
+    average pooling, a static positional term, a global max, and a tuple output."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 8, 5, stride=2, padding=3, dilation=2)
+        self.bn = nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 8, 3, padding="same")
+        self.w3 = nn.Parameter(torch.randn(8, 2, 3) * 0.3)
+        self.pos = nn.Parameter(torch.randn(8, 10))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.c1(x)))  # length 19
+        h = h[:, :, 3:-6] + self.pos  # length 10
+        h = h * torch.sigmoid(self.c2(h))
+        h = F.conv1d(h, self.w3, None, 1, 1, 1, 4)
+        h = F.avg_pool1d(h, 3)
+        return self.head(h.max(dim=-1).values), h.sum(-1, keepdim=True)[..., 0]
+
+
+class ProfileHead(nn.Module):
+    """BPNet-like with a profile output that keeps the length axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv1d(4, 8, 7, padding=3)
+        self.convs = nn.ModuleList(nn.Conv1d(8, 8, 3, dilation=d, padding=d) for d in (2, 4))
+        self.profile = nn.Conv1d(8, 2, 5, padding=2)
+        self.counts = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        for c in self.convs:
+            h = h + F.relu(c(h))
+        return self.profile(h), self.counts(h.mean(-1))
+
+
+class Attention(nn.Module):
+    """A transformer-style global layer: handed to the full-length path, still exact."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(4, 16, 7, padding=3)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.h = nn.Linear(16, 2)
+
+    def forward(self, x):
+        t = F.gelu(self.c(x)).transpose(1, 2)
+        return self.h(self.att(t, t, t)[0].mean(1))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.c(x)
+        if h.sum() > 0:
+            h = -h
+        return h.mean(-1)
+
+
+def both(models, X, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast = ism.saturation_mutagenesis(models, X, fast=True, **kw)
+    plain = ism.saturation_mutagenesis(models, X, fast=False, **kw)
+    return fast, plain, [str(w.message) for w in caught]
+
+
+def profile_and_counts(y):
+    return torch.cat([y[0][:, :, 10:14].flatten(1), y[1]], dim=1)
+
+
+@pytest.mark.parametrize(
+    "make, kw",
+    [
+        (DenseHead, {}),
+        (Strided, {"outputs": lambda y: torch.cat([y[0], y[1]], 1)}),
+        (ProfileHead, {"outputs": profile_and_counts}),
+        (lambda: PooledRegressor(2, n_filters=8, hidden=8), {}),
+    ],
+    ids=["dense-head", "strided", "profile-tuple", "pooled"],
+)
+def test_windowed_equals_plain(make, kw):
+    torch.manual_seed(0)
+    models = [_randomize_bn(make()) for _ in range(2)]
+    X = sq.random_sequences(3, L, seed=1)
+    X[1, :, 7] = 0  # an unknown base: four mutants there
+    fast, plain, caught = both(models, X, **kw)
+    assert (fast - plain).abs().max() < TOL
+    assert not caught, caught  # every operation of these models is handled as local or linear-global
+
+
+def test_windowed_on_positions_and_batched_references():
+    torch.manual_seed(0)
+    models = [_randomize_bn(DenseHead()) for _ in range(2)]
+    X = sq.random_sequences(3, L, seed=2)
+    pos = torch.tensor([0, 1, 5, 6, 20, 39])
+    plain = ism.saturation_mutagenesis(models, X, positions=pos, fast=False)
+    engines = [WindowedModel(m.eval()) for m in models]
+    with torch.no_grad():
+        for chunk, block in ((1, 4), (2, 8), (3, 40)):  # the GPU layout: several references per call
+            out = ism._windowed_path(engines, X, pos, None, block, chunk, 0, 0, models)
+            assert (out - plain).abs().max() < TOL
+
+
+def test_global_attention_is_exact_and_says_so():
+    torch.manual_seed(0)
+    fast, plain, caught = both(Attention(), sq.random_sequences(2, 24, seed=3))
+    assert (fast - plain).abs().max() < TOL
+    assert len(caught) == 1 and "transpose" in caught[0] and "full length" in caught[0]
+
+
+def test_untraceable_model_falls_back_with_one_warning():
+    fast, plain, caught = both(Branchy(), sq.random_sequences(2, 16, seed=4))
+    assert torch.equal(fast, plain)
+    assert len(caught) == 1 and "could not trace Branchy" in caught[0] and "plain path" in caught[0]
+    with pytest.raises(TraceError):
+        WindowedModel(Branchy())
+
+
+def test_mc_dropout_on_the_windowed_path_shares_the_plain_paths_masks():
+    torch.manual_seed(0)
+    model = DenseHead()
+    X = sq.random_sequences(2, L, seed=5)
+    fast, plain, caught = both(model, X, mc_dropout=4, seed=3)
+    assert (fast - plain).abs().max() < TOL and not caught
+    assert fast[:, 0].sub(fast[:, 1]).abs().max() > 1e-3  # the passes differ: masks are applied
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DilatedResidualNet(3, 8, 4, stem_kernel=9, batchnorm=True),
+        lambda: BPNet(("a", "b"), n_filters=8, n_layers=3, stem_kernel=9),
+    ],
+)
+def test_generic_engine_equals_the_hand_written_path(make):
+    """The book's models keep their hand-written path; the generic engine gives the same numbers."""
+    torch.manual_seed(0)
+    model = _randomize_bn(make()).eval()
+    X = sq.random_sequences(2, 64, seed=6)
+    outputs = bpnet.counts if isinstance(model, BPNet) else None
+    hand = ism.saturation_mutagenesis(model, X, outputs=outputs, fast=True)
+    with torch.no_grad():
+        generic = ism._windowed_path([WindowedModel(model, outputs)], X, torch.arange(64), outputs, 8, 1, 0, 0, [model])
+    assert (hand - generic).abs().max() < TOL
