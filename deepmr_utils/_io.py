@@ -1,7 +1,9 @@
-"""Durable file writes shared by the resumable runs (pipeline chunks, simulation-study rounds)."""
+"""File helpers: durable writes shared by the resumable runs (pipeline chunks, simulation-study
+rounds) and the checksum that published weights are checked against."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -58,3 +60,12 @@ def open_pinned(out, manifest: str, pins: dict, info: dict, *, refusal: str, unr
     else:
         write_atomic(path, json.dumps({**pins, **info}, indent=1, sort_keys=True).encode())
     return folder
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex MD5 of a file, read in chunks (published weights are checked against it)."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

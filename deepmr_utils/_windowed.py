@@ -11,7 +11,7 @@ activations can differ from the reference's (fastISM, Nair et al. 2022; tangerme
 * **local** operations keep a window: convolutions and pooling along the length axis
   (any kernel, stride, dilation, padding) widen it by their cone; elementwise maps,
   eval-mode BatchNorm / Dropout and sums or products of local tensors keep or unite
-  it; cropping shifts it;
+  it; cropping shifts it; a flip of the length axis (reverse complement) mirrors it;
 * **linear global** operations are updated from the window alone: a mean or sum over
   the length axis (``ref + sum(window - ref_window)``) and a dense layer over the
   flattened ``(C, L)`` features (``ref + W[:, :, window] . delta``, as in
@@ -309,6 +309,13 @@ class WindowedModel:
                 top = self._max(node, first, args, kwargs)
                 if top is not None:
                     return top
+            if (op, target) == ("call_method", "flip") or target is torch.flip:
+                dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
+                dims = {int(d) % first.t.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
+                if 0 not in dims:  # reverse-complementing: channels flip in place, the window mirrors
+                    L = self.ref[first.node].shape[-1]
+                    a, b = (L - first.b, L - first.a) if first.t.ndim - 1 in dims else (first.a, first.b)
+                    return _Win(first.t.flip(sorted(dims)), a, b, node.name)
             if op == "call_function" and target is operator.getitem:
                 crop = self._crop(node, first, args[1])
                 if crop is not None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deepmr_utils import ism
+from deepmr_utils._io import md5sum
 from deepmr_utils import sequence as sq
 from deepmr_utils.models import BPNet, bpnet
 
@@ -91,7 +92,7 @@ def test_h5_import_matches_numpy_reference(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "bpnet_small.h5"
     layers, arrays = _write_keras_h5(path, rng)
-    md5 = bpnet.md5sum(path)
+    md5 = md5sum(path)
     model = bpnet.load_keras_h5(path, md5=md5, layers=layers, tasks=TASKS)
     X = sq.random_sequences(2, 40, seed=1)
     prof, cnt = model(X)
@@ -114,7 +115,7 @@ def test_h5_checksum_and_corruption(tmp_path):
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="MD5"):
-        bpnet.load_keras_h5(truncated, md5=bpnet.md5sum(path), layers=layers)
+        bpnet.load_keras_h5(truncated, md5=md5sum(path), layers=layers)
     with pytest.raises(ValueError, match="not a readable HDF5 file"):
         bpnet.load_keras_h5(truncated, md5=None, layers=layers)
     with pytest.raises(FileNotFoundError):

@@ -14,7 +14,6 @@ after checking its MD5. The weights are not distributed with DeepMR.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import md5sum
 from .._torch import as_models, eval_mode, model_device
 from .._types import ArrayLike, Models
 from .dilated import DilatedResidualNet
@@ -174,14 +174,6 @@ OSKN_LAYERS = {
     "profile": [f"conv2d_transpose_{i}" for i in range(1, 5)],
     "counts": [f"dense_{i}" for i in (1, 3, 5, 7)],
 }
-
-
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_keras_h5(
