@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deepmr_utils import ism
-from deepmr_utils._io import md5sum
 from deepmr_utils import sequence as sq
+from deepmr_utils._io import md5sum
 from deepmr_utils.models import BPNet, bpnet
 
 TASKS = ("Oct4", "Sox2", "Nanog", "Klf4")

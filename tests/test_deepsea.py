@@ -37,8 +37,10 @@ def kipoi_beluga(length, widths, hidden, n_outputs):
     a, b, c = widths
     n = (((length - 14) // 4 - 14) // 4) - 14
     blocks = nn.Sequential(
-        nn.Conv2d(4, a, (1, 8)), nn.ReLU(), nn.Conv2d(a, a, (1, 8)), nn.ReLU(), nn.Dropout(0.2), nn.MaxPool2d((1, 4), (1, 4)),
-        nn.Conv2d(a, b, (1, 8)), nn.ReLU(), nn.Conv2d(b, b, (1, 8)), nn.ReLU(), nn.Dropout(0.2), nn.MaxPool2d((1, 4), (1, 4)),
+        nn.Conv2d(4, a, (1, 8)), nn.ReLU(), nn.Conv2d(a, a, (1, 8)), nn.ReLU(),
+        nn.Dropout(0.2), nn.MaxPool2d((1, 4), (1, 4)),
+        nn.Conv2d(a, b, (1, 8)), nn.ReLU(), nn.Conv2d(b, b, (1, 8)), nn.ReLU(),
+        nn.Dropout(0.2), nn.MaxPool2d((1, 4), (1, 4)),
         nn.Conv2d(b, c, (1, 8)), nn.ReLU(), nn.Conv2d(c, c, (1, 8)), nn.ReLU(),
     )  # fmt: skip
     head = nn.Sequential(
