@@ -1,24 +1,31 @@
-"""Time to a DeepMR variant table: deepmr_utils vs a naive batched ISM vs tangermeme.
+"""Time to a DeepMR variant table on three models: deepmr_utils vs a naive batched ISM vs tangermeme.
 
-    python benchmarks/bench_ism.py [--n-seqs 16] [--members 5] [--device cpu|cuda]
+    python benchmarks/bench_ism.py [--models unseen-bpnet,deepsea,book] [--members 5] [--device cpu|cuda]
 
-Model: a BPNet-sized ``DilatedResidualNet`` (1 kb input, 64 filters, 9 residual
-dilated layers, 4 count heads; random weights), ensemble of ``--members``. Each
-method produces the same candidate variant table (every substitution of every
-sequence, exposure = head 0, outcome = head 1, effects and SEs over members):
+Models (random weights; each a 1 kb input):
 
-* ``deepmr``     ``pipeline.variant_effects`` with the library's defaults (the windowed path);
-                 ``deepmr-windowed`` / ``deepmr-plain`` force the windowed or the plain batched path;
-* ``naive``      per sequence, all 3L mutants built by tensor indexing, each member run in
-                 batches of ``--batch-size``, then the same post-processing;
-* ``tangermeme`` ``tangermeme.saturation_mutagenesis(raw_outputs=True)`` once per member,
-                 with ``fast=True`` and ``fast=False`` (its best is the baseline), then the
-                 same post-processing. tangermeme is a benchmark-only extra
-                 (``pip install tangermeme==1.6.0``).
+* ``unseen-bpnet``  a BPNet-like counts model written here, as a reader would bring it
+  (k25 stem, 9 residual dilated convs of 64 filters, mean-pooled 4-task counts head): the
+  library has never seen it, so it runs on the generic windowed engine;
+* ``deepsea``       the full-size published DeepSEA architecture (52.8 M parameters, a dense
+  layer over the flattened 960 x 53 features), ``deepmr_utils.models.DeepSEA``;
+* ``book``          the book's ``DilatedResidualNet`` (same sizes as ``unseen-bpnet``), whose
+  hand-written windowed path the library uses by default; ``deepmr-generic`` times the
+  generic engine on it.
 
-All methods run in the same process, on the same inputs; the script checks that
-their tables agree and prints mutants/s (variant rows per second) and ratios, and
-the model's plain forward throughput at the same batch size as the ceiling.
+Methods, each producing the same candidate variant table (every substitution, exposure =
+output 0, outcome = output 1, effects and SEs over members):
+
+* ``deepmr``      ``pipeline.variant_effects`` with the library's defaults;
+* ``naive``       per sequence, all 3L mutants built by tensor indexing, each member run in
+  batches of ``--batch-size``, then the same post-processing;
+* ``tangermeme``  ``tangermeme.saturation_mutagenesis(raw_outputs=True, fast=True)`` once per
+  member (``tangermeme-slow``: ``fast=False``), then the same post-processing.
+  A benchmark-only extra: ``pip install tangermeme==1.6.0``.
+
+All methods run in the same process on the same inputs; the script checks that their tables
+agree and prints variants/s and ratios, and each model's plain forward throughput at the same
+batch size as the ceiling of any method that runs the full model per mutant.
 """
 
 from __future__ import annotations
@@ -30,10 +37,37 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from deepmr_utils import instruments, pipeline, uncertainty
 from deepmr_utils import sequence as sq
-from deepmr_utils.models import DilatedResidualNet
+from deepmr_utils.models import DeepSEA, DilatedResidualNet
+
+
+class UnseenBPNet(nn.Module):
+    """A BPNet-like counts model in a reader's own style (no library code, no ISM hooks)."""
+
+    def __init__(self, n_filters=64, n_layers=9, n_tasks=4):
+        super().__init__()
+        self.iconv = nn.Conv1d(4, n_filters, 25, padding=12)
+        self.rconvs = nn.ModuleList(
+            nn.Conv1d(n_filters, n_filters, 3, padding=2**i, dilation=2**i) for i in range(1, n_layers + 1)
+        )
+        self.linear = nn.Linear(n_filters, n_tasks)
+
+    def forward(self, X):
+        X = F.relu(self.iconv(X))
+        for conv in self.rconvs:
+            X = X + F.relu(conv(X))
+        return self.linear(X.mean(dim=2))
+
+
+MODELS = {
+    "unseen-bpnet": (UnseenBPNet, 2),  # factory, sequences
+    "deepsea": (lambda: DeepSEA(), 1),
+    "book": (lambda: DilatedResidualNet(4, 64, 9, stem_kernel=25), 2),
+}
 
 
 def post_process(pred, X):
@@ -103,54 +137,32 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-seqs", type=int, default=16)
-    ap.add_argument("--members", type=int, default=5)
-    ap.add_argument("--length", type=int, default=1000)
-    ap.add_argument("--filters", type=int, default=64)
-    ap.add_argument("--layers", type=int, default=9)
-    ap.add_argument("--tasks", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32, help="mutants per forward for naive/tangermeme/ceiling")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--methods", default="deepmr,naive,tangermeme-fast,tangermeme-slow")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    methods = args.methods.split(",")
-    # exact float32 everywhere, so the methods' tables can be compared (TF32 would differ by ~1e-3)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
+def run_model(key, args, device, methods):
+    factory, n_seqs = MODELS[key]
+    n_seqs = args.n_seqs or n_seqs
     torch.manual_seed(args.seed)
-    models = [
-        DilatedResidualNet(args.tasks, args.filters, args.layers, stem_kernel=25).to(device).eval()
-        for _ in range(args.members)
-    ]
-    X = sq.random_sequences(args.n_seqs, args.length, seed=args.seed)
-    n_mut = args.n_seqs * 3 * args.length
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(
-        f"{args.n_seqs} sequences x {args.length} bp, {args.members}-member ensemble of DilatedResidualNet("
-        f"{args.tasks} heads, {args.filters} filters, {args.layers} dilated layers); {n_mut} variants; "
-        f"device {device} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-
+    models = [factory().to(device).eval() for _ in range(args.members)]
+    X = sq.random_sequences(n_seqs, args.length, seed=args.seed)
+    n_mut = n_seqs * 3 * args.length
+    print(f"\n== {key}: {n_seqs} sequences x {args.length} bp, {args.members} members, {n_mut} variants", flush=True)
     tables, times = {}, {}
-    for name in methods:
+    for name in methods + (["deepmr-generic"] if key == "book" else []):
         if name.startswith("deepmr"):
-            # "deepmr": the library's defaults; "-windowed" / "-plain" force one path
-            kw = {"deepmr-windowed": {"fast": True}, "deepmr-plain": {"fast": False}}.get(name, {})
+            kw = {"deepmr-plain": {"fast": False}}.get(name, {})
+            if name == "deepmr-generic":
+                # the generic engine on a model that has a hand-written path: hide that path
+                models_g = [_Plain(m) for m in models]
+            run = models_g if name == "deepmr-generic" else models
             t, tab = timed(
                 lambda: pipeline.variant_effects(
-                    models,
+                    run,  # noqa: B023 (called at once)
                     X,
                     exposure=0,
                     outcome=1,
                     select=instruments.Selection("all"),
                     device=device,
                     progress=False,
-                    **kw,  # noqa: B023 (called at once)
+                    **kw,  # noqa: B023
                 )
             )
         elif name == "naive":
@@ -159,10 +171,10 @@ def main():
             try:
                 import tangermeme  # noqa: F401
             except ImportError:
-                print(f"{name}: skipped (pip install tangermeme==1.6.0)")
+                print(f"  {name}: skipped (pip install tangermeme==1.6.0)")
                 continue
-            fast = name.endswith("fast")
-            t, tab = timed(lambda: post_process(tangermeme_ism(models, X, args.batch_size, args.device, fast), X))  # noqa: B023 (called at once)
+            fast = not name.endswith("slow")
+            t, tab = timed(lambda: post_process(tangermeme_ism(models, X, args.batch_size, args.device, fast), X))  # noqa: B023
         else:
             raise SystemExit(f"unknown method {name}")
         tables[name], times[name] = tab, t
@@ -174,20 +186,56 @@ def main():
             gap = np.nanmax(np.abs(tab[col].to_numpy() - ref[col].to_numpy()))
             scale = np.nanmax(np.abs(ref[col].to_numpy()))
             assert gap <= 1e-3 * scale + 1e-6, f"{name} disagrees with {next(iter(tables))} on {col}: {gap}"
-    print("all methods produce the same variant table")
-
     ceiling = forward_ceiling(models[0], X, args.batch_size, device) / args.members
+    print(f"  all methods produce the same variant table; plain-forward ceiling {ceiling:.0f} variants/s")
+    return {"times": times, "n_mut": n_mut, "ceiling": ceiling}
+
+
+class _Plain(nn.Module):
+    """Wraps a model so the library cannot see its hand-written ISM methods."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="unseen-bpnet,deepsea,book")
+    ap.add_argument("--n-seqs", type=int, default=None, help="sequences per model (default: 2, DeepSEA 1)")
+    ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--length", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32, help="mutants per forward for naive/tangermeme/ceiling")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", default="deepmr,naive,tangermeme")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    # exact float32 everywhere, so the methods' tables can be compared (TF32 would differ by ~1e-3)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(
-        f"\nplain forward ceiling at batch {args.batch_size}: {ceiling * args.members:.0f} sequences/s "
-        f"= {ceiling:.0f} variants/s for {args.members} members"
+        f"device {device} ({dev_name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d')}"
     )
-    tm = [times[k] for k in times if k.startswith("tangermeme")]
-    print(f"{'method':<16}{'seconds':>9}{'variants/s':>12}{'vs naive':>10}{'vs tangermeme best':>20}{'of ceiling':>12}")
-    for name, t in times.items():
-        rate = n_mut / t
-        vs_naive = f"{times['naive'] / t:.2f}x" if "naive" in times else "-"
-        vs_tm = f"{min(tm) / t:.2f}x" if tm else "-"
-        print(f"{name:<16}{t:>9.1f}{rate:>12.0f}{vs_naive:>10}{vs_tm:>20}{rate / ceiling:>11.0%}")
+    results = {key: run_model(key, args, device, args.methods.split(",")) for key in args.models.split(",")}
+
+    print(
+        f"\n{'model':<14}{'method':<16}{'seconds':>9}{'variants/s':>12}{'vs naive':>10}"
+        f"{'vs tangermeme':>15}{'of ceiling':>12}"
+    )
+    for key, r in results.items():
+        times = r["times"]
+        tm = [times[k] for k in times if k.startswith("tangermeme")]
+        for name, t in times.items():
+            rate = r["n_mut"] / t
+            vs_naive = f"{times['naive'] / t:.2f}x" if "naive" in times else "-"
+            vs_tm = f"{min(tm) / t:.2f}x" if tm else "-"
+            print(f"{key:<14}{name:<16}{t:>9.1f}{rate:>12.0f}{vs_naive:>10}{vs_tm:>15}{rate / r['ceiling']:>11.0%}")
 
 
 if __name__ == "__main__":

@@ -485,6 +485,8 @@ class WindowedModel:
                 return self._unchanged(node, w)
             return _Win(self._ref_rows(node.name, oa, ob) + dz[:, :, 0, oa - first : ob - first], oa, ob, node.name)
         oa, ob, ia, ib = _cone(w.a, w.b, weight.shape[-1], stride, left, dil, L_out)
+        if oa >= ob:  # only positions that no output reads (a tail the stride drops) changed
+            return self._unchanged(node, w)
         x = self._gather(w, ia, ib)[:, :, None, :].contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, self._weights[key], bias, stride=(1, stride), dilation=(1, dil), groups=groups)
         return _Win(y[:, :, 0, :], oa, ob, node.name)
@@ -494,6 +496,8 @@ class WindowedModel:
             return self._unchanged(node, w)
         L_out = self.ref[node.name].shape[-1]
         oa, ob, ia, ib = _cone(w.a, w.b, k, stride, 0, dil, L_out)
+        if oa >= ob:  # only positions that no output reads (a tail the pooling drops) changed
+            return self._unchanged(node, w)
         x = self._gather(w, ia, ib)
         if kind == "max":
             y = F.max_pool1d(x, k, stride, 0, dil)

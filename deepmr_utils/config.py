@@ -86,6 +86,43 @@ _SIZES = {
             "train": {"max_epochs": 200, "patience": 5, "batch_size": 128},
         },
     },
+    "deepsea": {
+        # sequence length, a narrower DeepSEA (same architecture), ensemble and MC-dropout
+        # passes, data, mutated loci per TF, and training
+        "quick": {
+            "length": 200,
+            "widths": (32, 32, 32),
+            "hidden": 32,
+            "n_members": 3,
+            "mc_passes": 10,
+            "n_train": 4000,
+            "n_test": 600,
+            "n_loci": 25,
+            "train": {"max_epochs": 30, "patience": 4, "batch_size": 64},
+        },
+        "default": {
+            "length": 400,
+            "widths": (64, 64, 64),
+            "hidden": 64,
+            "n_members": 4,
+            "mc_passes": 20,
+            "n_train": 12000,
+            "n_test": 1500,
+            "n_loci": 60,
+            "train": {"max_epochs": 60, "patience": 6, "batch_size": 128},
+        },
+        "paper": {
+            "length": 1000,
+            "widths": (320, 480, 960),
+            "hidden": 925,
+            "n_members": 5,
+            "mc_passes": 50,
+            "n_train": 100000,
+            "n_test": 5000,
+            "n_loci": 200,
+            "train": {"max_epochs": 100, "patience": 5, "batch_size": 256},
+        },
+    },
 }
 
 
@@ -123,6 +160,23 @@ class BPNetSizes:
     train: TrainConfig
 
 
+@dataclass(frozen=True)
+class DeepSEASizes:
+    """The DeepSEA chapter: sequence length, model widths, ensemble and MC-dropout passes,
+    training and test sequences, mutated loci per TF, and training."""
+
+    scale: str
+    length: int
+    widths: tuple
+    hidden: int
+    n_members: int
+    mc_passes: int
+    n_train: int
+    n_test: int
+    n_loci: int
+    train: TrainConfig
+
+
 def get_scale(value: str | None = None) -> str:
     """Return the active scale: ``value`` if given, else ``$DEEPMR_SCALE``, else ``"default"``."""
     if value is None:
@@ -133,7 +187,7 @@ def get_scale(value: str | None = None) -> str:
     return value
 
 
-def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSizes | BPNetSizes:
+def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSizes | BPNetSizes | DeepSEASizes:
     """The typed, frozen sizes of ``chapter`` at ``scale`` (default: the active scale)."""
     if chapter not in _SIZES:
         raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(_SIZES)}")
@@ -149,7 +203,8 @@ def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSiz
         )
     from .train import TrainConfig
 
-    return BPNetSizes(scale=scale, **{**row, "train": TrainConfig(**row["train"])})
+    kind = BPNetSizes if chapter == "bpnet" else DeepSEASizes
+    return kind(scale=scale, **{**row, "train": TrainConfig(**row["train"])})
 
 
 RESULTS_VAR = "DEEPMR_RESULTS"

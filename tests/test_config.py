@@ -34,6 +34,8 @@ def test_sizes_are_typed_and_read_only():
     assert sim.study == simulation_study.StudySizes()  # the default scale is the study's defaults
     bp = config.sizes("bpnet", "quick")
     assert isinstance(bp.train, train.TrainConfig) and bp.train.max_epochs == 25
+    ds = config.sizes("deepsea", "paper")
+    assert ds.widths == (320, 480, 960) and ds.hidden == 925 and ds.length == 1000 and ds.mc_passes == 50
 
 
 def test_set_seed_reproducible():

@@ -220,3 +220,37 @@ def test_binding_tracks_are_the_site_probabilities_of_each_role():
     for role in ("exposure", "outcome", "confounder"):
         want = motifs.site_probabilities(x[None], gen.pwm(role), gen.background, mu=gen.mu)[0]
         assert np.allclose(tracks[tracks.role == role].p_bound, want)
+
+
+def test_chromatin_world_truth_is_the_causal_matrix():
+    """Accessibility logits are linear in binding logits, so every locus's true effect is EFFECTS[t, c]."""
+    from deepmr_utils.instruments import variant_table
+    from deepmr_utils.simulate.chromatin import CELL_TYPES, EFFECTS, TFS, ChromatinModel
+
+    world = ChromatinModel(length=120)
+    data = world.sample(300, seed=0)
+    assert data["X"].shape == (300, 4, 120) and data["y"].shape == (300, 7)
+    assert set(np.unique(data["y"])) == {0.0, 1.0}
+    # planted motifs are bound: each TF's binding logit is higher with its motif than without
+    for t in range(4):
+        has = data["sites"][:, t] >= 0
+        assert data["logits"][has, t].mean() > data["logits"][~has, t].mean() + 3
+    assert (data["sites"][:, 4] == -1).all()  # no pioneer without confounding
+    # DNase = d + binding @ EFFECTS: recover the matrix by least squares from the oracle
+    coef, *_ = np.linalg.lstsq(np.c_[np.ones(300), data["logits"][:, :4]], data["logits"][:, 4:], rcond=None)
+    assert np.allclose(coef[1:], EFFECTS.to_numpy(), atol=1e-8)
+    # true local effects on instruments in CTCF's motif: EFFECTS[CTCF, c] exactly
+    has = np.flatnonzero(data["sites"][:, 0] >= 0)[:5]
+    X = data["X"][has]
+    eff = np.zeros((5, 120, 4, 7))
+    table = variant_table(eff + 1.0, np.ones_like(eff), X, exposure=0, outcome=4)
+    for c, cell in enumerate(CELL_TYPES):
+        truth = world.true_local_effects(X, table, 0, 4 + c).dropna()
+        assert len(truth) == 5 and np.allclose(truth.theta, EFFECTS.loc["CTCF", cell])
+    assert world.output_names == list(TFS) + [f"DNase {c}" for c in CELL_TYPES]
+    # the pioneer (a sequence-dependent confounder) raises binding and accessibility directly
+    conf = ChromatinModel(length=120, confounded=True).sample(400, seed=1)
+    with_p = conf["sites"][:, 4] >= 0
+    assert with_p.any() and conf["logits"][with_p, 4:].mean() > conf["logits"][~with_p, 4:].mean()
+    with pytest.raises(ValueError, match="too short"):
+        ChromatinModel(length=50)

@@ -145,6 +145,14 @@ def test_windowed_equals_plain(make, kw):
     assert not caught, caught  # every operation of these models is handled as local or linear-global
 
 
+def test_a_tail_no_output_reads():
+    """L = 41: the first pooling drops the last conv output, so edits at the tail change nothing."""
+    torch.manual_seed(0)
+    model = DenseHead(41)
+    fast, plain, caught = both(model, sq.random_sequences(2, 41, seed=7))
+    assert (fast - plain).abs().max() < TOL and not caught
+
+
 def test_windowed_on_positions_and_batched_references():
     torch.manual_seed(0)
     models = [_randomize_bn(DenseHead()) for _ in range(2)]

@@ -23,6 +23,13 @@ MOTIFS = {
     "Sox2": "MA0143.4",
     "Nanog": "MA2339.1",
     "Klf4": "MA0039.4",
+    # DeepSEA chapter: CTCF, an activator, a repressor, a TF that binds but does nothing,
+    # and a pioneer factor (the sequence-dependent confounder)
+    "CTCF": "MA0139.2",
+    "CEBPB": "MA0466.4",
+    "REST": "MA0138.3",
+    "NRF1": "MA0506.3",
+    "FOXA1": "MA0148.5",
 }
 
 OUT = Path(__file__).resolve().parents[1] / "deepmr_utils" / "data" / "jaspar_motifs.json"

@@ -2,11 +2,13 @@
 
 * :mod:`~deepmr_utils.simulate.summary` - MR summary statistics for many loci (the method chapter);
 * :mod:`~deepmr_utils.simulate.cooperativity` - two TFs, one's binding causes the other's (simulation chapter);
-* :mod:`~deepmr_utils.simulate.chipnexus` - ChIP-nexus profiles of four TFs with a causal matrix (BPNet chapter).
+* :mod:`~deepmr_utils.simulate.chipnexus` - ChIP-nexus profiles of four TFs with a causal matrix (BPNet chapter);
+* :mod:`~deepmr_utils.simulate.chromatin` - TF binding and accessibility in three cell types (DeepSEA chapter).
 """
 
 from ._common import anscombe, draw_effect_ratio
 from .chipnexus import OSKN, OSKN_EFFECTS, OSKN_MOTIFS, ChipNexusModel
+from .chromatin import ChromatinModel
 from .cooperativity import CooperativityModel
 from .summary import summary_statistics
 
@@ -14,6 +16,7 @@ __all__ = [
     "summary_statistics",
     "CooperativityModel",
     "ChipNexusModel",
+    "ChromatinModel",
     "OSKN",
     "OSKN_MOTIFS",
     "OSKN_EFFECTS",

@@ -1,0 +1,157 @@
+"""TF binding and chromatin accessibility with a known causal matrix: the DeepSEA chapter's world.
+
+Four TFs with real JASPAR motifs bind DNA; accessibility ("DNase") in three cell types
+follows from their binding with known per-cell-type coefficients:
+
+* CTCF (MA0139.2) opens chromatin in every cell type;
+* CEBPB (MA0466.4), an activator, opens it in one cell type only (HepG2);
+* REST (MA0138.3), a repressor, closes it everywhere;
+* NRF1 (MA0506.3) binds but does nothing to accessibility.
+
+On the logit scale (what a DeepSEA-like classifier outputs before its sigmoid)
+
+    binding_t   = a + s * q_t + g_b * q_pioneer
+    DNase_c     = d + sum_t EFFECTS[t, c] * binding_t + g_a * q_pioneer
+
+with ``q`` motif occupancies, so the causal effect of TF ``t``'s binding logit on
+cell type ``c``'s accessibility logit is exactly ``EFFECTS[t, c]`` at every sequence
+and every instrument. ``confounded=True`` embeds a pioneer factor's motif (FOXA1,
+MA0148.5) that raises every TF's binding *and* accessibility directly: a
+sequence-dependent confounder whose motif variants are pleiotropic instruments.
+Labels are Bernoulli draws of the logits' probabilities, as ChIP-seq and DNase peaks
+are binary in DeepSEA's training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import motifs as _motifs
+from .._types import Sequences
+from ..sequence import ALPHABET, from_codes, substitute
+from ._common import slope_through_origin
+
+__all__ = ["ChromatinModel", "TFS", "CELL_TYPES", "EFFECTS"]
+
+TFS = ("CTCF", "CEBPB", "REST", "NRF1")
+CELL_TYPES = ("GM12878", "K562", "HepG2")
+# causal effect of each TF's binding logit (rows) on each cell type's DNase logit (columns)
+EFFECTS = pd.DataFrame(
+    [[0.6, 0.6, 0.6], [0.0, 0.0, 0.8], [-0.6, -0.6, -0.6], [0.0, 0.0, 0.0]],
+    index=pd.Index(TFS, name="tf"),
+    columns=pd.Index(CELL_TYPES, name="cell_type"),
+)
+PIONEER = "FOXA1"
+
+
+@dataclass(frozen=True)
+class ChromatinModel:
+    """The generative model; outputs are ``TFS`` binding then one DNase track per ``CELL_TYPES``.
+
+    ``length``: sequence length; each TF's motif is embedded (sampled from its JASPAR
+    matrix, non-overlapping) with probability ``p_embed``, the pioneer's with
+    ``p_pioneer`` when ``confounded``. ``mu``: the binding threshold of
+    :func:`deepmr_utils.motifs.occupancy`.
+    """
+
+    length: int = 200
+    background: tuple = (0.27, 0.23, 0.23, 0.27)
+    p_embed: float = 0.4
+    confounded: bool = False
+    p_pioneer: float = 0.5
+    mu: float = -3.0
+    a: float = -3.0
+    s: float = 6.0
+    d: float = 0.0
+    g_binding: float = 1.5
+    g_access: float = 1.5
+    pseudocount: float = 1e-3
+
+    def __post_init__(self):
+        for name in ("p_embed", "p_pioneer"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        width = sum(self.pwm(m).shape[0] for m in TFS + (PIONEER,))
+        if width + 2 > self.length:
+            raise ValueError(f"length {self.length} is too short for all five motifs ({width} bp)")
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(TFS) + [f"DNase {c}" for c in CELL_TYPES]
+
+    @staticmethod
+    def effects() -> pd.DataFrame:
+        """The true causal matrix ``EFFECTS`` (TF x cell type), a copy."""
+        return EFFECTS.copy()
+
+    def pwm(self, name: str) -> np.ndarray:
+        return _motifs.jaspar(name, pseudocount=self.pseudocount)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, seed: int | None = None) -> dict:
+        """``n`` sequences with labels: ``X`` ``(n, 4, L)``, ``y`` binary ``(n, 7)``, ``logits``
+        (the oracle's, ``(n, 7)``), ``sites`` ``(n, 5)`` (start of each TF's motif, then the
+        pioneer's, or -1)."""
+        rng = np.random.default_rng(seed)
+        L = self.length
+        codes = rng.choice(4, size=(n, L), p=np.asarray(self.background))
+        names = TFS + (PIONEER,)
+        pwms = [self.pwm(m) for m in names]
+        p = np.array([self.p_embed] * len(TFS) + [self.p_pioneer if self.confounded else 0.0])
+        embed = rng.random((n, len(names))) < p
+        sites = np.full((n, len(names)), -1)
+        for i in range(n):
+            todo = rng.permutation(np.flatnonzero(embed[i]))
+            widths = [pwms[j].shape[0] for j in todo]
+            cuts = np.sort(rng.integers(0, L - sum(widths) + 1, len(todo)))
+            pos = 0
+            for j, cut, w in zip(todo, cuts, widths):
+                start = cut + pos
+                codes[i, start : start + w] = _motifs.sample_instance(pwms[j], rng)
+                sites[i, j] = start
+                pos += w
+        X = from_codes(codes)
+        logits = self.oracle(X)
+        y = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+        return {"X": X, "y": y, "logits": logits, "sites": sites}
+
+    # ------------------------------------------------------------------ oracle
+    def occupancies(self, X: Sequences) -> np.ndarray:
+        """Motif occupancies ``(n, 5)``: the four TFs, then the pioneer (0 when not confounded)."""
+        q = [_motifs.occupancy(X, self.pwm(m), self.background, mu=self.mu) for m in TFS]
+        pioneer = _motifs.occupancy(X, self.pwm(PIONEER), self.background, mu=self.mu)
+        return np.stack(q + [pioneer if self.confounded else np.zeros_like(pioneer)], axis=1)
+
+    def oracle(self, X: Sequences, *, q: np.ndarray | None = None) -> np.ndarray:
+        """True logits ``(n, 7)``: binding of each TF, then DNase per cell type."""
+        q = self.occupancies(X) if q is None else q
+        binding = self.a + self.s * q[:, : len(TFS)] + self.g_binding * q[:, [-1]]
+        access = self.d + binding @ EFFECTS.to_numpy() + self.g_access * q[:, [-1]]
+        return np.concatenate([binding, access], axis=1)
+
+    def variant_truth(self, X: Sequences, table: pd.DataFrame, exposure: int, outcome: int) -> pd.DataFrame:
+        """Oracle changes per variant of ``table`` (``locus, position, alt``): ``dx`` (exposure
+        logit), ``dy`` (outcome logit, total) and ``dy_causal`` (the part that flows through
+        the exposure: its coefficient times ``dx``; zero unless ``outcome`` is a DNase track
+        and ``exposure`` a TF)."""
+        Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        loc = table["locus"].to_numpy().astype(int)
+        alt = table["alt"].map({b: i for i, b in enumerate(ALPHABET)}).to_numpy()
+        ref = self.oracle(Xn[loc])
+        mut = self.oracle(substitute(Xn[loc], table["position"].to_numpy().astype(int), alt))
+        dx = mut[:, exposure] - ref[:, exposure]
+        T = len(TFS)
+        coef = EFFECTS.to_numpy()[exposure, outcome - T] if exposure < T <= outcome else 0.0
+        return pd.DataFrame(
+            {"dx": dx, "dy": mut[:, outcome] - ref[:, outcome], "dy_causal": coef * dx}, index=table.index
+        )
+
+    def true_local_effects(self, X: Sequences, table: pd.DataFrame, exposure: int, outcome: int) -> pd.DataFrame:
+        """True local effect per locus on exactly the given instruments (``locus, theta``):
+        the slope through the origin of the causal outcome change on the exposure change."""
+        t = self.variant_truth(X, table, exposure, outcome)
+        return slope_through_origin(table["locus"].to_numpy(), t.dx.to_numpy(), t.dy_causal.to_numpy())
