@@ -6,14 +6,19 @@ follows from their binding with known per-cell-type coefficients:
 * CTCF (MA0139.2) opens chromatin in every cell type;
 * CEBPB (MA0466.4), an activator, opens it in one cell type only (HepG2);
 * REST (MA0138.3), a repressor, closes it everywhere;
-* NRF1 (MA0506.3) binds but does nothing to accessibility.
+* ZNF143 (MA0088.3) binds but does nothing to accessibility.
 
 On the logit scale (what a DeepSEA-like classifier outputs before its sigmoid)
 
-    binding_t   = a + s * q_t + g_b * q_pioneer
-    DNase_c     = d + sum_t EFFECTS[t, c] * binding_t + g_a * q_pioneer
+    binding_t   = a + s * A_t + g_b * A_pioneer
+    DNase_c     = d + sum_t EFFECTS[t, c] * binding_t + g_a * A_pioneer
 
-with ``q`` motif occupancies, so the causal effect of TF ``t``'s binding logit on
+with ``A`` a motif's affinity: the log partition function ``log sum_j exp(LLR_j + mu)``
+over the sequence's windows, divided by the consensus site's log-likelihood ratio so
+that a consensus site scores about 1 and background about 0. In a two-state binding
+model ``logit P(bound) = log Z``, so a base change shifts the binding logit by its
+change of site energy, without the saturation of an occupancy near 1 (which would give
+most single mutations of a strong site no effect at all). So the causal effect of TF ``t``'s binding logit on
 cell type ``c``'s accessibility logit is exactly ``EFFECTS[t, c]`` at every sequence
 and every instrument. ``confounded=True`` embeds a pioneer factor's motif (FOXA1,
 MA0148.5) that raises every TF's binding *and* accessibility directly: a
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import logsumexp
 
 from .. import motifs as _motifs
 from .._types import Sequences
@@ -37,7 +43,7 @@ from ._common import slope_through_origin
 
 __all__ = ["ChromatinModel", "TFS", "CELL_TYPES", "EFFECTS"]
 
-TFS = ("CTCF", "CEBPB", "REST", "NRF1")
+TFS = ("CTCF", "CEBPB", "REST", "ZNF143")
 CELL_TYPES = ("GM12878", "K562", "HepG2")
 # causal effect of each TF's binding logit (rows) on each cell type's DNase logit (columns)
 EFFECTS = pd.DataFrame(
@@ -54,8 +60,9 @@ class ChromatinModel:
 
     ``length``: sequence length; each TF's motif is embedded (sampled from its JASPAR
     matrix, non-overlapping) with probability ``p_embed``, the pioneer's with
-    ``p_pioneer`` when ``confounded``. ``mu``: the binding threshold of
-    :func:`deepmr_utils.motifs.occupancy`.
+    ``p_pioneer`` when ``confounded``. ``mu``: the site energy offset (as in
+    :func:`deepmr_utils.motifs.occupancy`); ``a``, ``s``: binding logit = ``a + s * affinity``;
+    ``g_binding`` / ``g_access``: the pioneer's effect on binding and on accessibility.
     """
 
     length: int = 200
@@ -64,8 +71,8 @@ class ChromatinModel:
     confounded: bool = False
     p_pioneer: float = 0.5
     mu: float = -3.0
-    a: float = -3.0
-    s: float = 6.0
+    a: float = -2.0
+    s: float = 9.0
     d: float = 0.0
     g_binding: float = 1.5
     g_access: float = 1.5
@@ -120,15 +127,22 @@ class ChromatinModel:
         return {"X": X, "y": y, "logits": logits, "sites": sites}
 
     # ------------------------------------------------------------------ oracle
-    def occupancies(self, X: Sequences) -> np.ndarray:
-        """Motif occupancies ``(n, 5)``: the four TFs, then the pioneer (0 when not confounded)."""
-        q = [_motifs.occupancy(X, self.pwm(m), self.background, mu=self.mu) for m in TFS]
-        pioneer = _motifs.occupancy(X, self.pwm(PIONEER), self.background, mu=self.mu)
-        return np.stack(q + [pioneer if self.confounded else np.zeros_like(pioneer)], axis=1)
+    def affinity(self, X: Sequences, name: str) -> np.ndarray:
+        """``log sum_j exp(LLR_j + mu)`` over the windows of each sequence, per consensus LLR, ``(n,)``."""
+        pwm = self.pwm(name)
+        llr = _motifs.window_llr(X, pwm, self.background)
+        consensus = float(np.log(pwm.max(axis=1) / np.asarray(self.background)[pwm.argmax(axis=1)]).sum())
+        return logsumexp(llr + self.mu, axis=1) / consensus
+
+    def affinities(self, X: Sequences) -> np.ndarray:
+        """Affinities ``(n, 5)``: the four TFs, then the pioneer (0 when not confounded)."""
+        q = [self.affinity(X, m) for m in TFS]
+        pioneer = self.affinity(X, PIONEER) if self.confounded else np.zeros_like(q[0])
+        return np.stack(q + [pioneer], axis=1)
 
     def oracle(self, X: Sequences, *, q: np.ndarray | None = None) -> np.ndarray:
         """True logits ``(n, 7)``: binding of each TF, then DNase per cell type."""
-        q = self.occupancies(X) if q is None else q
+        q = self.affinities(X) if q is None else q
         binding = self.a + self.s * q[:, : len(TFS)] + self.g_binding * q[:, [-1]]
         access = self.d + binding @ EFFECTS.to_numpy() + self.g_access * q[:, [-1]]
         return np.concatenate([binding, access], axis=1)
