@@ -15,7 +15,7 @@ from torch import nn
 from deepmr_utils import ism
 from deepmr_utils import sequence as sq
 from deepmr_utils._windowed import TraceError, WindowedModel
-from deepmr_utils.models import BPNet, DilatedResidualNet, PooledRegressor, bpnet
+from deepmr_utils.models import BPNet, CountsRegressor, DilatedResidualNet, PooledRegressor, bpnet
 
 TOL = 2e-5
 L = 40
@@ -132,8 +132,9 @@ def profile_and_counts(y):
         (Strided, {"outputs": lambda y: torch.cat([y[0], y[1]], 1)}),
         (ProfileHead, {"outputs": profile_and_counts}),
         (lambda: PooledRegressor(2, n_filters=8, hidden=8), {}),
+        (lambda: CountsRegressor(L, 2), {}),
     ],
-    ids=["dense-head", "strided", "profile-tuple", "pooled"],
+    ids=["dense-head", "strided", "profile-tuple", "pooled", "counts-cnn"],
 )
 def test_windowed_equals_plain(make, kw):
     torch.manual_seed(0)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from torch import nn
+
+from ._check import check_input
+
+torch.fx.wrap("check_input")  # a leaf for the windowed ISM engine (see _check)
 
 
 class CountsRegressor(nn.Module):
@@ -53,6 +58,5 @@ class CountsRegressor(nn.Module):
             raise ValueError(f"output_names has {len(self.output_names)} names for {n_outputs} outputs")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.length:
-            raise ValueError(f"expected sequences of length {self.length}, got {x.shape[-1]}")
+        check_input(x, length=self.length)
         return self.out(self.dense(self.conv(x).flatten(1)))

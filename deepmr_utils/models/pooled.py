@@ -8,17 +8,10 @@ import torch
 import torch.fx
 from torch import nn
 
+from ._check import check_input
 from .scale import TargetScale
 
-
-def check_input(x: torch.Tensor, min_length: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``(N, 4, L >= min_length)``."""
-    if x.ndim != 3 or x.shape[1] != 4 or x.shape[-1] < min_length:
-        raise ValueError(f"expected (N, 4, L >= {min_length}) one-hot sequences, got {tuple(x.shape)}")
-
-
-# a leaf for torch.fx, so the windowed ISM engine can capture the model (the check runs on real tensors)
-torch.fx.wrap("check_input")
+torch.fx.wrap("check_input")  # a leaf for the windowed ISM engine (see _check)
 
 
 class PooledRegressor(nn.Module):
@@ -63,7 +56,7 @@ class PooledRegressor(nn.Module):
             raise ValueError(f"output_names has {len(self.output_names)} names for {n_outputs} outputs")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.kernel)
+        check_input(x, min_length=self.kernel)
         h = self.conv(x)
         pooled = torch.cat([h.amax(dim=-1), h.mean(dim=-1)], dim=1)
         return self.target_scale(self.dense(pooled))
