@@ -226,10 +226,13 @@ def saturation_mutagenesis(
         dropout mask per layer, shared by every reference and mutant in the pass;
         the passes fill the model axis. Requires exactly one model.
     fast : recompute only the window a mutation can reach (exact: the plain path's numbers
-        to float32 round-off, with several times fewer FLOPs). ``None``/``True``: for any
-        model ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`; the book's models use
+        to float32 round-off, with several times fewer FLOPs). ``True``: for any model
+        ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`; the book's BPNet-style models use
         their hand-written ``ism_reference``/``ism_block``); a model it cannot trace runs on
-        the plain path with a warning that says why. ``False``: the plain path.
+        the plain path with a warning that says why. ``None`` (default): the same, except that
+        with 16 or more sequences the generic engine and the plain path are both timed on 64
+        positions of the second sequence and the faster one does the work (a small model on short sequences
+        can be faster in plain batches). ``False``: the plain path.
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
         one ``torch.func`` call for all members). ``"auto"`` = loop: measured faster for
         convolutional models on both CPU and GPU (``benchmarks/bench_ism.py``).
@@ -275,19 +278,35 @@ def saturation_mutagenesis(
     with eval_mode(models), torch.inference_mode():
         ctx = torch.autocast(dev.type, dtype=dtype) if autocast else nullcontext()
         with ctx:
-            if windowed:
-                if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
-                    chunk, wide = 1, block
-                else:  # many references and a wider window per call, about `batch_size` mutants each
-                    target = batch_size or 4096
-                    chunk = max(1, target // (3 * block))
-                    wide = max(block, min(128, target // (3 * min(N, chunk))))
+            if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
+                chunk, wide = 1, block
+            else:  # many references and a wider window per call, about `batch_size` mutants each
+                target = batch_size or 4096
+                chunk = max(1, target // (3 * block))
+                wide = max(block, min(128, target // (3 * min(N, chunk))))
+
+            def run_windowed(Xs, ps=pos):
                 if own:
-                    out = _fast_path(models, X, pos, outputs, None if chunk > 1 else batch_size, wide, chunk)
-                else:
-                    out = _windowed_path(engines, X, pos, outputs, wide, chunk, mc_dropout, seed, models)
+                    return _fast_path(models, Xs, ps, outputs, None if chunk > 1 else batch_size, wide, chunk)
+                return _windowed_path(engines, Xs, ps, outputs, wide, chunk, mc_dropout, seed, models)
+
+            def run_plain(Xs, ps=pos):
+                return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
+
+            if windowed and fast is None and engines is not None and N >= 16:
+                # a small model on short sequences can run faster in plain batches than in windows: time
+                # both on 64 central positions of the second sequence (the first builds each path's
+                # kernels) and keep the faster; the probes cost 4 x 64 positions of one sequence
+                sub = pos[max(0, pos.numel() // 2 - 32) :][:64]
+                took = []
+                for fn in (run_windowed, run_plain):
+                    fn(X[:1], sub)
+                    t0 = time.perf_counter()
+                    fn(X[1:2], sub)
+                    took.append(time.perf_counter() - t0)
+                out = run_windowed(X) if took[0] <= took[1] else run_plain(X)
             else:
-                out = _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ensemble)
+                out = run_windowed(X) if windowed else run_plain(X)
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
         raise ValueError(

@@ -208,3 +208,13 @@ def test_generic_engine_equals_the_hand_written_path(make):
     with torch.no_grad():
         generic = ism._windowed_path([WindowedModel(model, outputs)], X, torch.arange(64), outputs, 8, 1, 0, 0, [model])
     assert (hand - generic).abs().max() < TOL
+
+
+def test_default_times_both_paths_and_keeps_the_numbers():
+    """fast=None with many sequences probes both paths on a few positions, then runs one: same numbers."""
+    torch.manual_seed(0)
+    models = [PooledRegressor(2, n_filters=8, hidden=8).eval() for _ in range(2)]
+    X = sq.random_sequences(16, 30, seed=8)
+    auto = ism.saturation_mutagenesis(models, X)
+    plain = ism.saturation_mutagenesis(models, X, fast=False)
+    assert auto.shape == plain.shape and (auto - plain).abs().max() < TOL
