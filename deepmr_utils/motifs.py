@@ -16,7 +16,7 @@ import torch
 
 from ._types import Sequences
 
-__all__ = ["available", "jaspar", "sample_instance", "window_llr", "occupancy"]
+__all__ = ["available", "jaspar", "sample_instance", "plant", "window_llr", "occupancy"]
 
 
 @lru_cache(maxsize=1)
@@ -51,6 +51,21 @@ def sample_instance(pwm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw one motif instance: each position's base from its PWM column. Returns base codes (width,)."""
     u = rng.random(pwm.shape[0])[:, None]
     return (u > np.cumsum(pwm, axis=1)).sum(axis=1).clip(0, 3)
+
+
+def plant(row: np.ndarray, pwms: Sequence[np.ndarray], order: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """Write a sampled instance of ``pwms[j]`` for each ``j`` in ``order`` into the base codes ``row``
+    ``(L,)``, at random non-overlapping positions that keep that order along the sequence.
+    Returns the start of each planted motif (in ``order``)."""
+    widths = [pwms[j].shape[0] for j in order]
+    cuts = np.sort(rng.integers(0, len(row) - sum(widths) + 1, len(order)))
+    starts, offset = [], 0
+    for cut, w in zip(cuts, widths):
+        starts.append(int(cut + offset))
+        offset += w
+    for j, start in zip(order, starts):
+        row[start : start + pwms[j].shape[0]] = sample_instance(pwms[j], rng)
+    return starts
 
 
 def window_llr(X: torch.Tensor | np.ndarray, pwm: np.ndarray, background: Sequence[float]) -> np.ndarray:

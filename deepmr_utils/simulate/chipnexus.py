@@ -155,16 +155,7 @@ class ChipNexusModel:
         sites = np.full((n, 4), -1)
         for i in range(n):
             chosen = rng.permutation(np.flatnonzero(rng.random(4) < self.motif_prob))
-            k = chosen.size
-            widths = [pwms[j].shape[0] for j in chosen]
-            free = L - sum(widths)
-            cuts = np.sort(rng.integers(0, free + 1, k))
-            offset = 0
-            for j, cut, w in zip(chosen, cuts, widths):
-                s = cut + offset
-                codes[i, s : s + w] = _motifs.sample_instance(pwms[j], rng)
-                sites[i, j] = s
-                offset += w
+            sites[i, chosen] = _motifs.plant(codes[i], pwms, chosen, rng)
         X = from_codes(codes)
         q, pos = self._sites(X)
         b = self.binding(X, q=q, pos=pos)

@@ -113,14 +113,7 @@ class ChromatinModel:
         sites = np.full((n, len(names)), -1)
         for i in range(n):
             todo = rng.permutation(np.flatnonzero(embed[i]))
-            widths = [pwms[j].shape[0] for j in todo]
-            cuts = np.sort(rng.integers(0, L - sum(widths) + 1, len(todo)))
-            pos = 0
-            for j, cut, w in zip(todo, cuts, widths):
-                start = cut + pos
-                codes[i, start : start + w] = _motifs.sample_instance(pwms[j], rng)
-                sites[i, j] = start
-                pos += w
+            sites[i, todo] = _motifs.plant(codes[i], pwms, todo, rng)
         X = from_codes(codes)
         logits = self.oracle(X)
         y = (rng.random(logits.shape) < 1 / (1 + np.exp(-logits))).astype(np.float32)

@@ -114,7 +114,6 @@ class CooperativityModel:
         L = self.length
         codes = rng.choice(4, size=(n, L), p=np.asarray(self.background))
         pwms = [self.pwm(r) for r in ("exposure", "outcome", "confounder")]
-        w_e, w_o, w_c = (p.shape[0] for p in pwms)
         config = np.where(rng.random(n) < self.p_embed, rng.integers(1, 4, n), 0)
         sites = np.full((n, 3), -1)
         conf = self.sequence_dependent & (rng.random(n) < self.p_confounder_motif)
@@ -126,18 +125,8 @@ class CooperativityModel:
                 todo.append(1)
             if conf[i]:
                 todo.append(2)
-            widths = [(w_e, w_o, w_c)[j] for j in todo]
-            # non-overlapping placement in the order listed (exposure before outcome)
-            free = L - sum(widths)
-            cuts = np.sort(rng.integers(0, free + 1, len(todo)))
-            pos = 0
-            starts = {}
-            for j, cut, w in zip(todo, cuts, widths):
-                starts[j] = cut + pos
-                pos += w
-            for j, s in starts.items():
-                codes[i, s : s + pwms[j].shape[0]] = _motifs.sample_instance(pwms[j], rng)
-                sites[i, j] = s
+            # in the order listed: the exposure motif before the outcome motif
+            sites[i, todo] = _motifs.plant(codes[i], pwms, todo, rng)
         X = from_codes(codes)
         b_conf = (rng.random(n) < self.p_confounder).astype(np.float64) if self.sequence_independent else np.zeros(n)
         lam = self.expected_counts(X, b_conf)
