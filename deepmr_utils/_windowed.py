@@ -198,13 +198,9 @@ class WindowedModel:
     where their one-hot is ``x_win`` ``(B, 4, w)``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        outputs: Callable | None = None,
-        dropout_mask: Callable[[nn.Module, torch.Size], torch.Tensor] | None = None,
-    ):
-        self.dropout_mask = dropout_mask  # MC-dropout: module, activation shape -> the pass's shared mask
+    def __init__(self, model: nn.Module, outputs: Callable | None = None):
+        # MC-dropout: set to (module, activation shape) -> the current pass's shared mask
+        self.dropout_mask: Callable[[nn.Module, torch.Size], torch.Tensor] | None = None
         self.applies_outputs = False
         if outputs is not None:  # capture the outputs map too, so branches it drops are never computed
             try:
@@ -237,6 +233,7 @@ class WindowedModel:
         self.input = inputs[0].name
         self.fallback: str | None = None  # the first operation that needed a full tensor
         self._weights: dict = {}
+        self._costly: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()
@@ -344,7 +341,13 @@ class WindowedModel:
     # ------------------------------------------------------------------ helpers
     def _costly_from(self, node) -> bool:
         """Whether ``node`` or an operation after it carries weights (a full-length tensor there
-        costs time; near the output, e.g. concatenating the outputs, it costs nothing)."""
+        costs time; near the output, e.g. concatenating the outputs, it costs nothing). The graph is
+        fixed, so each node's answer is computed once, not once per block of mutants."""
+        if node.name not in self._costly:
+            self._costly[node.name] = self._weighted_downstream(node)
+        return self._costly[node.name]
+
+    def _weighted_downstream(self, node) -> bool:
         seen, todo = set(), [node]
         heavy = {F.linear, F.conv1d, torch.conv1d, torch.matmul, torch.bmm, torch.einsum, operator.matmul}
         while todo:
@@ -386,10 +389,13 @@ class WindowedModel:
             return obj
         raise TraceError(f"unexpected node {node.op} {node.target}")
 
+    def _per_mutant(self, t: torch.Tensor) -> torch.Tensor:
+        """A references' tensor with one row per mutant (a view when one reference is shared)."""
+        return t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:])
+
     def _ref_rows(self, name, a, b):
         """The references' slice ``[a, b)`` of cached activation ``name``, one row per mutant."""
-        t = self.ref[name][..., a:b]
-        return t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:])
+        return self._per_mutant(self.ref[name][..., a:b])
 
     def _gather(self, w: _Win, lo: int, hi: int) -> torch.Tensor:
         """``w``'s full values on ``[lo, hi)``, zeros outside the sequence (conv zero padding)."""
@@ -415,8 +421,7 @@ class WindowedModel:
         return v
 
     def _pointwise(self, node, args, kwargs):
-        rest = [v for v in list(args[1:]) + list(kwargs.values())]
-        if any(isinstance(v, (_Win, _Flat, _Dense, torch.Tensor)) for v in rest):
+        if any(isinstance(v, (_Win, _Flat, _Dense, torch.Tensor)) for v in list(args[1:]) + list(kwargs.values())):
             return False
         if node.op == "call_module":
             m = self.modules[node.target]
@@ -542,8 +547,7 @@ class WindowedModel:
         parts = [w.t] if w.b > w.a else []
         for t, i in ((prefix, w.a - 1), (suffix, w.b)):
             if 0 <= i < L:
-                t = t[..., i : i + 1]
-                parts.append(t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:]))
+                parts.append(self._per_mutant(t[..., i : i + 1]))
         top = torch.cat(parts, -1).amax(-1, keepdim=bool(keep))
         return _Dense(_MaxOut(top, None) if tuple_out else top)
 
@@ -565,9 +569,7 @@ class WindowedModel:
         delta = (w.t - self._ref_rows(w.node, w.a, w.b)).sum(-1, keepdim=bool(keep))
         if node.target in ("mean", torch.mean):
             delta = delta / self.ref[w.node].shape[-1]
-        ref = self.ref[node.name]
-        ref = ref[self.rows] if self.rows is not None else ref.expand(self.B, *ref.shape[1:])
-        return _Dense(ref + delta)
+        return _Dense(self._per_mutant(self.ref[node.name]) + delta)
 
     def _crop(self, node, w: _Win, idx):
         nd = w.t.ndim
@@ -617,6 +619,4 @@ class WindowedModel:
             return None
         delta = w.t - self._ref_rows(w.node, w.a, w.b)  # (B, C, w)
         W = weight.view(weight.shape[0], C, L)[:, :, w.a : w.b]
-        ref = self.ref[node.name]
-        ref = ref[self.rows] if self.rows is not None else ref.expand(self.B, *ref.shape[1:])
-        return _Dense(ref + torch.einsum("bcw,ocw->bo", delta, W))
+        return _Dense(self._per_mutant(self.ref[node.name]) + torch.einsum("bcw,ocw->bo", delta, W))

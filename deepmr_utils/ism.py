@@ -409,7 +409,7 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
         i = j + 1
     if mc_dropout:
         shared = _SharedDropout(models[0], seed)
-        engines = [WindowedModel(models[0], outputs if callable(outputs) else None, dropout_mask=shared.mask_for)]
+        engines[0].dropout_mask = shared.mask_for  # the one model, captured once; each pass its masks
         passes = [(engines[0], s) for s in range(mc_dropout)]
     else:
         shared, passes = None, [(e, None) for e in engines]
