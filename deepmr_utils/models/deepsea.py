@@ -38,9 +38,10 @@ _AGCT_TO_ACGT = [0, 2, 1, 3]  # ACGT channel c reads the published kernel's AGCT
 
 
 class _Head(nn.Module):
-    """Shared tail: optional sigmoid and reverse-complement averaging around ``body``."""
+    """Shared by both models: input length, output names, optional sigmoid and reverse-complement
+    averaging around ``body``."""
 
-    def _init_head(self, output: str, rc_average: bool):
+    def _init_head(self, output: str, rc_average: bool, length: int, output_names: Sequence[str] | None):
         if output not in ("probability", "logit"):
             raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
         self.output, self.rc_average = output, bool(rc_average)
@@ -79,7 +80,7 @@ class DeepSEA(_Head):
         output_names: Sequence[str] | None = None,
     ):
         super().__init__()
-        self._init_head(output, rc_average)
+        self._init_head(output, rc_average, length, output_names)
         if len(widths) != 3 or len(dropout) != 3:
             raise ValueError("DeepSEA has three conv blocks: give three widths and three dropout rates")
         n = length
@@ -99,8 +100,6 @@ class DeepSEA(_Head):
         self.drop1, self.drop2, self.drop3 = (nn.Dropout(p) for p in dropout)
         self.fc = nn.Linear(w3 * n, hidden)
         self.out = nn.Linear(hidden, n_outputs)
-        self.length = length
-        self.output_names = list(output_names) if output_names is not None else None
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid outputs ``(N, n_outputs)`` of one strand."""
@@ -126,7 +125,7 @@ class Beluga(_Head):
         output_names: Sequence[str] | None = None,
     ):
         super().__init__()
-        self._init_head(output, rc_average)
+        self._init_head(output, rc_average, length, output_names)
         k, layers, c, n = 8, [], 4, length
         for i, w in enumerate(widths):
             layers += [nn.Conv1d(c, w, k), nn.ReLU(), nn.Conv1d(w, w, k), nn.ReLU()]
@@ -141,8 +140,6 @@ class Beluga(_Head):
         self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(c * n, hidden)
         self.out = nn.Linear(hidden, n_outputs)
-        self.length = length
-        self.output_names = list(output_names) if output_names is not None else None
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid outputs ``(N, n_outputs)`` of one strand."""
