@@ -149,10 +149,8 @@ def run_model(key, args, device, methods):
     for name in methods + (["deepmr-generic"] if key == "book" else []):
         if name.startswith("deepmr"):
             kw = {"deepmr-plain": {"fast": False}}.get(name, {})
-            if name == "deepmr-generic":
-                # the generic engine on a model that has a hand-written path: hide that path
-                models_g = [_Plain(m) for m in models]
-            run = models_g if name == "deepmr-generic" else models
+            # deepmr-generic: the generic engine on a model that has a hand-written path, hidden here
+            run = [_Plain(m) for m in models] if name == "deepmr-generic" else models
             t, tab = timed(
                 lambda: pipeline.variant_effects(
                     run,  # noqa: B023 (called at once)
