@@ -21,6 +21,7 @@ import time
 import warnings
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -392,6 +393,19 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
     return out.cpu()
 
 
+def _position_groups(pos: np.ndarray, span: int) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges of the sorted unique positions ``pos``, each run spanning fewer than
+    ``span`` bases: the positions whose mutants share one window."""
+    groups, i = [], 0
+    while i < len(pos):
+        j = i
+        while j + 1 < len(pos) and pos[j + 1] - pos[i] < span:
+            j += 1
+        groups.append((i, j + 1))
+        i = j + 1
+    return groups
+
+
 def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, models):
     """Windowed ISM (:mod:`deepmr_utils._windowed`): mutants at up to ``block`` neighbouring
     positions share one window, ``chunk`` references share one call. MC-dropout passes fill
@@ -400,13 +414,7 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
     P = pos.numel()
     dev = X.device
     pos_cpu = pos.cpu().numpy()
-    groups, i = [], 0
-    while i < P:  # runs of positions spanning fewer than `block` bases
-        j = i
-        while j + 1 < P and pos_cpu[j + 1] - pos_cpu[i] < block:
-            j += 1
-        groups.append((i, j + 1))
-        i = j + 1
+    groups = _position_groups(pos_cpu, block)
     if mc_dropout:
         shared = _SharedDropout(models[0], seed)
         engines[0].dropout_mask = shared.mask_for  # the one model, captured once; each pass its masks
@@ -459,14 +467,7 @@ def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
     pos_cpu = pos.cpu().numpy()
     out = None
     per_batch = max(1, (batch_size or 3 * block) // 3)
-    # group positions into runs of at most `per_batch` positions spanning <= per_batch bases
-    groups, i = [], 0
-    while i < P:
-        j = i
-        while j + 1 < P and j + 1 - i < per_batch and pos_cpu[j + 1] - pos_cpu[i] < per_batch:
-            j += 1
-        groups.append((i, j + 1))
-        i = j + 1
+    groups = _position_groups(pos_cpu, per_batch)
     for n0 in range(0, N, chunk):
         x = X[n0 : n0 + chunk]
         caches = [m.ism_reference(x) for m in models]
