@@ -123,6 +123,60 @@ _SIZES = {
             "train": {"max_epochs": 100, "patience": 10, "batch_size": 256, "lr": 0.001},
         },
     },
+    "challenges": {
+        # oracle experiments: loci per replicate, replicates per setting, estimation SE, bootstrap
+        # draws, and the settings swept; model experiments: one round's sizes (StudySizes),
+        # ensemble sizes and MC-dropout passes compared, the training-set sizes of the accuracy
+        # sweep with its rounds, and the paralog strengths of the multivariable section
+        "quick": {
+            "n_loci": 40,
+            "replicates": 3,
+            "se": 0.2,
+            "n_boot": 50,
+            "pleiotropy": (0.0, 1.0, 3.0),
+            "paralog": (0.0, 30.0, 60.0),
+            "hills": (1.0, 2.0, 4.0),
+            "study": {"n_train": 2000, "n_calibration": 300, "n_test": 150, "n_members": 6, "max_epochs": 60},
+            "ensemble_sizes": (2, 6),
+            "mc_passes": (10,),
+            "n_trains": (300, 2000),
+            "accuracy_rounds": 1,
+            "mvmr_nus": (0.0, 30.0),
+            "n_jobs": 2,
+        },
+        "default": {
+            "n_loci": 80,
+            "replicates": 12,
+            "se": 0.2,
+            "n_boot": 200,
+            "pleiotropy": (0.0, 0.5, 1.0, 2.0, 3.0),
+            "paralog": (0.0, 15.0, 30.0, 60.0),
+            "hills": (1.0, 2.0, 3.0, 4.0),
+            "study": {"n_members": 10},
+            "ensemble_sizes": (2, 3, 5, 10),
+            "mc_passes": (10, 50),
+            "n_trains": (300, 1000, 3000),
+            "accuracy_rounds": 3,
+            "mvmr_nus": (0.0, 30.0, 60.0),
+            "n_jobs": 2,
+        },
+        "paper": {
+            "n_loci": 200,
+            "replicates": 50,
+            "se": 0.2,
+            "n_boot": 1000,
+            "pleiotropy": (0.0, 0.5, 1.0, 2.0, 3.0),
+            "paralog": (0.0, 15.0, 30.0, 60.0),
+            "hills": (1.0, 2.0, 3.0, 4.0),
+            "study": {"n_train": 10000, "n_calibration": 1000, "n_test": 1000, "n_members": 10, "n_filters": 32},
+            "ensemble_sizes": (2, 3, 5, 10),
+            "mc_passes": (10, 50),
+            "n_trains": (300, 1000, 3000, 10000),
+            "accuracy_rounds": 10,
+            "mvmr_nus": (0.0, 30.0, 60.0),
+            "n_jobs": 1,
+        },
+    },
 }
 
 
@@ -177,6 +231,30 @@ class DeepSEASizes:
     train: TrainConfig
 
 
+@dataclass(frozen=True)
+class ChallengesSizes:
+    """The challenges chapter: the oracle experiments' loci, replicates, estimation SE, bootstrap
+    draws and swept settings; the model experiments' round sizes (``study``), ensemble sizes,
+    MC-dropout passes, training-set sizes and rounds of the accuracy sweep, paralog strengths of
+    the multivariable section, and parallel processes."""
+
+    scale: str
+    n_loci: int
+    replicates: int
+    se: float
+    n_boot: int
+    pleiotropy: tuple
+    paralog: tuple
+    hills: tuple
+    study: StudySizes
+    ensemble_sizes: tuple
+    mc_passes: tuple
+    n_trains: tuple
+    accuracy_rounds: int
+    mvmr_nus: tuple
+    n_jobs: int
+
+
 def get_scale(value: str | None = None) -> str:
     """Return the active scale: ``value`` if given, else ``$DEEPMR_SCALE``, else ``"default"``."""
     if value is None:
@@ -187,7 +265,9 @@ def get_scale(value: str | None = None) -> str:
     return value
 
 
-def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSizes | BPNetSizes | DeepSEASizes:
+def sizes(
+    chapter: str, scale: str | None = None
+) -> MethodSizes | SimulationSizes | BPNetSizes | DeepSEASizes | ChallengesSizes:
     """The typed, frozen sizes of ``chapter`` at ``scale`` (default: the active scale)."""
     if chapter not in _SIZES:
         raise ValueError(f"unknown chapter {chapter!r}; known: {sorted(_SIZES)}")
@@ -201,6 +281,10 @@ def sizes(chapter: str, scale: str | None = None) -> MethodSizes | SimulationSiz
         return SimulationSizes(
             scale=scale, rounds=row["rounds"], n_jobs=row["n_jobs"], study=StudySizes(**row["study"])
         )
+    if chapter == "challenges":
+        from .simulation_study import StudySizes
+
+        return ChallengesSizes(scale=scale, **{**row, "study": StudySizes(**row["study"])})
     from .train import TrainConfig
 
     kind = BPNetSizes if chapter == "bpnet" else DeepSEASizes

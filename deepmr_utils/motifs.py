@@ -30,12 +30,16 @@ def available() -> dict[str, str]:
     return {k: v["matrix_id"] for k, v in _table()["motifs"].items()}
 
 
-def jaspar(name: str, *, pseudocount: float = 1e-3) -> np.ndarray:
+def jaspar(name: str, *, pseudocount: float = 1e-3, strand: str = "+") -> np.ndarray:
     """Position probability matrix ``(width, 4)`` (ACGT) of a shipped JASPAR motif.
 
     ``pseudocount`` is added to the column *frequencies* before renormalising, so no
-    base has probability zero (log-odds stay finite).
+    base has probability zero (log-odds stay finite). ``strand="-"`` returns the reverse
+    complement (the occupancy functions scan the forward strand only, so a motif that JASPAR
+    stores on the other strand, e.g. GATA2's ``CTTATCT`` for ``AGATAAG``, is read this way).
     """
+    if strand not in ("+", "-"):
+        raise ValueError(f"strand must be '+' or '-', got {strand!r}")
     motifs = _table()["motifs"]
     if name not in motifs:
         raise ValueError(f"unknown motif {name!r}; shipped motifs: {sorted(motifs)}")
@@ -44,7 +48,9 @@ def jaspar(name: str, *, pseudocount: float = 1e-3) -> np.ndarray:
     counts = np.asarray(motifs[name]["counts"], dtype=np.float64)
     freq = counts / counts.sum(axis=1, keepdims=True)
     freq = freq + pseudocount
-    return freq / freq.sum(axis=1, keepdims=True)
+    pwm = freq / freq.sum(axis=1, keepdims=True)
+    # ACGT reversed is TGCA: reversing both axes complements each base and flips the order
+    return pwm if strand == "+" else np.ascontiguousarray(pwm[::-1, ::-1])
 
 
 def sample_instance(pwm: np.ndarray, rng: np.random.Generator) -> np.ndarray:

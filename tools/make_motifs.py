@@ -30,6 +30,9 @@ MOTIFS = {
     "REST": "MA0138.3",
     "ZNF143": "MA0088.3",
     "FOXA1": "MA0148.5",
+    # challenges chapter: a GATA paralog that reads the exposure's (GATA1) sites, a confounder
+    # whose binding moves with every exposure instrument (correlated pleiotropy, InSIDE broken)
+    "GATA2": "MA0036.4",
 }
 
 OUT = Path(__file__).resolve().parents[1] / "deepmr_utils" / "data" / "jaspar_motifs.json"

@@ -6,7 +6,7 @@
 * :mod:`~deepmr_utils.simulate.chromatin` - TF binding and accessibility in three cell types (DeepSEA chapter).
 """
 
-from ._common import anscombe, draw_effect_ratio
+from ._common import anscombe, draw_effect_ratio, slope_through_origin
 from .chipnexus import OSKN, OSKN_EFFECTS, OSKN_MOTIFS, ChipNexusModel
 from .chromatin import ChromatinModel
 from .cooperativity import CooperativityModel
@@ -22,4 +22,5 @@ __all__ = [
     "OSKN_EFFECTS",
     "anscombe",
     "draw_effect_ratio",
+    "slope_through_origin",
 ]

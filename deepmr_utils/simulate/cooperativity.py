@@ -38,6 +38,14 @@ class CooperativityModel:
     embeds a confounder motif (SOX2) with probability ``p_confounder_motif``;
     ``sequence_independent`` adds ``b_conf ~ Bernoulli(p_confounder)``. Observed
     counts are Poisson; models learn their Anscombe transform.
+    Switches for the challenges chapter: ``hill`` raises the exposure occupancy in
+    the outcome term to a power (``beta q_exp^hill q_out``: strong cooperativity, so the
+    effect of a perturbation depends on its size; see :meth:`local_derivative`);
+    ``confounder_strand="-"`` reads the confounder motif on the reverse strand (a paralog
+    such as GATA2 then binds the exposure's own GATA sites, so every exposure instrument
+    is pleiotropic in proportion to its strength); the confounder TF's own ChIP signal,
+    ``c_conf = 1 + alpha_confounder q_conf``, is a third label (``y_confounder``) and a
+    third oracle effect (``dz``), for multivariable MR.
     Defaults are the original study's (``deepmr_method.md`` §A) except the motifs,
     which are real JASPAR matrices (GATA1 MA0035.2, TAL1::TCF3 MA0091.1, SOX2
     MA0143.1), and the binding threshold ``mu = -3`` (a site is half occupied at a
@@ -63,8 +71,15 @@ class CooperativityModel:
     nu: float = 30.0
     tau1: float = 25.0
     tau2: float = 25.0
+    hill: float = 1.0
+    confounder_strand: str = "+"
+    alpha_confounder: float = 100.0
 
     def __post_init__(self):
+        if not self.hill >= 1:
+            raise ValueError(f"hill must be >= 1 (a finite derivative at zero occupancy), got {self.hill}")
+        if self.confounder_strand not in ("+", "-"):
+            raise ValueError(f"confounder_strand must be '+' or '-', got {self.confounder_strand!r}")
         if not np.isclose(sum(self.background), 1.0) or min(self.background) <= 0:
             raise ValueError(f"background must be 4 positive probabilities summing to 1, got {self.background}")
         for name in ("p_embed", "p_confounder", "p_confounder_motif"):
@@ -99,7 +114,8 @@ class CooperativityModel:
         name = {"exposure": self.exposure_motif, "outcome": self.outcome_motif, "confounder": self.confounder_motif}[
             role
         ]
-        return _motifs.jaspar(name, pseudocount=self.pseudocount)
+        strand = self.confounder_strand if role == "confounder" else "+"
+        return _motifs.jaspar(name, pseudocount=self.pseudocount, strand=strand)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, n: int, seed: int | None = None) -> dict:
@@ -108,7 +124,9 @@ class CooperativityModel:
         Returns a dict: ``X`` one-hot ``(n, 4, L)``, ``b_conf`` ``(n,)``, ``config``
         (0 none, 1 exposure only, 2 outcome only, 3 both), ``sites`` (start of each
         embedded motif or -1: columns exposure, outcome, confounder), and noisy
-        ``counts`` ``(n, 2)`` and their Anscombe transform ``y`` ``(n, 2)``.
+        ``counts`` ``(n, 2)`` and their Anscombe transform ``y`` ``(n, 2)``, and the confounder
+        TF's own ChIP signal ``y_confounder`` ``(n,)`` (Anscombe of Poisson counts; drawn after
+        everything else, so the other arrays do not depend on it).
         """
         rng = np.random.default_rng(seed)
         L = self.length
@@ -131,7 +149,16 @@ class CooperativityModel:
         b_conf = (rng.random(n) < self.p_confounder).astype(np.float64) if self.sequence_independent else np.zeros(n)
         lam = self.expected_counts(X, b_conf)
         counts = rng.poisson(lam).astype(np.float64)
-        return {"X": X, "b_conf": b_conf, "config": config, "sites": sites, "counts": counts, "y": anscombe(counts)}
+        y_conf = anscombe(rng.poisson(self.confounder_counts(X)).astype(np.float64))
+        return {
+            "X": X,
+            "b_conf": b_conf,
+            "config": config,
+            "sites": sites,
+            "counts": counts,
+            "y": anscombe(counts),
+            "y_confounder": y_conf,
+        }
 
     # ------------------------------------------------------------------ oracle
     def occupancies(self, X: Sequences) -> np.ndarray:
@@ -153,8 +180,27 @@ class CooperativityModel:
         b = np.zeros(n) if b_conf is None or not self.sequence_independent else np.asarray(b_conf, float)
         qc = q[:, 2] if self.sequence_dependent else np.zeros(n)
         c_exp = 1 + self.alpha * q[:, 0] + self.eta * qc + self.tau1 * b
-        c_out = 1 + self.beta * q[:, 0] * q[:, 1] + self.nu * qc + self.tau2 * b
+        c_out = 1 + self.beta * q[:, 0] ** self.hill * q[:, 1] + self.nu * qc + self.tau2 * b
         return np.stack([c_exp, c_out], axis=1)
+
+    def confounder_counts(self, X: Sequences | None = None, *, q: np.ndarray | None = None) -> np.ndarray:
+        """Noise-free ChIP counts of the confounder TF, ``1 + alpha_confounder q_conf``, ``(n,)``."""
+        q = self.occupancies(X) if q is None else q
+        return 1 + self.alpha_confounder * q[:, 2]
+
+    def local_derivative(self, X: Sequences, b_conf: ArrayLike | None = None) -> np.ndarray:
+        """The true local causal effect as a derivative, ``(n,)``: the change of the Anscombe
+        outcome per unit change of the Anscombe exposure when the exposure TF's occupancy moves
+        by an infinitesimal amount at each sequence's reference. ISM moves it by a whole
+        substitution, so its Wald ratios are finite differences of this; they agree when the
+        outcome is locally linear in the exposure (``hill = 1`` and small changes)."""
+        q = self.occupancies(X)
+        n = q.shape[0]
+        c = self.expected_counts(None, np.zeros(n) if b_conf is None else b_conf, q=q)
+        # d anscombe(c)/dc = 1 / sqrt(c + 3/8)
+        d_out = self.beta * self.hill * q[:, 0] ** (self.hill - 1) * q[:, 1] / np.sqrt(c[:, 1] + 0.375)
+        d_exp = self.alpha / np.sqrt(c[:, 0] + 0.375)
+        return d_out / d_exp
 
     def oracle(self, X: Sequences, b_conf: ArrayLike | None = None) -> np.ndarray:
         """Noise-free Anscombe-scale predictions ``(n, 2)``: what a perfect model would learn."""
@@ -194,9 +240,12 @@ class CooperativityModel:
 
         ``table`` has ``locus`` (row index into ``X``), ``position`` and ``alt``.
         Returns a frame with ``dx`` (oracle change of the exposure), ``dy`` (total
-        change of the outcome) and ``dy_causal`` (the change of the outcome that
+        change of the outcome), ``dy_causal`` (the change of the outcome that
         flows through the exposure alone: the variant's exposure occupancy with the
-        reference's outcome and confounder occupancies, confounder levels included).
+        reference's outcome and confounder occupancies, confounder levels included),
+        ``dx_causal`` (the change of the exposure through the exposure TF's own binding:
+        zero for a variant that moves the exposure signal only through the confounder)
+        and ``dz`` (the change of the confounder TF's own ChIP signal).
         """
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
@@ -211,11 +260,14 @@ class CooperativityModel:
         q_causal = q_ref[loc].copy()
         q_causal[:, 0] = q_mut[:, 0]
         causal = anscombe(self.expected_counts(None, b[loc], q=q_causal))
+        dz = anscombe(self.confounder_counts(q=q_mut)) - anscombe(self.confounder_counts(q=q_ref[loc]))
         return pd.DataFrame(
             {
                 "dx": mut_pred[:, 0] - ref_pred[:, 0],
                 "dy": mut_pred[:, 1] - ref_pred[:, 1],
                 "dy_causal": causal[:, 1] - ref_pred[:, 1],
+                "dx_causal": causal[:, 0] - ref_pred[:, 0],
+                "dz": dz,
             },
             index=table.index,
         )

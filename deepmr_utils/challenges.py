@@ -1,0 +1,636 @@
+"""The challenges chapter's experiments: one MR assumption broken at a time, with a known truth.
+
+Two kinds of experiment live here.
+
+*Oracle experiments* (:func:`oracle_replicate`, :func:`assumption_sweep`,
+:func:`linearity`) query the simulator's noise-free oracle for every single-base
+substitution of each sequence and add Gaussian estimation noise of a known SE to the
+exposure and outcome effects, as in the simulation studies of the MR literature
+(Bowden et al. 2015, 2016). Every instrument is then measured without bias and with the
+right SE, so whatever bias remains comes from the assumption the world breaks, not
+from a model.
+
+*Model experiments* (:func:`winners_curse`, :func:`se_calibration`,
+:func:`accuracy_sweep`, :func:`direction`, :func:`multivariable_adjustment`) bring the
+trained ensembles back: they reuse :func:`deepmr_utils.simulation_study.run_round`'s
+models and data, so their truth is the oracle's on exactly the instruments used.
+
+Every function returns a tidy frame with the setting varied, the estimator, the
+estimate with its SE and CI, the truth and, where it applies, whether the CI covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import meta, mr, pipeline, train
+from .instruments import Selection
+from .models import PooledRegressor
+from .predict import predict
+from .sequence import ALPHABET
+from .simulate import CooperativityModel, slope_through_origin
+from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, round_seed, run_round
+
+__all__ = [
+    "all_substitutions",
+    "oracle_table",
+    "local_truth",
+    "estimate",
+    "oracle_replicate",
+    "assumption_sweep",
+    "summarize",
+    "linearity",
+    "variants",
+    "winners_curse",
+    "se_calibration",
+    "train_dropout_model",
+    "accuracy_sweep",
+    "direction",
+    "multivariable_adjustment",
+]
+
+
+def all_substitutions(X) -> pd.DataFrame:
+    """Every single-base substitution of every sequence: ``locus, position, alt`` (``3 L`` rows per sequence).
+
+    ``X``: one-hot ``(N, 4, L)`` (ACGT, no N positions)."""
+    Xn = X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X)
+    n, _, length = Xn.shape
+    ref = Xn.argmax(axis=1)  # (N, L)
+    loc, pos, alt = np.meshgrid(np.arange(n), np.arange(length), np.arange(4), indexing="ij")
+    keep = alt != ref[:, :, None]
+    letters = np.array(list(ALPHABET))
+    return pd.DataFrame({"locus": loc[keep], "position": pos[keep], "alt": letters[alt[keep]]})
+
+
+def oracle_table(
+    gen: CooperativityModel,
+    X,
+    *,
+    se: float,
+    rng: np.random.Generator,
+    b_conf=None,
+) -> pd.DataFrame:
+    """A variant table of every substitution of ``X`` measured by the oracle with known noise.
+
+    ``bx = dx + e_x``, ``by = dy + e_y`` and ``bz = dz + e_z`` (the confounder TF's own signal,
+    for multivariable MR) with independent ``e ~ N(0, se^2)`` and ``bxse = byse = bzse = se``;
+    the oracle's columns of :meth:`~deepmr_utils.simulate.CooperativityModel.variant_truth`
+    ride along, so each instrument's validity is known. ``se > 0``.
+    """
+    if not se > 0:
+        raise ValueError(f"se must be > 0 (MR weights are 1/se^2), got {se}")
+    table = all_substitutions(X)
+    truth = gen.variant_truth(X, table, b_conf)
+    table = pd.concat([table, truth], axis=1)
+    noise = rng.normal(0.0, se, (len(table), 3))
+    table["bx"], table["by"], table["bz"] = table.dx + noise[:, 0], table.dy + noise[:, 1], table.dz + noise[:, 2]
+    table["bxse"] = table["byse"] = table["bzse"] = se
+    return table
+
+
+def local_truth(instruments: pd.DataFrame) -> pd.DataFrame:
+    """The true local effect per locus, ``locus, theta``: the slope through the origin of the
+    causal outcome change on the exposure change *through the exposure TF's own binding*
+    (``dy_causal`` on ``dx_causal``) over the locus's instruments. Invalid instruments (those
+    that move the exposure only through a confounder) carry ``dx_causal = 0`` and drop out,
+    so the truth is the causal effect itself, whichever instruments an estimator trusts."""
+    return slope_through_origin(
+        instruments.locus.to_numpy(), instruments.dx_causal.to_numpy(), instruments.dy_causal.to_numpy()
+    )
+
+
+def estimate(
+    instruments: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    estimators: dict = ESTIMATORS,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Local MR per locus with each estimator, pooled by REML; one row per estimator.
+
+    ``instruments``: selected rows of a variant table; ``truth``: ``locus, theta``. Columns:
+    ``estimator, estimate, se, ci_low, ci_high, tau, truth`` (mean local truth of the pooled
+    loci), ``covered`` (the global 95 % CI holds the truth), ``n_loci``, ``local_coverage``
+    and ``local_rmse`` (local estimates against local truths).
+    """
+    rows = []
+    for name, (method, kw) in estimators.items():
+        kw = dict(kw)
+        if method in ("weighted_median", "mbe"):
+            kw.update(n_boot=n_boot, seed=seed)
+        local = mr.per_locus(instruments, method, **kw).merge(truth, on="locus", how="left")
+        local = local[local.theta.notna()]
+        ok = local[local.status == "ok"]
+        row = {"estimator": name, "n_loci": len(ok)}
+        if len(ok) >= 2:
+            g = meta.pool(local)
+            t = float(ok.theta.mean())
+            row.update(
+                estimate=g.estimate,
+                se=g.se,
+                ci_low=g.ci_low,
+                ci_high=g.ci_high,
+                tau=g.tau,
+                truth=t,
+                covered=bool(g.ci_low <= t <= g.ci_high),
+                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
+                local_rmse=float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _exposure_loci(gen: CooperativityModel, n: int, seed: int) -> dict:
+    """``n`` sequences that carry the exposure motif (alone or with the outcome motif)."""
+    data = gen.sample(4 * n, seed=seed)
+    keep = np.flatnonzero(np.isin(data["config"], (1, 3)))[:n]
+    if len(keep) < n:
+        raise ValueError(f"only {len(keep)} of {4 * n} sampled sequences carry the exposure motif; raise p_embed")
+    return {k: (v[keep] if hasattr(v, "__getitem__") else v) for k, v in data.items()}
+
+
+def oracle_replicate(
+    gen: CooperativityModel,
+    *,
+    n_loci: int,
+    se: float,
+    seed: int,
+    threshold: float = 3.0,
+    estimators: dict = ESTIMATORS,
+    n_boot: int = 200,
+) -> pd.DataFrame:
+    """One replicate of an oracle experiment: ``n_loci`` fresh sequences with the exposure
+    motif, every substitution measured by :func:`oracle_table`, instruments at
+    ``|bx|/se >= threshold``, then :func:`estimate`. Adds ``frac_invalid``: the share of the
+    instruments that move the exposure mostly through the confounder (``|dx_causal| <
+    |dx| / 2``) or move the outcome directly (``|dy - dy_causal| > |dy_causal|``)."""
+    rng = np.random.default_rng(seed)
+    data = _exposure_loci(gen, n_loci, int(rng.integers(2**31 - 1)))
+    table = oracle_table(gen, data["X"], se=se, rng=rng, b_conf=data["b_conf"])
+    inst = Selection(threshold=threshold).apply(table).instruments
+    out = estimate(inst, local_truth(inst), estimators=estimators, n_boot=n_boot, seed=seed)
+    direct = (inst.dy - inst.dy_causal).abs() > inst.dy_causal.abs()
+    invalid = (inst.dx_causal.abs() < inst.dx.abs() / 2) | direct
+    out["frac_invalid"] = float(invalid.mean()) if len(inst) else np.nan
+    out["n_instruments"] = len(inst)
+    return out
+
+
+def assumption_sweep(
+    setting: str,
+    values: Sequence[float],
+    world: Callable[[float], CooperativityModel],
+    *,
+    replicates: int,
+    n_loci: int,
+    se: float,
+    seed: int,
+    threshold: float = 3.0,
+    estimators: dict = ESTIMATORS,
+    n_boot: int = 200,
+) -> pd.DataFrame:
+    """:func:`oracle_replicate` ``replicates`` times for each value of ``setting``; ``world(value)``
+    builds the simulator. Returns all rows with ``setting, value, replicate`` first."""
+    frames = []
+    for i, value in enumerate(values):
+        gen = world(value)
+        for r in range(replicates):
+            f = oracle_replicate(
+                gen,
+                n_loci=n_loci,
+                se=se,
+                seed=seed + 1000 * i + r,
+                threshold=threshold,
+                estimators=estimators,
+                n_boot=n_boot,
+            )
+            f.insert(0, "setting", setting)
+            f.insert(1, "value", value)
+            f.insert(2, "replicate", r)
+            frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(rows: pd.DataFrame, by: Sequence[str] = ("setting", "value", "estimator")) -> pd.DataFrame:
+    """Per group: replicates, mean estimate and truth, bias, relative bias, RMSE and the
+    coverage of the global 95 % CI across replicates (plus the mean ``frac_invalid`` when present)."""
+    r = rows.dropna(subset=["estimate", "truth"]).assign(err=lambda d: d.estimate - d.truth)
+    agg = {
+        "replicates": ("err", "size"),
+        "estimate": ("estimate", "mean"),
+        "truth": ("truth", "mean"),
+        "bias": ("err", "mean"),
+        "rmse": ("err", lambda e: float(np.sqrt((e**2).mean()))),
+        "coverage": ("covered", "mean"),
+    }
+    if "frac_invalid" in r:
+        agg["frac_invalid"] = ("frac_invalid", "mean")
+    out = r.groupby(list(by), sort=False).agg(**agg).reset_index()
+    out.insert(out.columns.get_loc("bias") + 1, "rel_bias", out.bias / out.truth)
+    return out
+
+
+def linearity(
+    hills: Sequence[float],
+    *,
+    base: CooperativityModel,
+    n_loci: int,
+    se: float,
+    seed: int,
+    threshold: float = 3.0,
+) -> pd.DataFrame:
+    """Local linearity: ISM Wald ratios against the true local derivative as cooperativity grows.
+
+    For each ``hill`` (the outcome reads ``q_exp^hill``), the instruments of ``n_loci``
+    sequences with both motifs are split at each locus's median ``|dx|`` into *small* and
+    *large* perturbations; IVW per locus on each part (and on all), pooled by REML, is set
+    against the mean of :meth:`~deepmr_utils.simulate.CooperativityModel.local_derivative`
+    (``truth``) and against the finite-difference truth on the same instruments
+    (``secant_truth``, what :func:`local_truth` gives). One row per hill and part.
+    """
+    rows = []
+    for i, hill in enumerate(hills):
+        gen = replace(base, hill=float(hill), p_embed=1.0)
+        rng = np.random.default_rng(seed + i)
+        data = gen.sample(4 * n_loci, seed=int(rng.integers(2**31 - 1)))
+        keep = np.flatnonzero(data["config"] == 3)[:n_loci]
+        X = data["X"][keep]
+        deriv = pd.DataFrame({"locus": np.arange(len(keep)), "derivative": gen.local_derivative(X)})
+        inst = Selection(threshold=threshold).apply(oracle_table(gen, X, se=se, rng=rng)).instruments
+        small = inst.dx.abs() <= inst.groupby("locus").dx.transform(lambda d: d.abs().median())
+        for part, rows_ in (("all", inst), ("small", inst[small]), ("large", inst[~small])):
+            local = mr.per_locus(rows_, "ivw").merge(deriv, on="locus").merge(local_truth(rows_), on="locus")
+            ok = local[local.status == "ok"]
+            g = meta.pool(ok)
+            rows.append(
+                {
+                    "hill": hill,
+                    "perturbation": part,
+                    "estimator": "IVW",
+                    "estimate": g.estimate,
+                    "se": g.se,
+                    "ci_low": g.ci_low,
+                    "ci_high": g.ci_high,
+                    "truth": float(ok.derivative.mean()),
+                    "secant_truth": float(ok.theta.mean()),
+                    "median_abs_dx": float(rows_.dx.abs().median()),
+                    "n_loci": len(ok),
+                }
+            )
+    out = pd.DataFrame(rows)
+    out["ratio_to_derivative"] = out.estimate / out.truth
+    return out
+
+
+# ---------------------------------------------------------------------------- trained models
+
+
+def variants(
+    details: dict,
+    members: Sequence[int] | None = None,
+    *,
+    calibration: str = "variance",
+    models: list | None = None,
+    mc_dropout: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every candidate variant of a round's mutated test sequences, measured by a subset of its
+    ensemble, with the oracle's columns alongside.
+
+    ``details``: the second value of ``simulation_study.run_round(..., details=True)``;
+    ``members``: indices into its ensemble (default all), or ``models`` to measure with other
+    models (e.g. one dropout model with ``mc_dropout`` passes). ``calibration`` is fitted on
+    the round's held-out calibration labels for exactly these members (``"none"`` with MC-dropout,
+    whose passes cannot be replayed on the calibration set by :func:`~deepmr_utils.predict.predict`).
+    """
+    if models is None:
+        pool_ = details["models"]
+        models = [pool_[i] for i in (range(len(pool_)) if members is None else members)]
+    if mc_dropout and calibration != "none":
+        raise ValueError("calibration must be 'none' with mc_dropout (the calibration is fitted on member predictions)")
+    cal = fit_calibration(calibration, models, details["calibration_data"])
+    gen, test, mutated = details["generator"], details["test"], details["mutated"]
+    Xm, b_conf = test["X"][mutated], test["b_conf"][mutated]
+    table = pipeline.variant_effects(
+        models,
+        Xm,
+        exposure=0,
+        outcome=1,
+        calibration=cal,
+        select=Selection("all"),
+        mc_dropout=mc_dropout,
+        seed=seed,
+        progress=False,
+    )
+    table = table[(table.bxse > 0) & (table.byse > 0)].reset_index(drop=True)
+    return pd.concat([table, gen.variant_truth(Xm, table, b_conf)], axis=1)
+
+
+def _tagged(frame: pd.DataFrame, **tags) -> pd.DataFrame:
+    for i, (k, v) in enumerate(tags.items()):
+        frame.insert(i, k, v)
+    return frame
+
+
+def winners_curse(
+    details: dict,
+    *,
+    thresholds: Sequence[float] = (2.0, 3.0, 5.0),
+    estimators: dict = ESTIMATORS,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Instrument strength and the winner's curse, measured on a trained ensemble.
+
+    For each selection ``threshold``: instruments chosen and estimated with the whole ensemble
+    (``"all members"``); chosen and estimated with its first half (``"same half"``); chosen with
+    the second half and estimated with the first (``"split halves"``, whose selection noise is
+    independent of the estimates, like two-sample MR). Rows of :func:`estimate` with
+    ``threshold, design`` and the number of instruments.
+    """
+    m = len(details["models"])
+    if m < 4:
+        raise ValueError(f"winners_curse needs an ensemble of at least 4 members to halve, got {m}")
+    full = variants(details)
+    first, second = variants(details, range(m // 2)), variants(details, range(m // 2, m))
+    keys = ["locus", "position", "alt"]
+    frames = []
+    for t in thresholds:
+        sel = Selection(threshold=t)
+        chosen = sel.apply(second).instruments[keys]
+        designs = {
+            "all members": sel.apply(full).instruments,
+            "same half": sel.apply(first).instruments,
+            "split halves": first.merge(chosen, on=keys),
+        }
+        for design, inst in designs.items():
+            f = estimate(inst, local_truth(inst), estimators=estimators, n_boot=n_boot, seed=seed)
+            f["n_instruments"] = len(inst)
+            frames.append(_tagged(f, threshold=t, design=design))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _interval_coverage(b: pd.Series, se: pd.Series, truth: pd.Series) -> float:
+    return float(((b - truth).abs() <= 1.959964 * se).mean()) if len(b) else np.nan
+
+
+def se_calibration(
+    details: dict,
+    *,
+    sizes: Sequence[int],
+    calibrations: Sequence[str] = ("none", "variance", "isotonic"),
+    dropout_model=None,
+    mc_passes: Sequence[int] = (),
+    threshold: float = 3.0,
+    estimators: dict | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How the choice of uncertainty (ensemble size, MC-dropout passes) and of calibration moves coverage.
+
+    For each ensemble size (the first ``k`` members) and calibration, and for ``dropout_model``
+    with each number of ``mc_passes``: per-variant coverage of the oracle by the 95 % intervals
+    of ``bx`` and ``by`` on the **selected instruments** and on all candidates
+    (``cov_bx_selected``, ``cov_by_selected``, ``cov_bx_all``, ``cov_by_all``), then local and
+    global MR (:func:`estimate`, IVW and robust MR-Egger by default).
+    """
+    estimators = estimators or {k: ESTIMATORS[k] for k in ("IVW", "robust MR-Egger")}
+    settings = [("ensemble", k, c, {"members": range(k), "calibration": c}) for k in sizes for c in calibrations]
+    if dropout_model is not None:
+        settings += [
+            ("MC-dropout", p, "none", {"models": [dropout_model], "mc_dropout": p, "calibration": "none", "seed": seed})
+            for p in mc_passes
+        ]
+    frames = []
+    for method, n, cal, kw in settings:
+        table = variants(details, **kw)
+        inst = Selection(threshold=threshold).apply(table).instruments
+        f = estimate(inst, local_truth(inst), estimators=estimators, seed=seed)
+        f["cov_bx_selected"] = _interval_coverage(inst.bx, inst.bxse, inst.dx)
+        f["cov_by_selected"] = _interval_coverage(inst.by, inst.byse, inst.dy)
+        f["cov_bx_all"] = _interval_coverage(table.bx, table.bxse, table.dx)
+        f["cov_by_all"] = _interval_coverage(table.by, table.byse, table.dy)
+        f["n_instruments"] = len(inst)
+        frames.append(_tagged(f, uncertainty=method, n=n, calibration=cal))
+    return pd.concat(frames, ignore_index=True)
+
+
+def train_dropout_model(details: dict, *, dropout: float = 0.2, seed: int = 0, device=None):
+    """One :class:`~deepmr_utils.models.PooledRegressor` with dropout, trained on the round's training
+    sequences with the round's sizes (for MC-dropout in :func:`se_calibration`)."""
+    s = details["sizes"]
+    tr = details["train"]
+    cfg = train.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"])
+    models, _ = train.train_ensemble(
+        lambda: PooledRegressor(2, n_filters=s["n_filters"], hidden=s["hidden"], dropout=dropout),
+        tr["X"],
+        tr["y"],
+        1,
+        config=cfg,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    return models[0]
+
+
+def _accuracy_job(job: tuple) -> pd.DataFrame:
+    n_train, r, seed, sizes, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    rows, d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train), details=True)
+    rows = rows[rows.estimator.isin(list(ESTIMATORS))].copy()
+    for col in ("local_rmse", "sd_local_estimate", "sd_local_truth"):
+        rows[col] = np.nan
+    for i, name in rows.estimator.items():
+        local = d["local"][name]
+        ok = local[(local.status == "ok") & local.theta.notna()] if local is not None else local
+        if ok is None or len(ok) < 2:
+            continue
+        rows.loc[i, "local_rmse"] = float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean()))
+        rows.loc[i, "sd_local_estimate"] = float(ok.estimate.std())
+        rows.loc[i, "sd_local_truth"] = float(ok.theta.std())
+    rows["covered"] = (rows.ci_low <= rows.truth) & (rows.truth <= rows.ci_high)
+    return _tagged(rows.reset_index(drop=True), n_train=n_train, round=r)
+
+
+def accuracy_sweep(
+    n_trains: Sequence[int],
+    *,
+    rounds: int,
+    sizes: StudySizes,
+    seed: int,
+    n_jobs: int = 1,
+) -> pd.DataFrame:
+    """Model accuracy limits the estimate: :func:`~deepmr_utils.simulation_study.run_round` (no
+    confounding) at each training-set size, ``rounds`` rounds each. Round ``r`` has the same seed
+    at every size, so the effect ratio and the test sequences are shared and only the training set
+    grows. Rows per size, round and estimator: the round's numbers (held-out r of each output,
+    estimate, SE, CI, truth, tau) plus ``covered``, ``local_rmse`` and the spread of the local
+    estimates against that of the local truths (an underfit model gives every sequence nearly
+    the same local effect). ``n_jobs`` processes with one thread each."""
+    jobs = [(n, r, round_seed(seed, "none", r), sizes, 1 if n_jobs > 1 else 0) for n in n_trains for r in range(rounds)]
+    if n_jobs == 1:
+        frames = [_accuracy_job(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
+            frames = list(ex.map(_accuracy_job, jobs))
+    return pd.concat(frames, ignore_index=True)
+
+
+def direction(details: dict, *, threshold: float = 3.0, estimators: dict | None = None, seed: int = 0) -> pd.DataFrame:
+    """Bidirectional MR on a world where the truth runs one way (exposure -> outcome).
+
+    Forward (exposure -> outcome, truth: :func:`local_truth`) and reverse (outcome -> exposure,
+    truth 0: the exposure never reads the outcome TF), each without and with the Steiger filter
+    of :class:`~deepmr_utils.instruments.Selection` on the outputs' SDs across the test
+    sequences (a common scale). Rows of :func:`estimate` with ``direction, steiger``.
+    """
+    estimators = estimators or {k: ESTIMATORS[k] for k in ("IVW", "robust MR-Egger", "weighted median")}
+    full = variants(details)
+    sd = predict(details["models"], details["test"]["X"]).mean(dim=1).std(dim=0).numpy()
+    swap = {"bx": "by", "by": "bx", "bxse": "byse", "byse": "bxse"}
+    frames = []
+    for label, table, scales in (
+        ("forward", full, (sd[0], sd[1])),
+        ("reverse", full.rename(columns=swap), (sd[1], sd[0])),
+    ):
+        for steiger in (False, True):
+            inst = Selection(threshold=threshold, steiger=scales if steiger else None).apply(table).instruments
+            truth = local_truth(inst)
+            if label == "reverse":
+                truth = truth.assign(theta=0.0)
+            f = estimate(inst, truth, estimators=estimators, seed=seed)
+            f["n_instruments"] = len(inst)
+            frames.append(_tagged(f, direction=label, steiger=steiger))
+    return pd.concat(frames, ignore_index=True)
+
+
+def paralog_world(nu: float = 30.0, **kw) -> CooperativityModel:
+    """The InSIDE-breaking world: a GATA paralog (GATA2, read on the reverse strand) binds the
+    exposure's own GATA sites and raises the outcome directly by ``nu`` times its occupancy, so
+    every exposure instrument is pleiotropic in proportion to its strength."""
+    return CooperativityModel(
+        sequence_dependent=True,
+        confounder_motif="GATA2",
+        confounder_strand="-",
+        p_confounder_motif=0.0,
+        eta=0.0,
+        nu=nu,
+        **kw,
+    )
+
+
+def _multivariable_per_locus(inst: pd.DataFrame, min_instruments: int = 4) -> pd.DataFrame:
+    """The exposure's direct effect per locus from multivariable IVW on ``bx`` and ``bz``
+    (``locus, estimate, se, ci_low, ci_high, status``, as :func:`deepmr_utils.meta.pool` reads)."""
+    rows = []
+    for locus, g in inst.groupby("locus", sort=False):
+        row = {"locus": locus, "estimate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        if len(g) < min_instruments:
+            row["status"] = f"too few instruments ({len(g)} < {min_instruments})"
+        else:
+            try:
+                res = mr.multivariable(g[["bx", "bz"]].to_numpy(), g.by.to_numpy(), g.byse.to_numpy())
+            except ValueError as err:  # collinear exposures at this locus: no estimate, said why
+                row["status"] = str(err)
+            else:
+                row.update(estimate=res.estimate[0], se=res.se[0], ci_low=res.ci_low[0], ci_high=res.ci_high[0])
+                row["status"] = "ok"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _univariable_vs_multivariable(inst: pd.DataFrame) -> pd.DataFrame:
+    truth = local_truth(inst)
+    rows = []
+    for name, local in (
+        ("IVW", mr.per_locus(inst, "ivw")),
+        ("multivariable IVW", _multivariable_per_locus(inst)),
+    ):
+        local = local.merge(truth, on="locus")
+        local = local[local.theta.notna()]
+        ok = local[local.status == "ok"]
+        g = meta.pool(local)
+        t = float(ok.theta.mean())
+        rows.append(
+            {
+                "estimator": name,
+                "estimate": g.estimate,
+                "se": g.se,
+                "ci_low": g.ci_low,
+                "ci_high": g.ci_high,
+                "tau": g.tau,
+                "truth": t,
+                "covered": bool(g.ci_low <= t <= g.ci_high),
+                "n_loci": len(ok),
+                "local_rmse": float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def multivariable_adjustment(
+    nus: Sequence[float],
+    *,
+    sizes: StudySizes,
+    se: float,
+    seed: int,
+    threshold: float = 3.0,
+    device=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A confounder's output as a second exposure: univariable against multivariable IVW.
+
+    For each paralog strength ``nu`` (:func:`paralog_world`): an ensemble of three-output
+    :class:`~deepmr_utils.models.PooledRegressor` (exposure, outcome, and the paralog's own ChIP
+    signal) is trained on ``sizes.n_train`` sequences; its ISM gives ``bx``, ``by`` and ``bz`` for
+    the test sequences that carry the exposure motif; per locus, IVW of ``by`` on ``bx`` is set
+    against multivariable IVW on ``(bx, bz)`` (:func:`deepmr_utils.mr.multivariable`), both pooled
+    by REML against the true causal effect (:func:`local_truth`). The same analysis on the oracle
+    with noise ``se`` (``source="oracle"``) separates the method from the model. Returns
+    ``(estimates, fidelity)``: the second frame holds held-out r of each output per ``nu``.
+    """
+    frames, fid = [], []
+    names = ["exposure", "outcome", "confounder"]
+    for i, nu in enumerate(nus):
+        gen = paralog_world(nu)
+        rng = np.random.default_rng(seed + i)
+        s = rng.integers(0, 2**31 - 1, 4)
+        tr, test = gen.sample(sizes.n_train, seed=int(s[0])), gen.sample(sizes.n_test, seed=int(s[1]))
+        y3 = np.column_stack([tr["y"], tr["y_confounder"]])
+        cfg = train.TrainConfig(max_epochs=sizes.max_epochs, patience=sizes.patience, batch_size=sizes.batch_size)
+        models, _ = train.train_ensemble(
+            lambda: PooledRegressor(3, n_filters=sizes.n_filters, hidden=sizes.hidden, output_names=names),
+            tr["X"],
+            y3,
+            sizes.n_members,
+            config=cfg,
+            seed=int(s[2]),
+            device=device,
+            progress=False,
+        )
+        acc = train.accuracy(models, test["X"], np.column_stack([test["y"], test["y_confounder"]]), names=names)
+        fid.append(acc.assign(nu=nu))
+        mutated = np.flatnonzero(np.isin(test["config"], (1, 3)))
+        Xm = test["X"][mutated]
+        common = {"select": Selection("all"), "progress": False, "device": device}
+        t = pipeline.variant_effects(models, Xm, exposure=0, outcome=1, **common)
+        tz = pipeline.variant_effects(models, Xm, exposure=2, outcome=1, **common)
+        t["bz"], t["bzse"] = tz.bx.to_numpy(), tz.bxse.to_numpy()
+        t = t[(t.bxse > 0) & (t.byse > 0)].reset_index(drop=True)
+        t = pd.concat([t, gen.variant_truth(Xm, t)], axis=1)
+        oracle = oracle_table(gen, Xm, se=se, rng=np.random.default_rng(int(s[3])))
+        for source, table in (("model", t), ("oracle", oracle)):
+            inst = Selection(threshold=threshold).apply(table).instruments
+            f = _univariable_vs_multivariable(inst)
+            f["n_instruments"] = len(inst)
+            frames.append(_tagged(f, nu=nu, source=source))
+    return pd.concat(frames, ignore_index=True), pd.concat(fid, ignore_index=True)
