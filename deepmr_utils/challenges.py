@@ -29,8 +29,10 @@ from multiprocessing import get_context
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from . import meta, mr, pipeline, train
+from ._types import ArrayLike, Device, Sequences
 from .instruments import Selection
 from .models import PooledRegressor
 from .predict import predict
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 
-def all_substitutions(X) -> pd.DataFrame:
+def all_substitutions(X: Sequences) -> pd.DataFrame:
     """Every single-base substitution of every sequence: ``locus, position, alt`` (``3 L`` rows per sequence).
 
     ``X``: one-hot ``(N, 4, L)`` (ACGT, no N positions)."""
@@ -72,11 +74,11 @@ def all_substitutions(X) -> pd.DataFrame:
 
 def oracle_table(
     gen: CooperativityModel,
-    X,
+    X: Sequences,
     *,
     se: float,
     rng: np.random.Generator,
-    b_conf=None,
+    b_conf: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """A variant table of every substitution of ``X`` measured by the oracle with known noise.
 
@@ -120,10 +122,14 @@ def estimate(
     ``instruments``: selected rows of a variant table; ``truth``: ``locus, theta``. Columns:
     ``estimator, estimate, se, ci_low, ci_high, tau, truth`` (mean local truth of the pooled
     loci), ``covered`` (the global 95 % CI holds the truth), ``n_loci``, ``local_coverage``
-    and ``local_rmse`` (local estimates against local truths).
+    and ``local_rmse`` (local estimates against local truths). Without instruments, or with
+    fewer than two usable loci, a row has ``n_loci`` and no estimate.
     """
     rows = []
     for name, (method, kw) in estimators.items():
+        if instruments.empty:  # no instrument reached the threshold: reported as such, no estimate
+            rows.append({"estimator": name, "n_loci": 0})
+            continue
         kw = dict(kw)
         if method in ("weighted_median", "mbe"):
             kw.update(n_boot=n_boot, seed=seed)
@@ -299,7 +305,7 @@ def variants(
     members: Sequence[int] | None = None,
     *,
     calibration: str = "variance",
-    models: list | None = None,
+    models: list[nn.Module] | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -388,7 +394,7 @@ def se_calibration(
     *,
     sizes: Sequence[int],
     calibrations: Sequence[str] = ("none", "variance", "isotonic"),
-    dropout_model=None,
+    dropout_model: nn.Module | None = None,
     mc_passes: Sequence[int] = (),
     threshold: float = 3.0,
     estimators: dict | None = None,
@@ -423,7 +429,7 @@ def se_calibration(
     return pd.concat(frames, ignore_index=True)
 
 
-def train_dropout_model(details: dict, *, dropout: float = 0.2, seed: int = 0, device=None):
+def train_dropout_model(details: dict, *, dropout: float = 0.2, seed: int = 0, device: Device = None) -> nn.Module:
     """One :class:`~deepmr_utils.models.PooledRegressor` with dropout, trained on the round's training
     sequences with the round's sizes (for MC-dropout in :func:`se_calibration`)."""
     s = details["sizes"]
@@ -585,7 +591,7 @@ def multivariable_adjustment(
     se: float,
     seed: int,
     threshold: float = 3.0,
-    device=None,
+    device: Device = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A confounder's output as a second exposure: univariable against multivariable IVW.
 

@@ -1,0 +1,169 @@
+"""The challenges chapter's experiments: each world breaks the assumption it claims to, and the truth is right."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from deepmr_utils import challenges as ch
+from deepmr_utils import config, simulate, simulation_study
+from deepmr_utils.instruments import Selection
+from deepmr_utils.simulate import anscombe
+
+
+def test_all_substitutions_lists_every_other_base():
+    X = simulate.CooperativityModel().sample(3, seed=0)["X"]
+    t = ch.all_substitutions(X)
+    assert len(t) == 3 * 3 * X.shape[2]
+    ref = np.array(list("ACGT"))[X.numpy().argmax(axis=1)]
+    assert (t.alt.to_numpy() != ref[t.locus, t.position]).all()
+    assert not t.duplicated().any()
+
+
+def test_oracle_table_noise_has_the_stated_se():
+    gen = simulate.CooperativityModel()
+    X = gen.sample(20, seed=1)["X"]
+    t = ch.oracle_table(gen, X, se=0.5, rng=np.random.default_rng(0))
+    z = np.concatenate([(t.bx - t.dx) / t.bxse, (t.by - t.dy) / t.byse, (t.bz - t.dz) / t.bzse])
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.02
+    with pytest.raises(ValueError, match="se must be > 0"):
+        ch.oracle_table(gen, X, se=0.0, rng=np.random.default_rng(0))
+
+
+def test_local_truth_is_the_studys_truth_without_a_confounder():
+    gen = simulate.CooperativityModel()
+    d = gen.sample(30, seed=2)
+    X = d["X"][np.isin(d["config"], (1, 3))]
+    t = ch.oracle_table(gen, X, se=0.1, rng=np.random.default_rng(1))
+    inst = Selection(threshold=3).apply(t).instruments
+    ours = ch.local_truth(inst).set_index("locus").theta
+    study = gen.true_local_effects(X, inst).set_index("locus").theta
+    np.testing.assert_allclose(ours, study.reindex(ours.index), rtol=1e-10)
+
+
+def test_local_derivative_matches_a_finite_difference():
+    for hill in (1.0, 3.0):
+        gen = simulate.CooperativityModel(hill=hill)
+        X = gen.sample(10, seed=3)["X"]
+        q = gen.occupancies(X)
+        eps = 1e-4 * q[:, 0]  # relative steps: some occupancies are ~1e-5
+        lo, hi = q.copy(), q.copy()
+        lo[:, 0] -= eps
+        hi[:, 0] += eps
+        a, b = anscombe(gen.expected_counts(None, q=lo)), anscombe(gen.expected_counts(None, q=hi))
+        numeric = (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
+        np.testing.assert_allclose(gen.local_derivative(X), numeric, rtol=1e-5)
+    with pytest.raises(ValueError, match="hill must be >= 1"):
+        simulate.CooperativityModel(hill=0.5)
+
+
+def test_confounder_track_and_reverse_strand():
+    gen = ch.paralog_world(30.0)
+    pwm = gen.pwm("confounder")
+    # the reverse strand of GATA2's CTTATCT reads AGATAAG, the core of the exposure's GATA1 sites
+    assert "".join("ACGT"[i] for i in pwm.argmax(axis=1)) == "AGATAAG"
+    d = gen.sample(200, seed=4)
+    q = gen.occupancies(d["X"])
+    assert np.corrcoef(q[:, 0], q[:, 2])[0, 1] > 0.8  # the paralog binds where the exposure TF binds
+    t = ch.all_substitutions(d["X"][:5])
+    truth = gen.variant_truth(d["X"][:5], t)
+    mut = d["X"][:5].numpy()[t.locus].copy()
+    rows = np.arange(len(t))
+    mut[rows, :, t.position] = 0
+    mut[rows, t.alt.map("ACGT".index).to_numpy(), t.position] = 1
+    ref_z = anscombe(gen.confounder_counts(d["X"][:5]))[t.locus]
+    np.testing.assert_allclose(truth.dz, anscombe(gen.confounder_counts(mut)) - ref_z, atol=1e-10)
+    # eta = 0: no variant moves the exposure through the paralog, so dx_causal is dx
+    np.testing.assert_allclose(truth.dx_causal, truth.dx, atol=1e-10)
+    assert set(d) >= {"y_confounder"} and d["y_confounder"].shape == (200,)
+
+
+def test_sample_is_unchanged_by_the_new_confounder_track():
+    # the extra label is drawn after everything else: the other arrays do not depend on it
+    a = simulate.CooperativityModel().sample(50, seed=9)
+    b = simulate.CooperativityModel(alpha_confounder=5.0).sample(50, seed=9)
+    np.testing.assert_array_equal(a["y"], b["y"])
+    assert not np.array_equal(a["y_confounder"], b["y_confounder"])
+
+
+def test_pleiotropy_biases_ivw_more_than_the_mode():
+    base = simulate.CooperativityModel()
+    rows = ch.assumption_sweep(
+        "pleiotropy",
+        [0.0, 3.0],
+        lambda s: replace(base, sequence_dependent=True, p_confounder_motif=0.5, eta=20 * s, nu=30 * s),
+        replicates=2,
+        n_loci=40,
+        se=0.2,
+        seed=5,
+        n_boot=50,
+    )
+    s = ch.summarize(rows).set_index(["value", "estimator"])
+    assert abs(s.loc[(0.0, "IVW"), "rel_bias"]) < 0.1  # valid instruments: no bias
+    assert s.loc[(3.0, "IVW"), "rel_bias"] > 0.2  # a motif read by both TFs: IVW follows it
+    assert abs(s.loc[(3.0, "mode"), "rel_bias"]) < 0.5 * s.loc[(3.0, "IVW"), "rel_bias"]
+    assert s.loc[(3.0, "IVW"), "frac_invalid"] > s.loc[(0.0, "IVW"), "frac_invalid"] + 0.2
+
+
+def test_inside_breaks_every_univariable_estimator_but_not_multivariable_mr():
+    gen = ch.paralog_world(60.0)
+    d = gen.sample(240, seed=6)
+    X = d["X"][np.isin(d["config"], (1, 3))][:60]
+    inst = Selection(threshold=3).apply(ch.oracle_table(gen, X, se=0.2, rng=np.random.default_rng(2))).instruments
+    univariable = ch.estimate(inst, ch.local_truth(inst), n_boot=50).set_index("estimator")
+    rel = (univariable.estimate - univariable.truth) / univariable.truth
+    assert (rel > 0.3).all(), rel  # correlated pleiotropy: no univariable estimator survives
+    both = ch._univariable_vs_multivariable(inst).set_index("estimator")
+    mv = both.loc["multivariable IVW"]
+    assert abs(mv.estimate - mv.truth) < 0.25 * abs(both.loc["IVW", "estimate"] - mv.truth)
+
+
+def test_linearity_ratio_falls_with_cooperativity_and_perturbation_size():
+    out = ch.linearity([1.0, 4.0], base=simulate.CooperativityModel(), n_loci=25, se=0.2, seed=7)
+    r = out.set_index(["hill", "perturbation"]).ratio_to_derivative
+    assert abs(r[(1.0, "all")] - 1) < 0.05
+    assert r[(4.0, "large")] < r[(4.0, "small")] < 0.9
+
+
+@pytest.fixture(scope="module")
+def small_round():
+    sizes = replace(
+        config.sizes("challenges", "quick").study,
+        n_train=1000,
+        n_calibration=150,
+        n_test=80,
+        n_members=4,
+        max_epochs=30,
+    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulation_study.run_round("none", seed=3, sizes=sizes, details=True)[1]
+
+
+def test_model_experiments_run_and_report_their_settings(small_round):
+    fast = {"IVW": ("ivw", {})}
+    w = ch.winners_curse(small_round, thresholds=(3.0,), estimators=fast)
+    assert set(w.design) == {"all members", "same half", "split halves"}
+    assert (w.truth.notna() == (w.n_loci >= 2)).all() and (w.n_loci >= 2).any()
+    c = ch.se_calibration(small_round, sizes=(2, 4), calibrations=("none", "variance"), estimators=fast)
+    assert len(c) == 4 and c[["cov_bx_selected", "cov_bx_all"]].notna().all().all()
+    d = ch.direction(small_round, estimators=fast)
+    assert set(zip(d.direction, d.steiger)) == {
+        ("forward", False),
+        ("forward", True),
+        ("reverse", False),
+        ("reverse", True),
+    }
+    assert (d[d.direction == "reverse"].truth == 0).all()
+    with pytest.raises(ValueError, match="at least 4 members"):
+        ch.winners_curse({**small_round, "models": small_round["models"][:2]})
+    with pytest.raises(ValueError, match="calibration must be 'none' with mc_dropout"):
+        ch.variants(small_round, mc_dropout=3)
+
+
+def test_challenges_sizes_are_typed():
+    s = config.sizes("challenges", "quick")
+    assert isinstance(s.study, simulation_study.StudySizes) and s.study.n_members >= 4
+    assert config.sizes("challenges", "default").replicates >= 10
