@@ -454,6 +454,9 @@ def _accuracy_job(job: tuple) -> pd.DataFrame:
         torch.set_num_threads(threads)
     rows, d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train), details=True)
     rows = rows[rows.estimator.isin(list(ESTIMATORS))].copy()
+    for col in ("estimate", "se", "ci_low", "ci_high", "truth", "tau", "local_coverage"):
+        if col not in rows:  # a model with no usable loci: the round is kept, without estimates
+            rows[col] = np.nan
     for col in ("local_rmse", "sd_local_estimate", "sd_local_truth"):
         rows[col] = np.nan
     for i, name in rows.estimator.items():

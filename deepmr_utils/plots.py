@@ -30,6 +30,8 @@ __all__ = [
     "coverage",
     "profiles",
     "effect_matrix",
+    "table",
+    "sweep",
 ]
 
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -372,4 +374,37 @@ def effect_matrix(
             )
     ax.set_title(title)
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def table(frame: pd.DataFrame, *, digits: int = 2, columns: Sequence[str] | None = None) -> pd.io.formats.style.Styler:
+    """A results table for the page: the chosen ``columns`` (default all), floats to ``digits``
+    decimals, integers as integers, no index (a page has no use for row numbers)."""
+    f = frame if columns is None else frame[list(columns)]
+    floats = [c for c in f.columns if pd.api.types.is_float_dtype(f[c])]
+    return f.style.hide(axis="index").format(precision=digits, subset=floats, na_rep="–")
+
+
+def sweep(
+    summary: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    hue: str = "estimator",
+    ax: Axes | None = None,
+    reference: float | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
+    """One line per ``hue`` level of ``y`` against ``x`` from a tidy summary frame, with an optional
+    dashed ``reference`` line (e.g. 0 for a bias, 0.95 for a coverage) and a legend."""
+    ax = _axes(ax, (4.5, 3.2))
+    for i, (level, g) in enumerate(summary.groupby(hue, sort=False)):
+        g = g.sort_values(x)
+        ax.plot(g[x], g[y], "o-", color=_COLORS[i % len(_COLORS)], ms=4, lw=1.2, label=str(level))
+    if reference is not None:
+        ax.axhline(reference, color="0.5", ls="--", lw=0.8)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(fontsize=8, frameon=False)
     return ax
