@@ -37,7 +37,7 @@ from ._torch import (
 )
 from ._types import Device, Models, Positions, Sequences
 from ._windowed import TraceError, WindowedModel
-from .sequence import ALPHABET, substitute
+from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
 __all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "OutputSpec"]
 
@@ -205,6 +205,8 @@ def saturation_mutagenesis(
     fast: bool | None = None,
     ensemble: str = "auto",
     block: int = 12,
+    rc_average: bool = False,
+    transform: str | None = None,
 ) -> torch.Tensor:
     """Predictions for every single-base substitution of every sequence.
 
@@ -240,12 +242,46 @@ def saturation_mutagenesis(
     block : positions per window on the windowed path. On a GPU, windows are widened (up to
         128 positions) and references batched so that each call holds about
         ``batch_size`` (default 4096) mutants.
+    rc_average : average each prediction with the model's prediction for the reverse complement
+        of the same mutant (as Kipoi's DeepSEA does). Computed as a second ISM of the reverse
+        complement, mapped back position by position and base by base, so the fast path serves both.
+    transform : applied to the (averaged) selected outputs: ``"logit"`` for probabilities
+        (clipped to [1e-6, 1 - 1e-6] first), ``"log"`` for counts or rates (clipped below at 1e-6),
+        ``None`` / ``"none"`` for nothing. Effects are then differences on that scale.
 
     Returns
     -------
     Tensor ``(N, M, P, 4, O)`` (float32, CPU): M members (or MC passes), P positions;
     slot ``[n, m, p, ref_base]`` holds the reference prediction.
     """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    options = dict(outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout,
+                   seed=seed, fast=fast, ensemble=ensemble, block=block)  # fmt: skip
+    if rc_average:
+        X = as_one_hot(X)
+        pos = resolve_positions(positions, X.shape[2])
+        forward = _saturation_mutagenesis(models, X, positions=pos.tolist(), **options)
+        mirrored = (X.shape[2] - 1 - pos).tolist()  # ascending in the reverse complement: pos descending
+        reverse = _saturation_mutagenesis(models, reverse_complement(X), positions=mirrored, **options)
+        # position p of the reverse complement is L-1-p of the sequence, base b is its complement (ACGT -> TGCA)
+        out = (forward + reverse.flip(2).flip(3)) / 2
+    else:
+        out = _saturation_mutagenesis(models, X, positions=positions, **options)
+    if transform == "logit":
+        return torch.logit(out.clamp(_EPS, 1 - _EPS))
+    if transform == "log":
+        return torch.log(out.clamp_min(_EPS))
+    return out
+
+
+TRANSFORMS = (None, "none", "logit", "log")
+_EPS = 1e-6
+
+
+def _saturation_mutagenesis(
+    models, X, *, outputs, positions, batch_size, device, dtype, mc_dropout, seed, fast, ensemble, block
+) -> torch.Tensor:
     models = as_models(models)
     outputs = check_outputs(outputs)
     if ensemble not in ("auto", "vmap", "loop"):
@@ -273,7 +309,7 @@ def saturation_mutagenesis(
         try:
             engines = [WindowedModel(m, outputs if callable(outputs) else None) for m in models]
         except TraceError as err:
-            warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=2)
+            warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
     windowed = fast is not False and (own or engines is not None)
 
     with eval_mode(models), torch.inference_mode():
@@ -449,7 +485,7 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
         warnings.warn(
             f"windowed ISM: {fallback} is not known to keep a mutation's effect local, so from there on "
             "each mutant is computed over the full length (exact, but slower)",
-            stacklevel=3,
+            stacklevel=4,
         )
     return out
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
 from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
 
-__all__ = ["variant_effects", "effects"]
+__all__ = ["variant_effects", "effects", "read_effects"]
 
 _FP_KEY = b"deepmr_fingerprint"
 _CHUNK_KEY = b"deepmr_chunk"
@@ -214,9 +216,12 @@ def _resolve(idx, names, what: str) -> int:
     return int(idx)
 
 
-def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype):
-    # batch size, the fast path, ensemble mode and window size change how, not what, is computed
+def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype, **numbers):
+    # batch size, the fast path, ensemble mode and window size change how, not what, is computed;
+    # ``numbers`` (strand averaging, the output transform) change what; pinned only when set, so
+    # run folders made before these options existed still resume
     return {
+        **{k: v for k, v in numbers.items() if v not in (None, False, "none")},
         "kind": kind,
         "chunk_size": chunk_size,
         "ddof": ddof,
@@ -253,7 +258,10 @@ def variant_effects(
     dtype: torch.dtype | None = None,
     fast: bool | None = None,
     ensemble: str = "auto",
+    rc_average: bool = False,
+    transform: str | None = None,
     progress: bool = True,
+    client: object | None = None,
 ) -> pd.DataFrame:
     """Variant table of the selected instruments for every sequence of ``X``.
 
@@ -270,8 +278,9 @@ def variant_effects(
     :class:`~deepmr_utils.uncertainty.VarianceScaling` or
     :class:`~deepmr_utils.uncertainty.IsotonicCalibration`, applied to the member
     predictions before effects are computed. ``device``: ``None`` = CUDA when present.
-    ``mc_dropout``, ``seed``, ``dtype``, ``fast``, ``ensemble`` and ``batch_size`` go to
-    :func:`deepmr_utils.ism.saturation_mutagenesis`.
+    ``mc_dropout``, ``seed``, ``dtype``, ``fast``, ``ensemble``, ``batch_size``, ``rc_average`` and
+    ``transform`` go to :func:`deepmr_utils.ism.saturation_mutagenesis`. ``client``: a ``dask.distributed.Client``
+    to spread the chunks over its workers (see :func:`effects`).
     """
     select = instruments.as_selection(select)  # before any work, so an old-style argument fails fast
     models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, positions)
@@ -279,8 +288,9 @@ def variant_effects(
     names = selected_names(models, outputs, output_names)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
     payload = _payload(
-        "variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype
-    )
+        "variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
+        rc_average=rc_average, transform=transform,
+    )  # fmt: skip
     payload.update(exposure=ie, outcome=io, output_names=names)
     fp = _fingerprint(X, models, payload)
     folder = _open_run(
@@ -289,15 +299,13 @@ def variant_effects(
         {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "fast": fast, "ensemble": ensemble}  # fmt: skip
+                   "dtype": dtype, "fast": fast, "ensemble": ensemble, "rc_average": rc_average,
+                   "transform": transform}  # fmt: skip
 
-    def compute(a, b):
-        effect, se = _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
-        return instruments.variant_table(
-            effect, se, X[a:b], exposure=ie, outcome=io, positions=pos, loci=loci[a:b], output_names=names
-        )
-
-    frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", compute, progress)
+    job = _Job(
+        X, loci, pos, outputs, calibration, ddof, ism_options, {"exposure": ie, "outcome": io, "output_names": names}
+    )
+    frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", models, job, progress, client)
     return select.apply(pd.concat(frames, ignore_index=True)).instruments
 
 
@@ -319,7 +327,10 @@ def effects(
     dtype: torch.dtype | None = None,
     fast: bool | None = None,
     ensemble: str = "auto",
+    rc_average: bool = False,
+    transform: str | None = None,
     progress: bool = True,
+    client: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Effects and SEs of every substitution on every selected output, ``(N, P, 4, O)`` each.
 
@@ -330,12 +341,20 @@ def effects(
     :func:`deepmr_utils.pairs.all_pairs`, for all exposure/outcome pairs at once; name
     its outputs with :func:`deepmr_utils.predict.output_names` ``(models, outputs)``.
     Arguments as for :func:`variant_effects`.
+
+    ``client``: a ``dask.distributed.Client``. The models are sent to each worker once
+    (``scatter``), every unfinished chunk becomes one task that writes its own chunk file as
+    soon as it is done, and a task whose worker dies is rerun by Dask on another; finished
+    chunks are never recomputed. With the same ``batch_size`` and ``fast`` choice (not the
+    timed automatic ones, which each process makes for itself) the result equals a
+    single-process run's bit for bit on a CPU.
     """
     models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, positions)
     outputs = check_outputs(outputs)
     payload = _payload(
-        "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype
-    )
+        "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
+        rc_average=rc_average, transform=transform,
+    )  # fmt: skip
     fp = _fingerprint(X, models, payload)
     folder = _open_run(
         out,
@@ -348,27 +367,121 @@ def effects(
         },
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "fast": fast, "ensemble": ensemble}  # fmt: skip
+                   "dtype": dtype, "fast": fast, "ensemble": ensemble, "rc_average": rc_average,
+                   "transform": transform}  # fmt: skip
 
-    def compute(a, b):
-        return _chunk_effects(models, X[a:b], pos, outputs, calibration, loci[a:b], ddof, ism_options)
-
-    parts = _each_chunk(folder, fp, chunks, "effects_{:05d}.npz", compute, progress)
+    job = _Job(X, loci, pos, outputs, calibration, ddof, ism_options, None)
+    parts = _each_chunk(folder, fp, chunks, "effects_{:05d}.npz", models, job, progress, client)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _each_chunk(folder, fp, chunks, pattern, compute, progress) -> list:
-    """Every chunk's result: read back when this run already finished it, else computed and written."""
-    results = []
-    for c, (a, b) in enumerate(tqdm(chunks, desc="ISM", unit="chunk", disable=not progress)):
-        path = folder / pattern.format(c) if folder is not None else None
-        value = _read_chunk(path, fp, c) if path is not None else None
-        if value is None:
-            value = compute(a, b)
-            if path is not None:
-                _write_chunk(path, fp, c, value)
-        results.append(value)
+@dataclasses.dataclass
+class _Job:
+    """What every chunk shares: the sequences, positions, outputs and options (``variants``: the
+    variant-table arguments, or ``None`` for effects)."""
+
+    X: torch.Tensor
+    loci: np.ndarray
+    pos: np.ndarray
+    outputs: OutputSpec
+    calibration: VarianceScaling | IsotonicCalibration | None
+    ddof: int
+    ism_options: dict
+    variants: dict | None
+
+    def args(self, a: int, b: int) -> tuple:
+        """This chunk's arguments of :func:`_chunk_task`, after the models."""
+        return (self.X[a:b], self.loci[a:b], self.pos, self.outputs, self.calibration, self.ddof,
+                self.ism_options, self.variants)  # fmt: skip
+
+
+def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
+    """One chunk, start to finish: ISM, effects (and the variant table), written to ``path``. The same
+    function runs in this process or as a Dask task; a task writes its own file, so a finished chunk
+    survives whatever happens to the driver."""
+    effect, se = _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options)
+    value = (effect, se) if variants is None else instruments.variant_table(
+        effect, se, X, positions=pos, loci=ids, **variants
+    )  # fmt: skip
+    if path is not None:
+        _write_chunk(path, fp, index, value)
+    return value
+
+
+def _to_wire(model):
+    if isinstance(model, torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        torch.jit.save(model, buf)
+        return ("torchscript", buf.getvalue())
+    return ("module", model)
+
+
+def _from_wire(item):
+    kind, value = item
+    return torch.jit.load(io.BytesIO(value), map_location="cpu") if kind == "torchscript" else value
+
+
+# per worker process: the models of the run it is working on (rebuilt once, not per task); one run at a time
+_WORKER_MODELS: dict[str, list] = {}
+
+
+def _remote_chunk_task(wire, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
+    models = _WORKER_MODELS.get(fp)
+    if models is None:
+        _WORKER_MODELS.clear()
+        models = _WORKER_MODELS[fp] = [_from_wire(w) for w in wire]
+    return _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index)
+
+
+def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None) -> list:
+    """Every chunk's result: read back when this run already finished it, else computed (here, or on
+    the workers of a Dask ``client``) and written."""
+    paths = [folder / pattern.format(c) if folder is not None else None for c in range(len(chunks))]
+    results = [_read_chunk(p, fp, c) if p is not None else None for c, p in enumerate(paths)]
+    todo = [c for c, v in enumerate(results) if v is None]
+    bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="ISM", unit="chunk", disable=not progress)
+    if client is None:
+        for c in todo:
+            results[c] = _chunk_task(models, *job.args(*chunks[c]), paths[c], fp, c)
+            bar.update()
+    elif todo:
+        from distributed import as_completed
+
+        # the models travel once per worker, not once per task (TorchScript modules as their saved bytes:
+        # they cannot be pickled), and each worker rebuilds them once per run
+        shared = client.scatter([_to_wire(m) for m in models], broadcast=True, hash=False)
+        futures = {
+            client.submit(
+                _remote_chunk_task, shared, *job.args(*chunks[c]), paths[c], fp, c, key=f"deepmr-{fp[:16]}-{c}"
+            ): c
+            for c in todo
+        }
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    bar.close()
     return results
+
+
+def read_effects(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """The effects and SEs ``(N, P, 4, O)`` of a finished :func:`effects` run folder, read back from
+    its chunk files (each checked against the folder's manifest). Raises ``ValueError`` naming the
+    missing chunks when the run is not finished."""
+    folder = Path(out)
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"{folder} is not a run folder of pipeline.effects (no manifest.json)")
+    info = json.loads(manifest.read_text())
+    if info.get("kind") != "effects":
+        raise ValueError(f"{folder} holds a {info.get('kind', 'variant-table')} run, not an effects run")
+    parts = [_read_chunk(folder / f"effects_{c:05d}.npz", info["fingerprint"], c) for c in range(info["n_chunks"])]
+    missing = [c for c, p in enumerate(parts) if p is None]
+    if missing:
+        raise ValueError(
+            f"{folder}: {len(missing)} of {info['n_chunks']} chunks are not finished ({missing[:10]}); "
+            "rerun the same effects command to resume"
+        )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options):

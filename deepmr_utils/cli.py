@@ -1,0 +1,382 @@
+"""The ``deepmr`` command: DeepMR on your own model and sequences, on one machine or a Dask cluster.
+
+    deepmr effects --model model.pt --sequences peaks.fa --out run/
+    deepmr mr run/ --exposure CTCF --outcome DNase
+    deepmr pairs run/
+
+``effects`` runs ISM with every member (or MC-dropout passes of one) and writes the effects and
+SEs of every output into a resumable run folder (:func:`deepmr_utils.pipeline.effects`); ``mr``
+selects instruments for one exposure/outcome pair, runs MR per sequence and a REML
+meta-analysis; ``pairs`` does that for every ordered pair of outputs. ``deepmr CMD --help`` tells
+the options. A bad input ends with one line naming the problem and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["main", "build_parser"]
+
+ESTIMATORS = {
+    "ivw": "ivw",
+    "egger": "egger",
+    "egger-robust": "egger_robust",
+    "median": "weighted_median",
+    "mode": "mbe",
+}
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RUN_FILE = "deepmr.json"
+SEQ_FILE = "sequences.npz"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``deepmr`` and its three subcommands."""
+    p = argparse.ArgumentParser(
+        prog="deepmr",
+        description="Deep Mendelian randomization on your own model: which outputs of a sequence model "
+        "cause which, read out of in-silico mutagenesis.",
+        epilog="Start with `deepmr effects`, then `deepmr mr` or `deepmr pairs` on its run folder.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser(
+        "effects",
+        help="ISM -> effects and SEs of every output, into a resumable run folder",
+        description="Mutate every position of every sequence to every other base with each model, and write the "
+        "effect of each substitution on each output with its standard error (the spread over the members, or over "
+        "MC-dropout passes) into OUT. Rerun the same command to resume an interrupted run.",
+    )
+    e.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="M",
+        help="a TorchScript file, a torch.export .pt2 file, or package.module:factory "
+        "(then give --weights); repeat once per ensemble member",
+    )
+    e.add_argument(
+        "--weights",
+        action="append",
+        metavar="FILE",
+        help="state-dict file of each factory model, in --model order (loaded with weights_only=True)",
+    )
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sequences", metavar="FASTA", help="sequences, each centred and cut to the model's length")
+    src.add_argument("--bed", metavar="BED", help="regions, centred and resized to the model's length (needs --genome)")
+    e.add_argument("--genome", metavar="FASTA", help="genome FASTA for --bed (indexed on first use by pyfaidx)")
+    e.add_argument("--out", required=True, metavar="RUN", help="run folder (created; a rerun resumes it)")
+    e.add_argument("--length", type=int, help="model input length (default: the model's `length` attribute)")
+    e.add_argument("--output-names", metavar="FILE", help="one output name per line (default: the model's names)")
+    e.add_argument(
+        "--transform",
+        choices=["none", "logit", "log"],
+        default="none",
+        help="scale the effects are taken on: logit for probabilities, log for counts (default none)",
+    )
+    e.add_argument("--rc-average", action="store_true", help="average each prediction with its reverse complement's")
+    e.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N MC-dropout passes of one model")
+    e.add_argument("--window", metavar="START:STOP", help="mutate only these positions (default all)")
+    e.add_argument("--max-n", type=int, default=0, help="N positions allowed per sequence (default 0)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when visible)")
+    e.add_argument("--batch-size", type=int, help="mutants per forward pass (default: chosen by measurement)")
+    e.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype on a GPU")
+    e.add_argument(
+        "--fast",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="windowed exact ISM: auto (timed), on, off (the plain path)",
+    )
+    e.add_argument("--chunk-size", type=int, default=64, help="sequences per chunk file and per task (default 64)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
+    where = e.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="a local Dask cluster of N single-threaded worker processes (one per GPU when CUDA is visible)",
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_effects)
+
+    m = sub.add_parser(
+        "mr",
+        help="instruments, MR per sequence and the REML global effect for one pair",
+        description="Select instruments for EXPOSURE -> OUTCOME, estimate the local causal effect of every sequence "
+        "and pool them by random-effects meta-analysis (REML). Writes local.parquet, global.csv and mr.png into RUN.",
+    )
+    m.add_argument("run", metavar="RUN", help="a finished `deepmr effects` run folder")
+    m.add_argument("--exposure", required=True, help="exposure output name")
+    m.add_argument("--outcome", required=True, help="outcome output name")
+    _selection_options(m)
+    m.set_defaults(func=_mr)
+
+    pr = sub.add_parser(
+        "pairs",
+        help="the global effect of every ordered pair of outputs, as a matrix and a heatmap",
+        description="Run `deepmr mr` for every ordered pair of outputs. Writes pairs.csv (one row per pair), "
+        "pairs_matrix.csv (exposure x outcome) and pairs.png into RUN.",
+    )
+    pr.add_argument("run", metavar="RUN", help="a finished `deepmr effects` run folder")
+    _selection_options(pr)
+    pr.set_defaults(func=_pairs)
+    return p
+
+
+def _selection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=3.0, help="instruments: |bx| / SE at least this (default 3)")
+    p.add_argument(
+        "--steiger",
+        action="store_true",
+        help="keep only instruments that move the exposure more than the outcome (outputs on one scale)",
+    )
+    p.add_argument("--estimator", choices=list(ESTIMATORS), default="egger-robust", help="per-sequence MR estimator")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of the median and mode SEs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``deepmr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"deepmr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- effects
+
+
+def _models(args) -> list[torch.nn.Module]:
+    from .inputs import load_model
+
+    weights = list(args.weights or [])
+    factories = [m for m in args.model if ":" in m and not Path(m).exists()]
+    if len(weights) != len(factories):
+        raise ValueError(f"{len(factories)} factory model(s) need as many --weights files, got {len(weights)}")
+    it = iter(weights)
+    return [load_model(m, next(it) if m in factories else None) for m in args.model]
+
+
+def _length(args, model) -> int:
+    length = args.length or getattr(model, "length", None)
+    if not isinstance(length, int) or length < 1:
+        raise ValueError("the model has no integer `length` attribute; pass --length")
+    return length
+
+
+def _names(args, model, length: int) -> list[str]:
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 4, length))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError(f"the model must return (batch, outputs); it returned {type(out).__name__}"
+                         + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""))  # fmt: skip
+    if args.output_names:
+        from .inputs import read_output_names
+
+        names = read_output_names(args.output_names)
+    else:
+        names = list(getattr(model, "output_names", None) or [f"out{i}" for i in range(out.shape[1])])
+    if len(names) != out.shape[1]:
+        raise ValueError(f"{len(names)} output names for a model with {out.shape[1]} outputs")
+    return names
+
+
+def _client(args):
+    if args.scheduler:
+        from distributed import Client
+
+        return Client(args.scheduler), None
+    if not args.workers:
+        return None, None
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if torch.cuda.is_available():
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as err:
+            raise ValueError("CUDA is visible: install dask-cuda for one worker per GPU, or pass --device cpu") from err
+        cluster = LocalCUDACluster(n_workers=min(args.workers, torch.cuda.device_count()), threads_per_worker=1)
+    else:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    from distributed import Client
+
+    return Client(cluster), cluster
+
+
+def _effects(args) -> None:
+    from . import pipeline
+    from .inputs import read_regions, read_sequences
+
+    models = _models(args)
+    if len(models) == 1 and args.mc_dropout < 2:
+        raise ValueError("one model gives no standard errors: repeat --model once per ensemble member, "
+                         "or pass --mc-dropout N (N >= 2) for a model with dropout")  # fmt: skip
+    if len(models) > 1 and args.mc_dropout:
+        raise ValueError("--mc-dropout samples one model; pass a single --model with it")
+    length = _length(args, models[0])
+    names = _names(args, models[0], length)
+    if args.bed:
+        if not args.genome:
+            raise ValueError("--bed needs --genome")
+        loci, X = read_regions(args.bed, args.genome, length, max_n=args.max_n)
+    else:
+        loci, X = read_sequences(args.sequences, length, max_n=args.max_n)
+    window = None
+    if args.window:
+        start, _, stop = args.window.partition(":")
+        window = (int(start), int(stop))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    client, cluster = _client(args)
+    try:
+        effect, _ = pipeline.effects(
+            models, X, out=out, chunk_size=args.chunk_size, positions=window, device=args.device,
+            batch_size=args.batch_size, mc_dropout=args.mc_dropout, seed=args.seed, dtype=DTYPES[args.dtype],
+            fast={"auto": None, "on": True, "off": False}[args.fast], rc_average=args.rc_average,
+            transform=args.transform, progress=not args.quiet, client=client,
+        )  # fmt: skip
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    np.savez_compressed(out / SEQ_FILE, X=X.numpy().astype(np.uint8), loci=np.array(loci))
+    info = {"output_names": names, "n_sequences": len(loci), "length": length, "models": args.model,
+            "transform": args.transform, "rc_average": args.rc_average, "mc_dropout": args.mc_dropout,
+            "window": window}  # fmt: skip
+    (out / RUN_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    print(f"{len(loci)} sequences x {effect.shape[1]} positions x {len(names)} outputs -> {out}")
+
+
+# ----------------------------------------------------------------------------- mr and pairs
+
+
+def _run(folder: str):
+    from . import pipeline
+
+    path = Path(folder)
+    if not (path / RUN_FILE).is_file():
+        raise ValueError(f"{path} is not a finished `deepmr effects` run (no {RUN_FILE})")
+    info = json.loads((path / RUN_FILE).read_text())
+    with np.load(path / SEQ_FILE) as f:
+        X, loci = torch.from_numpy(f["X"].astype(np.float32)), f["loci"].tolist()
+    effect, se = pipeline.read_effects(path)
+    return info, X, loci, effect, se
+
+
+def _analyse(args, pairs_):
+    from . import pairs
+    from .instruments import Selection
+
+    info, X, loci, effect, se = _run(args.run)
+    glob, local = pairs.all_pairs(
+        effect, se, X, info["output_names"], pairs=pairs_, select=Selection(threshold=args.threshold),
+        steiger=True if args.steiger else None, method=ESTIMATORS[args.estimator], n_boot=args.n_boot, seed=args.seed,
+    )  # fmt: skip
+    if len(local):
+        local.insert(0, "sequence", [loci[i] for i in local.locus])
+    return info, glob, local
+
+
+def _index(names: list[str], name: str, what: str) -> int:
+    if name not in names:
+        raise ValueError(f"{what} {name!r} is not an output of this run; outputs: {names}")
+    return names.index(name)
+
+
+def _mr(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info, X, loci, effect, se = _run(args.run)  # checks the run before any work
+    names = info["output_names"]
+    pair = (_index(names, args.exposure, "exposure"), _index(names, args.outcome, "outcome"))
+    info, glob, local = _analyse(args, [pair])
+    run = Path(args.run)
+    local.to_parquet(run / "local.parquet", index=False)
+    glob.assign(estimator=args.estimator, threshold=args.threshold, steiger=args.steiger).to_csv(
+        run / "global.csv", index=False
+    )
+    g = glob.iloc[0]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    ok = local[local.status == "ok"] if len(local) else local
+    if len(ok):
+        axes[0].hist(ok.estimate, bins=30, color="0.6")
+    axes[0].set_xlabel(f"local effect of {args.exposure} on {args.outcome}")
+    axes[0].set_ylabel("sequences")
+    if pd.notna(g.get("estimate", np.nan)):
+        axes[0].axvline(g.estimate, color="C3")
+        axes[1].errorbar(
+            [g.estimate], [0], xerr=[[g.estimate - g.ci_low], [g.ci_high - g.estimate]], fmt="o", color="C3"
+        )
+    axes[1].axvline(0, color="0.7", lw=0.8)
+    axes[1].set_yticks([0], [args.estimator])
+    axes[1].set_xlabel("global effect (95% CI)")
+    fig.tight_layout()
+    fig.savefig(run / "mr.png", dpi=150)
+    plt.close(fig)
+    print(_summary(args, g, local))
+
+
+def _summary(args, g: pd.Series, local: pd.DataFrame) -> str:
+    lines = [f"DeepMR {args.exposure} -> {args.outcome}  ({args.estimator}, instruments |bx|/SE >= {args.threshold:g}"
+             + (", Steiger-filtered)" if args.steiger else ")")]  # fmt: skip
+    n_ok = int((local.status == "ok").sum()) if len(local) else 0
+    lines.append(
+        f"sequences with an estimate: {n_ok} of {len(local)} with instruments; instruments: {int(g.n_instruments)}"
+    )
+    if pd.notna(g.get("estimate", np.nan)):
+        lines.append(
+            f"global effect {g.estimate:.4g} (SE {g.se:.3g}, 95% CI {g.ci_low:.4g} to {g.ci_high:.4g}, "
+            f"p={g.pvalue:.3g}); tau {g.tau:.3g}"
+        )
+    else:
+        lines.append("no global effect: fewer than two sequences have an estimate")
+    lines.append(f"wrote local.parquet, global.csv, mr.png in {args.run}")
+    return "\n".join(lines)
+
+
+def _pairs(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .pairs import to_matrix
+    from .plots import effect_matrix
+
+    info, glob, _ = _analyse(args, None)
+    run = Path(args.run)
+    glob.to_csv(run / "pairs.csv", index=False)
+    matrix = to_matrix(glob, names=info["output_names"]) if "estimate" in glob else pd.DataFrame()
+    matrix.to_csv(run / "pairs_matrix.csv")
+    n = len(info["output_names"])
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
+    if len(matrix):
+        effect_matrix(matrix, ax=ax, title=f"global effect ({args.estimator})")
+    fig.tight_layout()
+    fig.savefig(run / "pairs.png", dpi=150)
+    plt.close(fig)
+    shown = glob.reindex(columns=["exposure", "outcome", "estimate", "ci_low", "ci_high", "n_loci"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"wrote pairs.csv, pairs_matrix.csv, pairs.png in {args.run}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

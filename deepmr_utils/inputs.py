@@ -1,0 +1,157 @@
+"""Your model and your sequences, read from files: what the ``deepmr`` command runs on.
+
+* :func:`load_model` - a TorchScript file, a ``torch.export`` program (``.pt2``), or
+  ``package.module:factory`` plus a state-dict file (loaded with ``weights_only=True``);
+* :func:`read_output_names` - one output name per line;
+* :func:`read_sequences` - a FASTA file, each record centred and cut to the model's length;
+* :func:`read_regions` - BED regions centred and resized to the model's length, cut from an
+  indexed genome FASTA with ``pyfaidx``.
+
+N positions follow the library's rule (:func:`deepmr_utils.sequence.one_hot`): never guessed.
+A sequence with more than ``max_n`` of them is refused with its name; up to ``max_n`` are
+encoded as all-zero columns, which ISM then mutates to all four bases.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .sequence import one_hot, read_fasta
+
+__all__ = ["load_model", "read_output_names", "read_sequences", "read_regions"]
+
+
+def load_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> nn.Module:
+    """One model in eval mode, from ``spec``:
+
+    * a TorchScript file (``torch.jit.save``);
+    * a ``torch.export`` program (a ``.pt2`` file from ``torch.export.save``), run as its module;
+    * ``"package.module:factory"``: ``factory()`` builds the model and ``weights`` (a state-dict
+      file, read with ``weights_only=True``, so it cannot run code) fills it.
+
+    Raises ``ValueError`` naming the problem: a missing file, a factory that cannot be imported,
+    weights given where they are not used, or a file that is neither format.
+    """
+    text = str(spec)
+    if ":" in text and not Path(text).exists():
+        module_name, _, attr = text.partition(":")
+        if weights is None:
+            raise ValueError(f"model {text!r} is a factory; pass its state-dict file as weights")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import the model factory {text!r}: {err}") from err
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{text}() returned {type(model).__name__}, not a torch.nn.Module")
+        path = _existing(weights, "weights file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors, truncated files: one message, the file named
+            raise ValueError(f"{path} is not a state-dict file torch can read with weights_only=True: {err}") from err
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not fit {text}(): {str(err).splitlines()[0]}") from err
+        return model.eval()
+    path = _existing(spec, "model file")
+    if weights is not None:
+        raise ValueError(f"weights are only used with a 'package.module:factory' model, not with the file {path}")
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as err:
+            raise ValueError(f"{path} is not a torch.export program (.pt2): {err}") from err
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a TorchScript file (torch.jit.save); for a state dict pass "
+            f"'package.module:factory' as the model and this file as its weights ({type(err).__name__})"
+        ) from err
+
+
+def read_output_names(path: str | os.PathLike) -> list[str]:
+    """Output names, one per line (blank lines and ``#`` comments skipped); duplicates are refused."""
+    p = _existing(path, "output-names file")
+    names = [line.strip() for line in p.read_text().splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"{p} holds no output names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{p} names some outputs twice: {dup}")
+    return names
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} {p} does not exist")
+    return p
+
+
+def _encode(names: list[str], seqs: list[str], max_n: int) -> torch.Tensor:
+    for name, s in zip(names, seqs):
+        n = sum(c not in "ACGTacgt" for c in s)
+        if n > max_n:
+            raise ValueError(
+                f"{name} has {n} positions that are not A, C, G or T (at most {max_n} allowed; raise max_n to "
+                "encode them as all-zero columns, or drop the sequence)"
+            )
+    return one_hot([s.upper() for s in seqs], non_acgt="zero")
+
+
+def read_sequences(path: str | os.PathLike, length: int, *, max_n: int = 0) -> tuple[list[str], torch.Tensor]:
+    """The records of a FASTA file, each centred and cut to ``length``: ``(names, X)`` with ``X``
+    one-hot ``(N, 4, length)``. A record shorter than ``length`` is refused with its name."""
+    records = read_fasta(_existing(path, "FASTA file"))
+    short = [f"{k} ({len(v)} bp)" for k, v in records.items() if len(v) < length]
+    if short:
+        raise ValueError(f"{len(short)} sequence(s) are shorter than the model's input of {length} bp: {short[:5]}")
+    names = list(records)
+    seqs = [records[k][(len(records[k]) - length) // 2 :][:length] for k in names]
+    return names, _encode(names, seqs, max_n)
+
+
+def read_regions(
+    bed: str | os.PathLike, genome: str | os.PathLike, length: int, *, max_n: int = 0
+) -> tuple[list[str], torch.Tensor]:
+    """BED regions centred and resized to ``length``, cut from ``genome`` (FASTA, indexed by ``pyfaidx``):
+    ``(names, X)``. A name is the BED name column when present, else ``chrom:start-end``. A region
+    whose window runs off its chromosome, or on a chromosome the genome lacks, is refused."""
+    import pyfaidx  # only the BED route needs it
+
+    fasta = pyfaidx.Fasta(str(_existing(genome, "genome FASTA")), sequence_always_upper=True)
+    names, seqs = [], []
+    for line_no, line in enumerate(_existing(bed, "BED file").read_text().splitlines(), 1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 3:
+            raise ValueError(f"{bed}:{line_no}: a BED line needs chrom, start and end, got {line!r}")
+        chrom, start, end = fields[0], int(fields[1]), int(fields[2])
+        name = fields[3] if len(fields) > 3 and fields[3] not in ("", ".") else f"{chrom}:{start}-{end}"
+        if chrom not in fasta:
+            raise ValueError(f"{bed}:{line_no}: {name} is on {chrom!r}, which the genome does not have")
+        a = (start + end) // 2 - length // 2
+        b = a + length
+        if a < 0 or b > len(fasta[chrom]):
+            raise ValueError(
+                f"{bed}:{line_no}: {name} centred to {length} bp ({chrom}:{a}-{b}) runs off {chrom} "
+                f"(length {len(fasta[chrom])})"
+            )
+        names.append(name)
+        seqs.append(str(fasta[chrom][a:b]))
+    if not names:
+        raise ValueError(f"{bed} holds no regions")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{bed}: region names must be unique")
+    return names, _encode(names, seqs, max_n)

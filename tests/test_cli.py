@@ -1,0 +1,230 @@
+"""The ``deepmr`` command end to end, against the library calls it wraps; bad inputs; Dask runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deepmr_utils import pairs, pipeline
+from deepmr_utils.inputs import load_model, read_regions, read_sequences
+from deepmr_utils.instruments import Selection
+
+sys.path.insert(0, str(Path(__file__).parent))
+import cli_models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SEQ, LENGTH = 12, 40
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two trained-looking members (random weights, fixed seeds) saved as TorchScript and as state dicts,
+    sequences as FASTA, and the same sequences as BED regions of a small genome."""
+    d = tmp_path_factory.mktemp("cli")
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = cli_models.factory().eval()
+        members.append(m)
+        torch.jit.save(torch.jit.script(m), d / f"m{seed}.pt")
+        torch.save(m.state_dict(), d / f"m{seed}.state.pt")
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACGT"), 60)) for _ in range(N_SEQ)]
+    (d / "seqs.fa").write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    # a genome holding the sequences back to back with 20 bp of filler, and BED regions on them
+    chrom = "".join(s + "A" * 20 for s in seqs)
+    (d / "genome.fa").write_text(">chr1\n" + "\n".join(chrom[i : i + 60] for i in range(0, len(chrom), 60)) + "\n")
+    (d / "regions.bed").write_text("".join(f"chr1\t{80 * i}\t{80 * i + 60}\ts{i}\n" for i in range(N_SEQ)))
+    return d, members
+
+
+def _run(args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "deepmr_utils.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
+    )
+
+
+def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
+    d, members = files
+    run = tmp_path / "run"
+    r = _run(["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences",
+              str(d / "seqs.fa"), "--out", str(run), "--fast", "off", "--batch-size", "64", "--quiet"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names, X = read_sequences(d / "seqs.fa", LENGTH)
+    effect, se = pipeline.effects(members, X, fast=False, batch_size=64, progress=False)
+    got, got_se = pipeline.read_effects(run)
+    np.testing.assert_allclose(got, effect, atol=1e-5)
+    np.testing.assert_allclose(got_se, se, atol=1e-5)
+    assert json.loads((run / "deepmr.json").read_text())["output_names"] == ["tfA", "tfB"]
+
+    r = _run(["mr", str(run), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "ivw", "--threshold", "2"])
+    assert r.returncode == 0, r.stderr
+    assert "global effect" in r.stdout or "no global effect" in r.stdout
+    glob = pd.read_csv(run / "global.csv")
+    ref, _ = pairs.all_pairs(effect, se, X, ["tfA", "tfB"], pairs=[(0, 1)], select=Selection(threshold=2), method="ivw")
+    np.testing.assert_allclose(glob.estimate, ref.estimate, rtol=1e-5)
+    local = pd.read_parquet(run / "local.parquet")
+    assert set(local.sequence) <= set(names) and (run / "mr.png").stat().st_size > 1000
+
+    r = _run(["pairs", str(run), "--estimator", "ivw", "--threshold", "2"])
+    assert r.returncode == 0, r.stderr
+    matrix = pd.read_csv(run / "pairs_matrix.csv", index_col=0)
+    assert matrix.shape == (2, 2) and np.isnan(matrix.loc["tfA", "tfA"])
+    assert matrix.loc["tfA", "tfB"] == pytest.approx(float(ref.estimate.iloc[0]), rel=1e-5)
+
+
+def test_factory_and_bed_inputs_give_the_same_run(files, tmp_path):
+    d, members = files
+    args = ["--model", "cli_models:factory", "--weights", str(d / "m1.state.pt"), "--model",
+            "cli_models:factory", "--weights", str(d / "m2.state.pt"), "--fast", "off", "--quiet"]  # fmt: skip
+    assert _run(["effects", *args, "--sequences", str(d / "seqs.fa"), "--out", str(tmp_path / "a")]).returncode == 0
+    r = _run(["effects", *args, "--bed", str(d / "regions.bed"), "--genome", str(d / "genome.fa"), "--out",
+              str(tmp_path / "b")])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(pipeline.read_effects(tmp_path / "a")[0], pipeline.read_effects(tmp_path / "b")[0])
+    names, _ = read_regions(d / "regions.bed", d / "genome.fa", LENGTH)
+    assert names == [f"s{i}" for i in range(N_SEQ)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "missing.pt", "--model", "missing.pt"], "model file missing.pt does not exist"),
+        (["--model", "cli_models:nope", "--weights", "x.pt"], "cannot import the model factory"),
+        (["--model", "cli_models:factory"], "need as many --weights files"),
+        (["--model", "{d}/seqs.fa", "--model", "{d}/m1.pt"], "is not a TorchScript file"),
+        (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--length", "100"], "shorter than the model's input of 100"),
+        (["--model", "{d}/m1.pt", "--mc-dropout", "5", "--output-names", "{d}/three.txt"], "3 output names for a"),
+    ],
+)
+def test_bad_inputs_give_one_clear_line(files, tmp_path, args, message):
+    d, _ = files
+    (d / "three.txt").write_text("a\nb\nc\n")
+    args = [a.format(d=d) for a in args]
+    r = _run(["effects", *args, "--sequences", str(d / "seqs.fa"), "--out", str(tmp_path / "r")])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_mr_refuses_unknown_outputs_and_unfinished_runs(files, tmp_path):
+    d, _ = files
+    run = tmp_path / "run"
+    one = _run(["effects", "--model", str(d / "m1.pt"), "--sequences", str(d / "seqs.fa"), "--out", str(run)])
+    assert one.returncode == 2 and "one model gives no standard errors" in one.stderr
+    assert _run(["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences",
+                 str(d / "seqs.fa"), "--out", str(run), "--quiet"]).returncode == 0  # fmt: skip
+    r = _run(["mr", str(run), "--exposure", "tfA", "--outcome", "CTCF"])
+    assert r.returncode == 2 and "outcome 'CTCF' is not an output of this run" in r.stderr
+    (run / "effects_00000.npz").unlink()
+    r = _run(["mr", str(run), "--exposure", "tfA", "--outcome", "tfB"])
+    assert r.returncode == 2 and "chunks are not finished" in r.stderr
+
+
+def test_a_torch_export_program_loads_and_predicts_like_the_model(files, tmp_path):
+    _, members = files
+    x = torch.rand(3, 4, LENGTH)
+    torch.export.save(torch.export.export(members[0], (x,)), tmp_path / "m.pt2")
+    loaded = load_model(tmp_path / "m.pt2")
+    torch.testing.assert_close(loaded(x), members[0](x))
+    with pytest.raises(ValueError, match="only used with a 'package.module:factory' model"):
+        load_model(tmp_path / "m.pt2", tmp_path / "m.pt2")
+
+
+def test_checksum_and_format_errors_in_the_loaders(files, tmp_path):
+    d, _ = files
+    bad = tmp_path / "bad.state.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="is not a state-dict file"):
+        load_model("cli_models:factory", bad)
+    (tmp_path / "off.bed").write_text("chr1\t0\t10\tedge\n")
+    with pytest.raises(ValueError, match="runs off chr1"):
+        read_regions(tmp_path / "off.bed", d / "genome.fa", LENGTH)
+    (tmp_path / "n.fa").write_text(">withN\n" + "ACGT" * 5 + "NNNN" + "ACGT" * 5 + "\n")
+    with pytest.raises(ValueError, match="withN has 4 positions that are not A, C, G or T"):
+        read_sequences(tmp_path / "n.fa", 44)
+    assert read_sequences(tmp_path / "n.fa", 44, max_n=4)[1][0, :, 20].sum() == 0
+
+
+def test_help_reads_like_the_readme():
+    out = _run(["--help"]).stdout
+    assert all(c in out for c in ("effects", "mr", "pairs"))
+    out = _run(["effects", "--help"]).stdout
+    for flag in ("--model", "--weights", "--sequences", "--bed", "--genome", "--transform", "--rc-average",
+                 "--mc-dropout", "--workers", "--scheduler", "--device", "--batch-size", "--dtype"):  # fmt: skip
+        assert flag in out
+
+
+# ----------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        with distributed.Client(lc) as client:
+            yield lc, client
+
+
+def _single_process_reference(members, X):
+    # what a worker computes, in this process: one thread, the same path and batch size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pipeline.effects(members, X, chunk_size=3, fast=False, batch_size=64, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_two_worker_run_equals_the_single_process_run(files, cluster, tmp_path):
+    d, members = files
+    _, client = cluster
+    _, X = read_sequences(d / "seqs.fa", LENGTH)
+    scripted = [load_model(d / "m1.pt"), load_model(d / "m2.pt")]
+    got = pipeline.effects(scripted, X, out=tmp_path / "run", chunk_size=3, fast=False, batch_size=64,
+                           progress=False, client=client)  # fmt: skip
+    ref = _single_process_reference(members, X)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    assert len(list((tmp_path / "run").glob("effects_*.npz"))) == 4
+
+
+def test_a_worker_killed_mid_run_changes_nothing(files, cluster, tmp_path):
+    d, members = files
+    lc, client = cluster
+    _, X = read_sequences(d / "seqs.fa", LENGTH)
+    X = X.repeat(4, 1, 1)  # 48 sequences, 16 chunks: time to kill a worker in the middle
+    slow = [cli_models.factory().eval() for _ in range(2)]
+    for m, src in zip(slow, members):
+        m.load_state_dict(src.state_dict())
+    out, result = tmp_path / "run", {}
+
+    def work():
+        result["value"] = pipeline.effects(slow, X, out=out, chunk_size=3, fast=False, batch_size=64,
+                                           progress=False, client=client)  # fmt: skip
+
+    t = threading.Thread(target=work)
+    t.start()
+    deadline = time.time() + 60
+    while not list(out.glob("effects_*.npz")) and time.time() < deadline:
+        time.sleep(0.05)
+    pid = next(iter(client.run(os.getpid).values()))
+    os.kill(pid, signal.SIGKILL)
+    t.join(timeout=180)
+    assert "value" in result, "the run did not finish after a worker was killed"
+    ref = _single_process_reference(slow, X)
+    np.testing.assert_array_equal(result["value"][0], ref[0])
+    np.testing.assert_array_equal(result["value"][1], ref[1])
