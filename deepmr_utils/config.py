@@ -155,7 +155,7 @@ _SIZES = {
             "study": {"n_members": 10},
             "ensemble_sizes": (2, 3, 5, 10),
             "mc_passes": (10, 50),
-            "n_trains": (300, 1000, 3000),
+            "n_trains": (500, 1000, 3000),
             "accuracy_rounds": 3,
             "mvmr_nus": (0.0, 30.0, 60.0),
             "n_jobs": 2,

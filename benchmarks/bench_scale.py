@@ -1,0 +1,95 @@
+"""Sharded DeepMR on Dask: throughput of 1 vs 2 worker processes, and Dask's overhead.
+
+    python benchmarks/bench_scale.py [--sequences 16] [--members 3] [--length 1000] [--chunk-size 2]
+
+On a model the library was not tuned for (the BPNet-like ``UnseenBPNet`` of ``bench_ism.py``),
+times ``pipeline.effects`` on the same sequences three ways in one run:
+
+* ``plain``     the single-process call, with one torch thread (what one worker does);
+* ``1 worker``  a ``LocalCluster`` of one single-threaded worker process (``client=``);
+* ``2 workers`` two single-threaded worker processes.
+
+Prints seconds, variants/s and the ratios: ``2 workers / 1 worker`` (the scaling; the target on
+2 cores is >= 1.7x) and ``1 worker / plain`` (Dask's overhead; the target is <= 10 %), and checks
+that all three give the same effects bit for bit. Each Dask run starts from an empty run folder
+and a cluster whose workers have already imported torch (startup is not counted), and each
+configuration is timed ``--repeats`` times (best kept). On a machine with GPUs, ``--device cuda``
+with ``--workers-gpu`` runs one worker per visible GPU through ``dask_cuda.LocalCUDACluster``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ism import UnseenBPNet  # noqa: E402
+
+from deepmr_utils import pipeline  # noqa: E402
+from deepmr_utils.sequence import random_sequences  # noqa: E402
+
+
+def timed(fn, repeats):
+    best, value = np.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, value
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequences", type=int, default=16)
+    ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--length", type=int, default=1000)
+    ap.add_argument("--chunk-size", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    from distributed import Client, LocalCluster
+
+    torch.manual_seed(0)
+    models = [UnseenBPNet().eval() for _ in range(args.members)]
+    X = random_sequences(args.sequences, args.length, seed=1)
+    # fixed path and batch size: the automatic choices are timed per process and could differ
+    opts = dict(chunk_size=args.chunk_size, fast=True, batch_size=256, progress=False)
+    n_variants = args.sequences * args.length * 3
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+          f"UnseenBPNet x {args.members} members, {args.sequences} sequences of {args.length} bp, "
+          f"chunks of {args.chunk_size}")  # fmt: skip
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t_plain, ref = timed(lambda: pipeline.effects(models, X, **opts), args.repeats)
+    torch.set_num_threads(threads)
+    rows = [("plain (1 thread)", t_plain)]
+    for n in (1, 2):
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+            with Client(lc) as client:
+                client.run(lambda: __import__("torch").zeros(1))  # workers up and torch imported
+
+                def run(client=client):
+                    with tempfile.TemporaryDirectory() as d:
+                        return pipeline.effects(models, X, out=Path(d) / "run", client=client, **opts)
+
+                t, got = timed(run, args.repeats)
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1]), "a Dask run differs from plain"
+        rows.append((f"{n} worker{'s' if n > 1 else ''}", t))
+    for name, t in rows:
+        print(f"{name:18s} {t:7.2f} s  {n_variants / t:9.0f} variants/s")
+    t1, t2 = rows[1][1], rows[2][1]
+    print(f"scaling, 2 workers vs 1: {t1 / t2:.2f}x (target >= 1.7x on 2 cores)")
+    print(f"Dask overhead, 1 worker vs plain: {100 * (t1 / t_plain - 1):+.1f} % (target <= 10 %)")
+    print("effects identical across the three runs: yes")
+
+
+if __name__ == "__main__":
+    main()
