@@ -207,11 +207,20 @@ def _client(args):
             from dask_cuda import LocalCUDACluster
         except ImportError as err:
             raise ValueError("CUDA is visible: install dask-cuda for one worker per GPU, or pass --device cpu") from err
-        cluster = LocalCUDACluster(n_workers=min(args.workers, torch.cuda.device_count()), threads_per_worker=1)
+        import dask
+
+        from .pipeline import dask_config
+
+        with dask.config.set(dask_config()):
+            cluster = LocalCUDACluster(n_workers=min(args.workers, torch.cuda.device_count()), threads_per_worker=1)
     else:
+        import dask
         from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        from .pipeline import dask_config
+
+        with dask.config.set(dask_config()):
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
     from distributed import Client
 
     return Client(cluster), cluster

@@ -47,7 +47,7 @@ from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
 from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
 
-__all__ = ["variant_effects", "effects", "read_effects"]
+__all__ = ["variant_effects", "effects", "read_effects", "dask_config"]
 
 _FP_KEY = b"deepmr_fingerprint"
 _CHUNK_KEY = b"deepmr_chunk"
@@ -408,6 +408,36 @@ def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, va
     return value
 
 
+def dask_config() -> dict:
+    """Dask settings for the worker processes of an ISM cluster: ``with dask.config.set(pipeline.dask_config()):``
+    around ``LocalCluster(...)`` (or the same keys in a cluster's Dask configuration).
+
+    Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which switches off glibc's
+    adaptive allocator thresholds: ISM, with its many short-lived tensors, then runs about four times
+    slower (measured by ``benchmarks/bench_scale.py``). These settings keep Dask's other worker
+    variables (one OpenMP / MKL thread per worker) and drop that one; they also switch off the
+    workers' statistical profiler, which samples every thread's stack every 10 ms and so takes the
+    GIL from the windowed engine's many small operations."""
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return {"distributed.nanny.pre-spawn-environ": env, "distributed.worker.profile.enabled": False}
+
+
+def _worker_trim(client) -> None:
+    try:
+        values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    except Exception:  # a client whose workers cannot run this (e.g. restricted): nothing to advise
+        return
+    if any(v is not None for v in values.values()):
+        warnings.warn(
+            "the Dask workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's default), which makes ISM several "
+            "times slower; start the cluster inside `with dask.config.set(pipeline.dask_config()):`",
+            stacklevel=4,
+        )
+
+
 def _to_wire(model):
     if isinstance(model, torch.jit.ScriptModule):
         buf = io.BytesIO()
@@ -449,6 +479,7 @@ def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None)
 
         # the models travel once per worker, not once per task (TorchScript modules as their saved bytes:
         # they cannot be pickled), and each worker rebuilds them once per run
+        _worker_trim(client)
         shared = client.scatter([_to_wire(m) for m in models], broadcast=True, hash=False)
         futures = {
             client.submit(

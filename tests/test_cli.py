@@ -174,7 +174,12 @@ def test_help_reads_like_the_readme():
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+    import dask
+
+    with (
+        dask.config.set(pipeline.dask_config()),
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+    ):
         with distributed.Client(lc) as client:
             yield lc, client
 
@@ -200,6 +205,18 @@ def test_two_worker_run_equals_the_single_process_run(files, cluster, tmp_path):
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
     assert len(list((tmp_path / "run").glob("effects_*.npz"))) == 4
+
+
+def test_the_command_on_two_local_workers_equals_one_process(files, tmp_path):
+    d, _ = files
+    args = ["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences", str(d / "seqs.fa"),
+            "--fast", "off", "--batch-size", "64", "--chunk-size", "3", "--quiet"]  # fmt: skip
+    one = _run([*args, "--out", str(tmp_path / "one")])
+    two = _run([*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    # a one-process run with one thread is what each single-threaded worker computes
+    for a, b in zip(pipeline.read_effects(tmp_path / "one"), pipeline.read_effects(tmp_path / "two")):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_a_worker_killed_mid_run_changes_nothing(files, cluster, tmp_path):
