@@ -7,6 +7,7 @@ returns it, so chapters can compose panels. Nothing is shown or saved here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -377,7 +378,8 @@ def effect_matrix(
     return ax
 
 
-def table(frame: pd.DataFrame, *, digits: int = 2, columns: Sequence[str] | None = None) -> pd.io.formats.style.Styler:
+# returns a pandas Styler; typed Any because importing the Styler needs jinja2, which only the book installs
+def table(frame: pd.DataFrame, *, digits: int = 2, columns: Sequence[str] | None = None) -> Any:
     """A results table for the page: the chosen ``columns`` (default all), floats to ``digits``
     decimals, integers as integers, no index (a page has no use for row numbers)."""
     f = frame if columns is None else frame[list(columns)]
