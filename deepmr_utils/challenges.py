@@ -133,26 +133,32 @@ def estimate(
         kw = dict(kw)
         if method in ("weighted_median", "mbe"):
             kw.update(n_boot=n_boot, seed=seed)
-        local = mr.per_locus(instruments, method, **kw).merge(truth, on="locus", how="left")
-        local = local[local.theta.notna()]
-        ok = local[local.status == "ok"]
-        row = {"estimator": name, "n_loci": len(ok)}
-        if len(ok) >= 2:
-            g = meta.pool(local)
-            t = float(ok.theta.mean())
-            row.update(
-                estimate=g.estimate,
-                se=g.se,
-                ci_low=g.ci_low,
-                ci_high=g.ci_high,
-                tau=g.tau,
-                truth=t,
-                covered=bool(g.ci_low <= t <= g.ci_high),
-                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
-                local_rmse=float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
-            )
-        rows.append(row)
+        rows.append(_pooled(name, mr.per_locus(instruments, method, **kw), truth))
     return pd.DataFrame(rows)
+
+
+def _pooled(name: str, local: pd.DataFrame, truth: pd.DataFrame) -> dict:
+    """One estimator's row: its per-locus frame (``locus, estimate, se, ci_low, ci_high, status``)
+    against the truth, pooled by REML when at least two loci have an estimate."""
+    local = local.merge(truth, on="locus", how="left")
+    local = local[local.theta.notna()]
+    ok = local[local.status == "ok"]
+    row = {"estimator": name, "n_loci": len(ok)}
+    if len(ok) >= 2:
+        g = meta.pool(local)
+        t = float(ok.theta.mean())
+        row.update(
+            estimate=g.estimate,
+            se=g.se,
+            ci_low=g.ci_low,
+            ci_high=g.ci_high,
+            tau=g.tau,
+            truth=t,
+            covered=bool(g.ci_low <= t <= g.ci_high),
+            local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
+            local_rmse=float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
+        )
+    return row
 
 
 def _exposure_loci(gen: CooperativityModel, n: int, seed: int) -> dict:
@@ -560,31 +566,12 @@ def _multivariable_per_locus(inst: pd.DataFrame, min_instruments: int = 4) -> pd
 
 def _univariable_vs_multivariable(inst: pd.DataFrame) -> pd.DataFrame:
     truth = local_truth(inst)
-    rows = []
-    for name, local in (
-        ("IVW", mr.per_locus(inst, "ivw")),
-        ("multivariable IVW", _multivariable_per_locus(inst)),
-    ):
-        local = local.merge(truth, on="locus")
-        local = local[local.theta.notna()]
-        ok = local[local.status == "ok"]
-        g = meta.pool(local)
-        t = float(ok.theta.mean())
-        rows.append(
-            {
-                "estimator": name,
-                "estimate": g.estimate,
-                "se": g.se,
-                "ci_low": g.ci_low,
-                "ci_high": g.ci_high,
-                "tau": g.tau,
-                "truth": t,
-                "covered": bool(g.ci_low <= t <= g.ci_high),
-                "n_loci": len(ok),
-                "local_rmse": float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
-            }
-        )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        [
+            _pooled("IVW", mr.per_locus(inst, "ivw"), truth),
+            _pooled("multivariable IVW", _multivariable_per_locus(inst), truth),
+        ]
+    )
 
 
 def multivariable_adjustment(
