@@ -1,6 +1,8 @@
 # The two commands of README.md. Both create the virtual environment on first use.
 #   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
 #   make test   ruff + unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
+#               + every page checked in headless Chromium (skipped, with one line saying so, without it)
+#   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (executes every chapter like make book)
 #   make study  the simulation study's 50 rounds per scenario (hours on a laptop CPU; resumable)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,8 +11,10 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 # The venv's bin first: notebook kernels ("python3") must start from the same environment.
 export PATH := $(BIN):$(PATH)
+# Progress bars belong in a terminal or an interactive session, not in a rendered page as stderr boxes.
+BUILD_ENV := DEEPMR_PROGRESS=0
 
-.PHONY: book test lint unit notebooks book-quick bench study clean env
+.PHONY: book test lint unit notebooks book-quick browser pdf bench study clean env
 
 env: $(STAMP)
 
@@ -24,32 +28,49 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --keep-going
+	$(BUILD_ENV) DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --keep-going
 	@test -f _build/html/index.html
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: lint unit notebooks book-quick
+test: lint unit notebooks book-quick browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/pages
 
 # make test never touches the user's book or results: it builds into _build/quick and writes tables to
 # _build/quick/results (DEEPMR_RESULTS), so the output of `make book` survives it
 QUICK := _build/quick
 
 notebooks: $(STAMP)
-	DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	$(BUILD_ENV) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg book/
 
 book-quick: $(STAMP)
 	rm -rf $(QUICK)/_build
-	DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/jupyter-book build . -W -n --keep-going \
+	$(BUILD_ENV) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/jupyter-book build . -W -n --keep-going \
 		--path-output $(QUICK)
 	@test -f $(QUICK)/_build/html/index.html
+
+# every page of the quick build in headless Chromium: math typeset, figures present, no tracebacks or
+# unexplained stderr, no remote request; screenshots and a per-page report in _build/screenshots.
+# CI (CI=true) must run it; elsewhere a missing Chromium skips it with one line.
+browser: $(STAMP)
+	@if $(BIN)/python tools/browser.py --available; then \
+		DEEPMR_HTML=$(CURDIR)/$(QUICK)/_build/html DEEPMR_SCREENSHOTS=$(CURDIR)/_build/screenshots \
+			$(BIN)/python -m pytest -q -p no:cacheprovider tests/pages; \
+	elif [ "$${CI:-}" = true ]; then echo "browser check: chromium is missing on CI (.ci/run installs it)"; exit 1; \
+	else echo "browser check skipped: chromium not found (Debian: apt-get install chromium; .ci/run installs it)"; fi
+
+# the book as one PDF: the single-page build, printed by headless Chromium (same scale rule as make book)
+pdf: $(STAMP)
+	rm -rf _build/pdf
+	$(BUILD_ENV) DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --builder singlehtml \
+		--keep-going --path-output _build/pdf
+	$(BIN)/python tools/browser.py pdf _build/pdf/_build/singlehtml/index.html _build/pdf/deepmr.pdf
 
 # the simulation study at full length (50 rounds per scenario; resumable); writes book/data/simulation_study.*
 study: $(STAMP)

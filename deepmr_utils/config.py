@@ -308,6 +308,18 @@ def results_dir(chapter: str) -> Path:
     return folder
 
 
+PROGRESS_VAR = "DEEPMR_PROGRESS"
+
+
+def show_progress(progress: bool | None = None) -> bool:
+    """Whether long steps draw progress bars: ``progress`` when given, else ``$DEEPMR_PROGRESS``
+    (``0`` / ``false`` / ``no`` turn them off; on by default). The book's builds set it to 0, so bars
+    show in an interactive session but never land in a rendered page as stderr boxes."""
+    if progress is not None:
+        return bool(progress)
+    return os.environ.get(PROGRESS_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def set_seed(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and torch, and return a NumPy Generator."""
     random.seed(seed)

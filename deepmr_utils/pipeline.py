@@ -43,6 +43,7 @@ from . import instruments
 from ._io import open_pinned, replace
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
 from ._types import ArrayLike, Device, Models, Positions, Sequences
+from .config import show_progress
 from .ism import resolve_positions, saturation_mutagenesis
 from .sequence import as_one_hot
 from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
@@ -260,7 +261,7 @@ def variant_effects(
     ensemble: str = "auto",
     rc_average: bool = False,
     transform: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     client: object | None = None,
 ) -> pd.DataFrame:
     """Variant table of the selected instruments for every sequence of ``X``.
@@ -329,7 +330,7 @@ def effects(
     ensemble: str = "auto",
     rc_average: bool = False,
     transform: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     client: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Effects and SEs of every substitution on every selected output, ``(N, P, 4, O)`` each.
@@ -469,7 +470,13 @@ def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None)
     paths = [folder / pattern.format(c) if folder is not None else None for c in range(len(chunks))]
     results = [_read_chunk(p, fp, c) if p is not None else None for c, p in enumerate(paths)]
     todo = [c for c, v in enumerate(results) if v is None]
-    bar = tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="ISM", unit="chunk", disable=not progress)
+    bar = tqdm(
+        total=len(chunks),
+        initial=len(chunks) - len(todo),
+        desc="ISM",
+        unit="chunk",
+        disable=not show_progress(progress),
+    )
     if client is None:
         for c in todo:
             results[c] = _chunk_task(models, *job.args(*chunks[c]), paths[c], fp, c)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import meta, mr, pipeline, simulate, train
 from ._io import open_pinned, write_atomic
 from ._types import Models
+from .config import show_progress
 from .instruments import Selection
 from .models import PooledRegressor
 from .predict import predict
@@ -372,7 +373,7 @@ def run_study(
     calibration: str = "variance",
     out: str | os.PathLike | None = None,
     n_jobs: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     on_round: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """``rounds`` rounds of each scenario; returns all rounds' rows (see :func:`run_round`).
@@ -407,7 +408,7 @@ def run_study(
                 done[(scenario, r)] = pd.read_csv(path)
             else:
                 jobs.append((scenario, r, path))
-    bar = tqdm(total=len(jobs), desc="rounds", disable=not progress or not jobs, leave=False)
+    bar = tqdm(total=len(jobs), desc="rounds", disable=not show_progress(progress) or not jobs, leave=False)
 
     def finished(key, path, frame):
         if path is not None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ._torch import resolve_device
 from ._types import ArrayLike, Device, Models, Sequences
+from .config import show_progress
 from .models.scale import TargetScale
 from .predict import predict
 
@@ -219,7 +220,7 @@ def train_ensemble(
     config: TrainConfig = TrainConfig(),
     seed: int = 0,
     device: Device = None,
-    progress: bool = True,
+    progress: bool | None = None,
     loss_fn: Callable | None = None,
     standardize: bool | None = None,
 ) -> tuple[list[nn.Module], list[History]]:
@@ -227,7 +228,7 @@ def train_ensemble(
     if n_members < 1:
         raise ValueError(f"n_members must be >= 1, got {n_members}")
     models, hists = [], []
-    for i in tqdm(range(n_members), desc="ensemble", disable=not progress, leave=False):
+    for i in tqdm(range(n_members), desc="ensemble", disable=not show_progress(progress), leave=False):
         torch.manual_seed(seed + i)
         m = make_model()
         hists.append(

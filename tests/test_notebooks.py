@@ -1,5 +1,6 @@
 """House rules for the book's chapters (the notebooks themselves run under nbval)."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -8,6 +9,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+# chapters are numbered; the other notebooks are pages built from them (results at a glance, build info)
+CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
 
 
 def test_there_are_chapters():
@@ -23,7 +26,7 @@ def test_stored_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; run `python tools/nbtool.py strip {path}`"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_reads_scale_and_checks_numbers(path):
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
@@ -48,3 +51,24 @@ def test_code_cells_stay_short(path):
     long = [(i, c.source.count("\n") + 1) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     long = [(i, n) for i, n in long if n > 25]
     assert not long, f"{path.name}: code cells (index, lines) {long} are longer than 25 lines"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapters_teach(path):
+    # a teacher's minimum: goals and run times up front, 3-5 exercises with folded solutions at the end
+    nb = nbformat.read(path, as_version=4)
+    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert "In this chapter" in md[1] and "Run time" in md[1], f"{path.name}: no learning goals after the title"
+    tail = md[-1]
+    assert "## Exercises" in tail and "{dropdown} Solutions" in tail, f"{path.name}: no exercises with solutions"
+    exercises = tail.split("## Exercises")[1].split("```{dropdown}")[0]
+    n = len(re.findall(r"^\d+\. ", exercises, flags=re.M))
+    assert 3 <= n <= 5, f"{path.name}: {n} exercises (3-5 wanted)"
+
+
+def test_pages_that_read_the_chapters_exist():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for c in toc["chapters"]]
+    assert {"book/summary", "book/build_info", "instructors"} <= set(files)
+    # the summary reads the chapters' results, so it must come after them
+    assert max(files.index(f"book/{p.stem}") for p in CHAPTERS) < files.index("book/summary")
