@@ -217,8 +217,9 @@ def estimate_vs_truth(
     return ax
 
 
-def loss_curves(histories: Sequence[History], *, ax: Axes | None = None) -> Axes:
-    """Training and validation loss of every ensemble member (``train.History`` objects)."""
+def loss_curves(histories: Sequence[History], *, ax: Axes | None = None, loss: str = "loss") -> Axes:
+    """Training and validation loss of every ensemble member (``train.History`` objects); ``loss``
+    names the loss on the y axis (the training code knows which it was, this function does not)."""
     ax = _axes(ax, (5, 3.5))
     for i, h in enumerate(histories):
         f = h.to_frame()
@@ -227,7 +228,7 @@ def loss_curves(histories: Sequence[History], *, ax: Axes | None = None) -> Axes
         ax.plot(f.epoch, f.validation, color=c, lw=2, label=f"member {i + 1}")
         ax.plot(h.best_epoch + 1, h.best_val_loss, "o", color=c)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (thin: training, thick: validation)")
+    ax.set_ylabel(f"{loss} (thin: training, thick: validation)")
     ax.legend(frameon=False, fontsize="x-small")
     return ax
 
@@ -261,25 +262,31 @@ def ism_heatmap(
     sites: ArrayLike | None = None,
     widths: Sequence[int] | None = None,
     axes: Sequence[Axes] | None = None,
+    shared_scale: bool = True,
 ) -> Sequence[Axes]:
-    """Heatmaps of ISM effects ``(P, 4, O)`` (NaN at reference bases), one panel per output."""
+    """Heatmaps of ISM effects ``(P, 4, O)`` (NaN at reference bases), one panel per output.
+
+    ``shared_scale``: one colour scale for every panel, so that rows can be compared (a small effect
+    on one output is not drawn as strongly as a large one on another); ``False`` scales each panel to
+    its own largest effect."""
     effect = np.asarray(effect)
     n_out = effect.shape[-1]
     if axes is None:
         _, axes = plt.subplots(n_out, 1, figsize=(10, 1.6 * n_out + 0.6), sharex=True)
     axes = np.atleast_1d(axes)
+    shared = np.nanmax(np.abs(effect)) or 1.0
     for o, ax in enumerate(axes):
         m = effect[:, :, o].T
-        lim = np.nanmax(np.abs(m)) or 1.0
+        lim = shared if shared_scale else (np.nanmax(np.abs(m)) or 1.0)
         im = ax.imshow(m, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_yticks(range(4), list("ACGT"))
         ax.set_ylabel(names[o] if o < len(names) else f"output {o}")
-        plt.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
+        plt.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="effect")
         if sites is not None:
             for j, s in enumerate(sites):
                 if s >= 0 and widths is not None:
                     ax.add_patch(plt.Rectangle((s - 0.5, -0.5), widths[j], 4, fill=False, edgecolor=_COLORS[j], lw=2))
-    axes[-1].set_xlabel("position")
+    axes[-1].set_xlabel("position (bp)")
     return axes
 
 
@@ -350,13 +357,14 @@ def effect_matrix(
     title: str = "",
     vmax: float | None = None,
     cmap: str = "RdBu_r",
+    fontsize: float = 10,
 ) -> Axes:
     """Heatmap of an exposure x outcome effect matrix (a DataFrame), annotated with the values.
 
-    ``low``/``high`` (same shape) add the CI to each annotation.
+    ``low``/``high`` (same shape) add the CI to each annotation; ``fontsize`` is the annotations'.
     """
     m = matrix.to_numpy(dtype=float)
-    ax = _axes(ax, (4.2, 3.8))
+    ax = _axes(ax, (5.2, 4.6))
     lim = vmax if vmax is not None else (np.nanmax(np.abs(m)) or 1.0)
     im = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim)
     ax.set_xticks(range(m.shape[1]), matrix.columns, rotation=45, ha="right")
@@ -371,7 +379,7 @@ def effect_matrix(
             if low is not None and high is not None:
                 text += f"\n[{low.iloc[i, j]:.2f}, {high.iloc[i, j]:.2f}]"
             ax.text(
-                j, i, text, ha="center", va="center", fontsize=7, color="white" if abs(m[i, j]) > 0.6 * lim else "black"
+                j, i, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(m[i, j]) > 0.6 * lim else "black"
             )
     ax.set_title(title)
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

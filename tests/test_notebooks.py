@@ -1,5 +1,6 @@
 """House rules for the book's chapters (the notebooks themselves run under nbval)."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -72,3 +73,27 @@ def test_pages_that_read_the_chapters_exist():
     assert {"book/summary", "book/build_info", "instructors"} <= set(files)
     # the summary reads the chapters' results, so it must come after them
     assert max(files.index(f"book/{p.stem}") for p in CHAPTERS) < files.index("book/summary")
+
+
+def _shown_lines(source: Path, pyobject: str | None, lines: str | None) -> int:
+    text = source.read_text().splitlines()
+    if pyobject:
+        node = ast.parse("\n".join(text))
+        for part in pyobject.split("."):
+            node = next(n for n in ast.iter_child_nodes(node) if getattr(n, "name", None) == part)
+        text = text[node.lineno - 1 : node.end_lineno]
+    if lines:
+        a, _, b = lines.partition("-")
+        text = text[int(a) - 1 : int(b or a)]
+    return len(text)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_library_excerpts_stay_short(path):
+    # show the few lines that matter (d2l), not a 75-line function cut at the page's right edge
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for m in re.finditer(r"```\{literalinclude\} (\S+)\n((?::[\w-]+:.*\n)*)", text):
+        opts = dict(re.findall(r":([\w-]+): (.*)", m.group(2)))
+        n = _shown_lines((path.parent / m.group(1)).resolve(), opts.get("pyobject"), opts.get("lines"))
+        assert 0 < n <= 40, f"{path.name}: {m.group(1)} {opts} shows {n} lines"
