@@ -378,9 +378,8 @@ def effect_matrix(
             text = f"{m[i, j]:.2f}"
             if low is not None and high is not None:
                 text += f"\n[{low.iloc[i, j]:.2f}, {high.iloc[i, j]:.2f}]"
-            ax.text(
-                j, i, text, ha="center", va="center", fontsize=fontsize, color="white" if abs(m[i, j]) > 0.6 * lim else "black"
-            )
+            ink = "white" if abs(m[i, j]) > 0.6 * lim else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=ink)
     ax.set_title(title)
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax
