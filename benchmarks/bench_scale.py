@@ -21,6 +21,7 @@ configuration is timed ``--repeats`` times (best kept).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -38,13 +39,10 @@ from deepmr_utils import pipeline  # noqa: E402
 from deepmr_utils.sequence import random_sequences  # noqa: E402
 
 
-def timed(fn, repeats):
-    best, value = np.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, value
+def once(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t0, value
 
 
 def main():
@@ -53,7 +51,7 @@ def main():
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--length", type=int, default=1000)
     ap.add_argument("--chunk-size", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dask-defaults", action="store_true", help="start workers with Dask's default environment")
     args = ap.parse_args()
     import dask
@@ -69,34 +67,48 @@ def main():
           f"UnseenBPNet x {args.members} members, {args.sequences} sequences of {args.length} bp, "
           f"chunks of {args.chunk_size}")  # fmt: skip
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-
     def plain():  # the same run folder as the Dask runs write, so both pay for the chunk files
-        with tempfile.TemporaryDirectory() as d:
-            return pipeline.effects(models, X, out=Path(d) / "run", **opts)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                return pipeline.effects(models, X, out=Path(d) / "run", **opts)
+        finally:
+            torch.set_num_threads(threads)
 
-    t_plain, ref = timed(plain, args.repeats)
-    torch.set_num_threads(threads)
-    rows = [("plain (1 thread)", t_plain)]
-    for n in (1, 2):
-        with (
-            dask.config.set({} if args.dask_defaults else pipeline.dask_config()),
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
-        ):
-            with Client(lc) as client:
-                client.run(lambda: __import__("torch").zeros(1))  # workers up and torch imported
+    def on(client):
+        def run():
+            with tempfile.TemporaryDirectory() as d:
+                return pipeline.effects(models, X, out=Path(d) / "run", client=client, **opts)
 
-                def run(client=client):
-                    with tempfile.TemporaryDirectory() as d:
-                        return pipeline.effects(models, X, out=Path(d) / "run", client=client, **opts)
+        return run
 
-                t, got = timed(run, args.repeats)
-        same = all(np.array_equal(g, r, equal_nan=True) for g, r in zip(got, ref))  # NaN: the reference slots
-        assert same, "a Dask run differs from the plain call"
-        rows.append((f"{n} worker{'s' if n > 1 else ''}", t))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set({} if args.dask_defaults else pipeline.dask_config()))
+        runs = {"plain (1 thread)": plain}
+        for n in (1, 2):
+            lc = stack.enter_context(
+                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            )
+            client = stack.enter_context(Client(lc))
+            client.run(lambda: __import__("torch").zeros(1))  # workers up and torch imported
+            runs[f"{n} worker{'s' if n > 1 else ''}"] = on(client)
+        names = list(runs)
+        _, ref = once(plain)
+        for name in names[1:]:  # untimed: each worker loads the model and builds its kernels
+            _, got = once(runs[name])
+            same = all(np.array_equal(g, r, equal_nan=True) for g, r in zip(got, ref))  # NaN: reference slots
+            assert same, f"{name}: a Dask run differs from the plain call"
+        times = {name: [] for name in names}
+        for r in range(args.repeats):
+            for name in names[r % 3 :] + names[: r % 3]:  # rotate who goes first
+                times[name].append(once(runs[name])[0])
+    rows = [(name, float(np.median(t))) for name, t in times.items()]
+    t_plain = rows[0][1]
+    spread = {name: f"{min(t):.2f}-{max(t):.2f}" for name, t in times.items()}
     for name, t in rows:
-        print(f"{name:18s} {t:7.2f} s  {n_variants / t:9.0f} variants/s")
+        rate = n_variants / t
+        print(f"{name:18s} {t:7.2f} s (median of {args.repeats}; range {spread[name]} s)  {rate:9.0f} variants/s")
     t1, t2 = rows[1][1], rows[2][1]
     print(f"scaling, 2 workers vs 1: {t1 / t2:.2f}x (target >= 1.7x on 2 cores)")
     print(f"Dask overhead, 1 worker vs plain: {100 * (t1 / t_plain - 1):+.1f} % (target <= 10 %)")
