@@ -76,7 +76,7 @@ NAIVE = "naive (mean Wald ratio)"
 class StudySizes:
     """Data, model and training sizes of one round (defaults: the ``default`` scale's)."""
 
-    n_train: int = 6_000
+    n_train: int = 3_000
     n_calibration: int = 500
     n_test: int = 300
     n_members: int = 4
