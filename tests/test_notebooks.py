@@ -59,7 +59,8 @@ def test_chapters_teach(path):
     # a teacher's minimum: goals and run times up front, 3-5 exercises with folded solutions at the end
     nb = nbformat.read(path, as_version=4)
     md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert "In this chapter" in md[1] and "Run time" in md[1], f"{path.name}: no learning goals after the title"
+    goals = "What you will learn" in md[0] or "**You will**" in md[1]
+    assert goals and "Run time" in md[1], f"{path.name}: no learning goals and run times at the top"
     tail = md[-1]
     assert "## Exercises" in tail and "{dropdown} Solutions" in tail, f"{path.name}: no exercises with solutions"
     exercises = tail.split("## Exercises")[1].split("```{dropdown}")[0]
