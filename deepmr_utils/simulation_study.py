@@ -308,7 +308,7 @@ def run_round(
         out["lam_exposure"], out["lam_outcome"] = calibrator.lams
         out["noise_exposure"], out["noise_outcome"] = calibrator.noise_vars
     out["epochs_max"] = max(len(h.val_loss) for h in hists)
-    out["still_improving"] = sum(h.best_epoch == sizes.max_epochs - 1 for h in hists)
+    out["still_improving"] = sum(h.still_improving for h in hists)
     if not details:
         return out
     return out, {

@@ -57,6 +57,8 @@ class History:
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     best_epoch: int = -1
+    # the best validation loss came at the last epoch allowed (max_epochs): the model may underfit
+    still_improving: bool = False
     target_mean: list | None = None
     target_std: list | None = None
 
@@ -156,7 +158,8 @@ def fit(
                     break
     model.load_state_dict(best_state)
     model.eval()
-    if hist.best_epoch == config.max_epochs - 1 and config.max_epochs > 1:
+    hist.still_improving = hist.best_epoch == config.max_epochs - 1
+    if hist.still_improving and config.max_epochs > 1:
         warnings.warn(
             f"still improving at max_epochs={config.max_epochs} (the best validation loss is the last epoch's); "
             "the model may underfit: raise max_epochs",

@@ -104,4 +104,7 @@ def test_fit_warns_when_still_improving_at_max_epochs():
     X = sq.random_sequences(200, 30, seed=4)
     y = X[:, 0].sum(1).numpy()
     with pytest.warns(train.ConvergenceWarning, match="still improving at max_epochs=2"):
-        train.fit(PooledRegressor(1, n_conv=1, n_filters=4, hidden=4), X, y, config=train.TrainConfig(max_epochs=2))
+        model = PooledRegressor(1, n_conv=1, n_filters=4, hidden=4)
+        hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=2))
+    # the same rule, kept on the history, is what the study and the chapters count
+    assert hist.still_improving and hist.best_epoch == 1
