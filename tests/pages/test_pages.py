@@ -24,7 +24,6 @@ import json
 import os
 import re
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,10 +56,6 @@ def _pages() -> list[Path]:
     )
 
 
-def _chromium(page: Path, *flags: str) -> subprocess.CompletedProcess:
-    return browser.run(page, *flags, timeout=120)
-
-
 _RENDERED: dict[Path, tuple[str, list[str]]] = {}
 
 
@@ -69,7 +64,7 @@ def _render(page: Path) -> tuple[str, list[str]]:
     if page not in _RENDERED:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / "net.json"
-            dom = _chromium(page, f"--log-net-log={log}", "--dump-dom").stdout
+            dom = browser.run(page, f"--log-net-log={log}", "--dump-dom", timeout=120).stdout
             net = json.loads(log.read_text())
         start = net["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
         # the browser's own background requests carry no origin; the page's carry the page's ('null' for file:)
@@ -179,7 +174,7 @@ def check(page: Path, shots: Path = SHOTS) -> tuple[list[str], dict]:
     shots.mkdir(parents=True, exist_ok=True)
     name = page.relative_to(HTML).as_posix() if page.is_relative_to(HTML) else page.name
     shot = shots / (name.replace("/", "__").removesuffix(".html") + ".png")
-    _chromium(page, f"--screenshot={shot}", "--window-size=1280,1600")
+    browser.run(page, f"--screenshot={shot}", "--window-size=1280,1600", timeout=120)
     if not shot.is_file() or shot.stat().st_size == 0:
         problems.append("no screenshot written")
     return problems, {"page": name, "math": len(math), "figures": len(images), "screenshot": str(shot)}
