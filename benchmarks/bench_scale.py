@@ -5,7 +5,8 @@
 On a model the library was not tuned for (the BPNet-like ``UnseenBPNet`` of ``bench_ism.py``),
 times ``pipeline.effects`` on the same sequences three ways in one run:
 
-* ``plain``     the single-process call, with one torch thread (what one worker does);
+* ``plain``     the single-process call, with one torch thread (what one worker does), in a fresh
+                process with Dask not imported and the default allocator: what a user's script runs;
 * ``1 worker``  a ``LocalCluster`` of one single-threaded worker process (``client=``);
 * ``2 workers`` two single-threaded worker processes.
 
@@ -13,20 +14,21 @@ Prints seconds, variants/s and the ratios: ``2 workers / 1 worker`` (the scaling
 2 cores is >= 1.7x) and ``1 worker / plain`` (Dask's overhead; the target is <= 10 %), and checks
 that all three give the same effects bit for bit. Each Dask run starts from an empty run folder
 and a cluster whose workers have already imported torch (startup is not counted), started with
-``pipeline.dask_config()`` (without it Dask's ``MALLOC_TRIM_THRESHOLD_`` makes a worker about four
-times slower than the plain call; ``--dask-defaults`` measures that), and each
-configuration is timed ``--repeats`` times (best kept).
+``pipeline.dask_config()`` (its allocator settings; ``--dask-defaults`` measures Dask's own), and
+each configuration is timed ``--repeats`` times in rotating order (medians compared).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing as mp
 import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,30 @@ def once(fn):
     return time.perf_counter() - t0, value
 
 
+def build(members, sequences, length):
+    torch.manual_seed(0)
+    return [UnseenBPNet().eval() for _ in range(members)], random_sequences(sequences, length, seed=1)
+
+
+_PLAIN = {}
+
+
+def _plain_setup(members, sequences, length, opts):
+    torch.set_num_threads(1)
+    _PLAIN.update(models_X=build(members, sequences, length), opts=opts)
+
+
+def _plain_run():
+    """The single-process call, in the baseline process; returns (seconds, effects)."""
+    models, X = _PLAIN["models_X"]
+
+    def run():  # the same run folder as the Dask runs write, so both pay for the chunk files
+        with tempfile.TemporaryDirectory() as d:
+            return pipeline.effects(models, X, out=Path(d) / "run", **_PLAIN["opts"])
+
+    return once(run)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=16)
@@ -54,27 +80,25 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dask-defaults", action="store_true", help="start workers with Dask's default environment")
     args = ap.parse_args()
-    import dask
-    from distributed import Client, LocalCluster
-
-    torch.manual_seed(0)
-    models = [UnseenBPNet().eval() for _ in range(args.members)]
-    X = random_sequences(args.sequences, args.length, seed=1)
     # fixed path and batch size: the automatic choices are timed per process and could differ
     opts = dict(chunk_size=args.chunk_size, fast=True, batch_size=256, progress=False)
     n_variants = args.sequences * args.length * 3
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"UnseenBPNet x {args.members} members, {args.sequences} sequences of {args.length} bp, "
           f"chunks of {args.chunk_size}")  # fmt: skip
+    # the baseline process is spawned before Dask is imported here, so it never holds Dask's threads
+    baseline = ProcessPoolExecutor(
+        1, mp_context=mp.get_context("spawn"), initializer=_plain_setup,
+        initargs=(args.members, args.sequences, args.length, opts),
+    )  # fmt: skip
+    baseline.submit(int).result()
+    import dask
+    from distributed import Client, LocalCluster
 
-    def plain():  # the same run folder as the Dask runs write, so both pay for the chunk files
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                return pipeline.effects(models, X, out=Path(d) / "run", **opts)
-        finally:
-            torch.set_num_threads(threads)
+    models, X = build(args.members, args.sequences, args.length)
+
+    def plain():
+        return baseline.submit(_plain_run).result()[1]
 
     def on(client):
         def run():
@@ -84,6 +108,7 @@ def main():
         return run
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(baseline)
         stack.enter_context(dask.config.set({} if args.dask_defaults else pipeline.dask_config()))
         runs = {"plain (1 thread)": plain}
         for n in (1, 2):
