@@ -158,8 +158,9 @@ def fit(
                     break
     model.load_state_dict(best_state)
     model.eval()
-    hist.still_improving = hist.best_epoch == config.max_epochs - 1
-    if hist.still_improving and config.max_epochs > 1:
+    # one epoch allowed cannot show a trend: neither flagged nor warned about
+    hist.still_improving = config.max_epochs > 1 and hist.best_epoch == config.max_epochs - 1
+    if hist.still_improving:
         warnings.warn(
             f"still improving at max_epochs={config.max_epochs} (the best validation loss is the last epoch's); "
             "the model may underfit: raise max_epochs",
