@@ -409,6 +409,14 @@ def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, va
     return value
 
 
+# glibc's allocator settings for an ISM worker process (see dask_config)
+WORKER_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+}
+
+
 def dask_config() -> dict:
     """Dask settings for the worker processes of an ISM cluster: ``with dask.config.set(pipeline.dask_config()):``
     around ``LocalCluster(...)`` (or the same keys in a cluster's Dask configuration).
@@ -431,15 +439,7 @@ def dask_config() -> dict:
     return {"distributed.nanny.pre-spawn-environ": env, "distributed.worker.profile.enabled": False}
 
 
-# glibc's allocator settings for an ISM worker process (see dask_config)
-WORKER_MALLOC = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-    "MALLOC_TRIM_THRESHOLD_": str(2**30),
-}
-
-
-def _worker_trim(client) -> None:
+def _check_worker_allocator(client) -> None:
     try:
         values = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC})
     except Exception:  # a client whose workers cannot run this (e.g. restricted): nothing to advise
@@ -500,7 +500,7 @@ def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None)
 
         # the models travel once per worker, not once per task (TorchScript modules as their saved bytes:
         # they cannot be pickled), and each worker rebuilds them once per run
-        _worker_trim(client)
+        _check_worker_allocator(client)
         shared = client.scatter([_to_wire(m) for m in models], broadcast=True, hash=False)
         futures = {
             client.submit(

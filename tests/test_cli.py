@@ -262,4 +262,4 @@ def test_a_cluster_with_dasks_allocator_settings_is_warned_about():
             return {"tcp://w:1": {"MALLOC_ARENA_MAX": None, "MALLOC_TRIM_THRESHOLD_": "65536"}}
 
     with pytest.warns(UserWarning, match=r"MALLOC_ARENA_MAX=1.*pipeline.dask_config\(\)"):
-        pipeline._worker_trim(DefaultWorkers())
+        pipeline._check_worker_allocator(DefaultWorkers())
