@@ -181,6 +181,43 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
     }
 
 
+_CONTROL = ("estimate", "se", "ci_low", "ci_high", "tau")
+# version of a round's columns, pinned in a study folder: 2 added the oracle control
+_ROUND_COLUMNS = 2
+
+
+def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes: StudySizes, seed: int):
+    """Local estimates per estimator and their REML pool: (rows, local frames by name)."""
+    rows, local_all = [], {}
+    for name, (method, kw) in estimators.items():
+        kw = dict(kw)
+        if method in ("weighted_median", "mbe"):
+            kw.setdefault("n_boot", sizes.n_boot)
+            kw.setdefault("seed", seed)
+        local = mr.per_locus(table, method, **kw).merge(truth, on="locus", how="left") if len(table) else None
+        ok = local[(local.status == "ok") & local.theta.notna()] if local is not None else pd.DataFrame()
+        local_all[name] = local
+        row = {"estimator": name, "n_loci": int(len(ok))}
+        if len(ok) >= 2:
+            g = meta.pool(local[local.theta.notna()])
+            row.update(
+                estimate=g.estimate,
+                se=g.se,
+                ci_low=g.ci_low,
+                ci_high=g.ci_high,
+                tau=g.tau,
+                converged=g.converged,
+                n_excluded=g.n_excluded,
+                truth=float(ok.theta.mean()),
+                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
+                local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan,
+            )
+        rows.append(row)
+    if len(table):
+        rows.append(_naive_baseline(table, truth))
+    return rows, local_all
+
+
 def fit_calibration(calibration: str, models: Models, cal: dict) -> VarianceScaling | IsotonicCalibration | None:
     """The SE calibration named ``calibration`` (see :func:`run_round`), fitted on the labels of the
     held-out calibration sequences ``cal`` (a ``sample`` dict); ``None`` for ``"none"``."""
@@ -268,33 +305,17 @@ def run_round(
     truth = gen.true_local_effects(Xm, table, b_conf) if len(table) else pd.DataFrame({"locus": [], "theta": []})
     fid = fidelity(gen, models, test, mutate, table, bar)
 
-    rows, local_all = [], {}
-    for name, (method, kw) in estimators.items():
-        kw = dict(kw)
-        if method in ("weighted_median", "mbe"):
-            kw.setdefault("n_boot", sizes.n_boot)
-            kw.setdefault("seed", seed)
-        local = mr.per_locus(table, method, **kw).merge(truth, on="locus", how="left") if len(table) else None
-        ok = local[(local.status == "ok") & local.theta.notna()] if local is not None else pd.DataFrame()
-        local_all[name] = local
-        row = {"estimator": name, "n_loci": int(len(ok))}
-        if len(ok) >= 2:
-            g = meta.pool(local[local.theta.notna()])
-            row.update(
-                estimate=g.estimate,
-                se=g.se,
-                ci_low=g.ci_low,
-                ci_high=g.ci_high,
-                tau=g.tau,
-                converged=g.converged,
-                n_excluded=g.n_excluded,
-                truth=float(ok.theta.mean()),
-                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
-                local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan,
-            )
-        rows.append(row)
+    rows, local_all = _estimate(table, truth, estimators, sizes, seed)
     if len(table):
-        rows.append(_naive_baseline(table, truth))
+        # the same estimators on a perfect model's effects of the same instruments (the
+        # oracle's changes, the model's SEs as weights): what the method gives when the
+        # model is right, so estimate - oracle_estimate is the model's share of the error
+        oracle = table.assign(**gen.variant_truth(Xm, table, b_conf)[["dx", "dy"]].set_axis(["bx", "by"], axis=1))
+        control, _ = _estimate(oracle, truth, estimators, sizes, seed)
+        for row, ctrl in zip(rows, control):
+            # the naive baseline has none: a Wald ratio over an oracle dx of 0 is unbounded
+            naive = row["estimator"] == NAIVE
+            row.update({f"oracle_{k}": np.nan if naive else ctrl.get(k, np.nan) for k in _CONTROL})
     out = pd.DataFrame(rows)
     out.insert(0, "scenario", scenario)
     out.insert(1, "seed", seed)
@@ -395,7 +416,7 @@ def run_study(
     folder = open_pinned(
         out,
         "study.json",
-        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration},
+        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS},
         {},
         refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
         unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
