@@ -466,6 +466,12 @@ def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.D
     ``rounds_unfaithful`` counts them either way, so they are never silently pooled.
     ``coverage_95ci_low``/``_high`` is the exact (Clopper-Pearson) 95 % interval of the
     coverage itself, which with few rounds is wide.
+
+    Rounds from :func:`run_round` also carry the oracle control, which splits the error in
+    two: ``oracle_rel_bias`` is the method's own (the same estimator on a perfect model's
+    effects of the same instruments, against the truth; estimand and pleiotropy), and
+    ``rel_model_error`` / ``model_error_rmse`` the model's (estimate minus that control);
+    both relative ones are divided by the mean truth like ``rel_bias``. NaN without the control.
     """
     from scipy.stats import binomtest
 
@@ -475,6 +481,8 @@ def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.D
     r["err"] = r.estimate - r.truth
     r["in_ci"] = (r.ci_low <= r.truth) & (r.truth <= r.ci_high)
     r["in_2tau"] = (r.estimate - 2 * r.tau <= r.truth) & (r.truth <= r.estimate + 2 * r.tau)
+    control = r["oracle_estimate"] if "oracle_estimate" in r else pd.Series(np.nan, index=r.index)
+    r["method_err"], r["model_err"] = control - r.truth, r.estimate - control
 
     def agg(g):
         unfaithful = int(g.unfaithful.sum())
@@ -488,6 +496,9 @@ def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.D
                 "rounds_unfaithful": unfaithful,
                 "bias": g.err.mean(),
                 "rel_bias": g.err.mean() / g.truth.mean() if n else np.nan,
+                "oracle_rel_bias": g.method_err.mean() / g.truth.mean() if n else np.nan,
+                "rel_model_error": g.model_err.mean() / g.truth.mean() if n else np.nan,
+                "model_error_rmse": float(np.sqrt((g.model_err**2).mean())) if n else np.nan,
                 "rmse": float(np.sqrt((g.err**2).mean())) if n else np.nan,
                 "corr": float(np.corrcoef(g.estimate, g.truth)[0, 1]) if n > 2 and g.truth.std() > 0 else np.nan,
                 "coverage_95ci": k / n if has_ci else np.nan,

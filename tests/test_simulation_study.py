@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepmr_utils import pipeline, simulate, simulation_study
+from deepmr_utils import pipeline, simulate, simulation_study, train
 from deepmr_utils.instruments import Selection
 
 TINY = simulation_study.StudySizes(
@@ -104,3 +104,53 @@ def test_summarize_leaves_out_unfaithful_rounds_and_gives_the_coverage_interval(
     assert s.coverage_95ci_high == pytest.approx(0.9974714, abs=1e-6)
     everything = simulation_study.summarize(rounds, include_unfaithful=True).iloc[0]
     assert everything.rounds == 12 and everything.coverage_95ci == pytest.approx(9 / 12)
+    assert np.isnan(s.oracle_rel_bias) and np.isnan(s.rel_model_error)  # rounds without the oracle control
+
+
+def test_summarize_splits_the_error_into_the_methods_and_the_models():
+    # estimate - truth = (oracle_estimate - truth) + (estimate - oracle_estimate), each over the mean truth
+    rounds = pd.DataFrame(
+        {
+            "scenario": "none",
+            "estimator": "IVW",
+            "truth": [1.0, 3.0],
+            "oracle_estimate": [1.1, 3.3],  # the method errs by +0.1 and +0.3 with a perfect model
+            "estimate": [1.0, 3.5],  # the model adds -0.1 and +0.2
+            "se": 0.1,
+            "ci_low": 0.0,
+            "ci_high": 4.0,
+            "tau": 0.5,
+            "local_coverage": 0.9,
+            "n_loci": 10,
+            "fidelity_ok": True,
+        }
+    )
+    s = simulation_study.summarize(rounds).iloc[0]
+    assert s.rel_bias == pytest.approx(0.25 / 2)
+    assert s.oracle_rel_bias == pytest.approx(0.2 / 2)
+    assert s.rel_model_error == pytest.approx(0.05 / 2)
+    assert s.model_error_rmse == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+
+
+def test_a_round_with_a_perfect_model_has_no_model_error(monkeypatch):
+    # the oracle control must be the estimators on the oracle's effects of the very instruments the model
+    # selected: hand the round the oracle itself as its "trained" ensemble and the two must agree
+    def oracle_ensemble(factory, X, y, n, **kw):
+        gen = oracle_ensemble.gen
+        return [_OracleMember(gen, e) for e in (-0.01, 0.0, 0.01)], [train.History(val_loss=[1.0])] * 3
+
+    real = simulate.CooperativityModel.with_scenario
+
+    def remember(self, scenario):
+        oracle_ensemble.gen = real(self, scenario)
+        return oracle_ensemble.gen
+
+    monkeypatch.setattr(simulate.CooperativityModel, "with_scenario", remember)
+    monkeypatch.setattr(train, "train_ensemble", oracle_ensemble)
+    sizes = simulation_study.StudySizes(n_train=10, n_calibration=200, n_test=120, n_boot=20)
+    out = simulation_study.run_round("none", seed=5, sizes=sizes).set_index("estimator")
+    assert out.loc["IVW", "n_loci"] >= 5 and bool(out.loc["IVW", "fidelity_ok"])
+    for est in ("IVW", "MR-Egger", "weighted median"):
+        assert out.loc[est, "estimate"] == pytest.approx(out.loc[est, "oracle_estimate"], rel=2e-3), est
+        assert out.loc[est, "se"] == pytest.approx(out.loc[est, "oracle_se"], rel=2e-3), est
+    assert np.isnan(out.loc[simulation_study.NAIVE, "oracle_estimate"])
