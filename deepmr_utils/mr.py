@@ -133,6 +133,10 @@ class ModeResult(MRResult):
 
 def _interval(est, se, alpha, df=None):
     """Two-sided CI and p-value from the normal (df None) or t(df) distribution."""
+    if not np.all(np.asarray(se) > 0):
+        # e.g. instruments whose ratios agree far more closely than their SEs spread, so that every
+        # bootstrap draw lands on the same mode: an interval of width 0 would be a silent lie
+        raise ValueError(f"the standard error is {se}: no confidence interval or p-value can be formed")
     dist = stats.norm if df is None else stats.t(df)
     crit = dist.ppf(1 - alpha / 2)
     z = est / se

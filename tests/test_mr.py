@@ -247,6 +247,21 @@ def test_mbe_bmi_within_one_grid_step(ref, bmi):
     close(w.se, mrb["mbe"]["StdError"], BOOT)
 
 
+def test_a_zero_bootstrap_se_is_an_error_not_a_zero_width_interval():
+    # Found by the simulation study's oracle control: one instrument with an exposure change of ~1e-13 has
+    # a Wald ratio of ~-4e8, so R's 512-point KDE grid (min - 3 bw .. max + 3 bw) has steps of ~1e6 and
+    # every bootstrap draw lands on the same grid point: SE 0. That must not come back as a CI of width 0.
+    bx = np.array([-2.9e-13, -7.10, -6.52, -7.11, -5.95, -5.95, -6.53, -3.46])
+    bxse = np.array([0.037, 3.26, 1.52, 2.79, 2.53, 3.10, 1.97, 1.92])
+    by = np.array([1.29e-4, -23.73, -21.79, -23.77, -19.87, -19.87, -21.80, -11.54])
+    byse = np.array([0.19, 6.69, 4.07, 6.27, 4.94, 6.40, 3.60, 4.53])
+    with pytest.raises(ValueError, match="standard error is 0"):
+        mr.mbe(bx, bxse, by, byse, n_boot=200, seed=14022)
+    frame = pd.DataFrame({"locus": 0, "bx": bx, "bxse": bxse, "by": by, "byse": byse})
+    out = mr.per_locus(frame, "mbe", n_boot=200, seed=14022)
+    assert out.status[0].startswith("degenerate") and np.isnan(out.estimate[0])  # only this locus, no crash
+
+
 # --------------------------------------------------------------------------- per_locus
 
 
