@@ -55,8 +55,9 @@ def open_pinned(out, manifest: str, pins: dict, info: dict, *, refusal: str, unr
             stored = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is unreadable ({exc}); {unreadable}") from None
-        if any(stored.get(k) != json.loads(json.dumps(v)) for k, v in pins.items()):
-            raise ValueError(f"{folder} {refusal}")
+        differ = [k for k, v in pins.items() if stored.get(k) != json.loads(json.dumps(v))]
+        if differ:
+            raise ValueError(f"{folder} {refusal} (it differs in: {', '.join(differ)})")
     else:
         write_atomic(path, json.dumps({**pins, **info}, indent=1, sort_keys=True).encode())
     return folder

@@ -69,7 +69,7 @@ def test_run_study_resumes_round_by_round_and_refuses_other_settings(tmp_path, m
     monkeypatch.setattr(simulation_study, "run_round", boom)
     again = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=out, progress=False)
     pd.testing.assert_frame_equal(first, again, check_dtype=False)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings.*differs in: seed\)"):
         simulation_study.run_study(1, seed=8, sizes=TINY, scenarios=["none"], out=out, progress=False)
     with pytest.raises(ValueError, match="unknown scenarios"):
         simulation_study.run_study(1, seed=7, scenarios=["nope"])
