@@ -23,7 +23,7 @@ to the paper's ±2τ band.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -386,7 +386,7 @@ def _one_round(job: tuple) -> pd.DataFrame:
 
 
 def run_study(
-    rounds: int,
+    rounds: int | Mapping[str, int],
     *,
     seed: int,
     sizes: StudySizes = StudySizes(),
@@ -397,7 +397,8 @@ def run_study(
     progress: bool | None = None,
     on_round: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
-    """``rounds`` rounds of each scenario; returns all rounds' rows (see :func:`run_round`).
+    """``rounds`` rounds of each scenario (or a ``{scenario: rounds}`` mapping, e.g. more rounds
+    where a bar must be pinned down); returns all rounds' rows (see :func:`run_round`).
 
     Round ``r`` of a scenario uses :func:`round_seed`, so a study is reproducible and a
     longer study extends a shorter one with the same ``seed``. ``out``: a folder where each
@@ -408,8 +409,13 @@ def run_study(
     intra-op threads); on a GPU keep ``n_jobs=1``. ``on_round`` is called with each
     finished round's frame (e.g. to log it).
     """
-    if rounds < 1 or n_jobs < 1:
-        raise ValueError(f"rounds and n_jobs must be >= 1, got {rounds} and {n_jobs}")
+    if isinstance(rounds, Mapping):
+        scenarios = [s for s in scenarios if s in rounds] + [s for s in rounds if s not in scenarios]
+        counts = {s: rounds[s] for s in scenarios}
+    else:
+        counts = {s: rounds for s in scenarios}
+    if any(not isinstance(n, (int, np.integer)) or n < 1 for n in counts.values()) or n_jobs < 1:
+        raise ValueError(f"rounds and n_jobs must be integers >= 1, got {rounds} and {n_jobs}")
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         raise ValueError(f"unknown scenarios {bad}; known: {SCENARIOS}")
@@ -423,7 +429,7 @@ def run_study(
     )
     jobs, done = [], {}
     for scenario in scenarios:
-        for r in range(rounds):
+        for r in range(counts[scenario]):
             path = folder / f"round_{scenario}_{r:03d}.csv" if folder else None
             if path is not None and path.exists():
                 done[(scenario, r)] = pd.read_csv(path)
@@ -449,7 +455,7 @@ def run_study(
             for (s, r, path), frame in zip(jobs, pool.map(_one_round, args)):
                 finished((s, r), path, frame)
     bar.close()
-    order = [(s, r) for s in scenarios for r in range(rounds)]
+    order = [(s, r) for s in scenarios for r in range(counts[s])]
     frames = []
     for s, r in order:
         frame = done[(s, r)].copy()

@@ -69,6 +69,10 @@ def test_run_study_resumes_round_by_round_and_refuses_other_settings(tmp_path, m
     monkeypatch.setattr(simulation_study, "run_round", boom)
     again = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=out, progress=False)
     pd.testing.assert_frame_equal(first, again, check_dtype=False)
+    mapped = simulation_study.run_study({"none": 1}, seed=7, sizes=TINY, out=out, progress=False)  # rounds per scenario
+    pd.testing.assert_frame_equal(first, mapped, check_dtype=False)
+    with pytest.raises(ValueError, match="integers >= 1"):
+        simulation_study.run_study({"none": 1, "both": 0}, seed=7, sizes=TINY, out=out, progress=False)
     with pytest.raises(ValueError, match=r"other settings.*differs in: seed\)"):
         simulation_study.run_study(1, seed=8, sizes=TINY, scenarios=["none"], out=out, progress=False)
     with pytest.raises(ValueError, match="unknown scenarios"):

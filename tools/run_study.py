@@ -2,6 +2,7 @@
 
     python tools/run_study.py                      # 50 rounds of each scenario, default sizes
     python tools/run_study.py --rounds 10 --scenarios none sequence-independent
+    python tools/run_study.py --rounds 50 --rounds-of none=100 sequence-independent=100
 
 Rounds are written one by one under ``--out`` (default ``results/study``) and reused on a
 rerun, so an interrupted study resumes where it stopped; a longer study with the same seed
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=50, help="rounds per scenario (default 50)")
     p.add_argument("--scenarios", nargs="+", default=list(simulation_study.SCENARIOS))
+    p.add_argument(
+        "--rounds-of",
+        nargs="+",
+        default=[],
+        metavar="SCENARIO=N",
+        help="more (or fewer) rounds for some scenarios, e.g. the ones whose bar must be pinned down",
+    )
     p.add_argument("--scale", default="default", choices=config.SCALES, help="per-round sizes (default: default)")
     p.add_argument("--seed", type=int, default=2022, help="the study's seed (the chapter's is 2022)")
     p.add_argument("--calibration", default="variance", choices=simulation_study.CALIBRATIONS)
@@ -58,16 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", type=Path, default=ROOT / "book" / "data" / "simulation_study.csv")
     args = p.parse_args(argv)
 
+    counts = {s: args.rounds for s in args.scenarios}
+    for item in args.rounds_of:
+        name, _, n = item.partition("=")
+        if name not in simulation_study.SCENARIOS or not n.isdigit():
+            p.error(f"--rounds-of takes SCENARIO=N with a known scenario, got {item!r}")
+        counts[name] = int(n)
     cuda = torch.cuda.is_available()
     n_jobs = args.n_jobs or (1 if cuda else max(1, os.cpu_count() or 1))
     sizes = config.sizes("simulation", args.scale).study
     commit = _commit()  # before the run: the code that computes the rounds
     start = time.time()
     rounds = simulation_study.run_study(
-        args.rounds,
+        counts,
         seed=args.seed,
         sizes=sizes,
-        scenarios=args.scenarios,
         calibration=args.calibration,
         out=args.out,
         n_jobs=n_jobs,
@@ -84,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": round(wall),
         "note": "commit and wall time of this invocation; rounds already in the run folder were reused, not rerun",
-        "rounds_per_scenario": args.rounds,
-        "scenarios": args.scenarios,
+        "rounds_per_scenario": counts,
         "seed": args.seed,
         "calibration": args.calibration,
         "scale": args.scale,
