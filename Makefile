@@ -3,7 +3,7 @@
 #   make test   ruff + unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
 #               + every page checked in headless Chromium (skipped, with one line saying so, without it)
 #   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (executes every chapter like make book)
-#   make study  the simulation study: 100 rounds of the two scenarios the bar is on, 50 of the others (hours; resumable)
+#   make study  the simulation study: 100 rounds with the sequence-independent confounder, 50 of the others (hours; resumable)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -72,10 +72,10 @@ pdf: $(STAMP)
 		--keep-going --path-output _build/pdf
 	$(BIN)/python tools/browser.py pdf _build/pdf/_build/singlehtml/index.html _build/pdf/deepmr.pdf
 
-# the simulation study at full length, resumable; writes book/data/simulation_study.*. The coverage and bias
-# bars are on the no-confounding and sequence-independent scenarios, so they get 100 rounds (a coverage
-# interval of about +-0.05 instead of +-0.08); the defaults reproduce the committed study
-STUDY_ARGS ?= --rounds 50 --rounds-of none=100 sequence-independent=100
+# the simulation study at full length, resumable; writes book/data/simulation_study.*. The sequence-independent
+# scenario, where robust MR-Egger sits closest to the coverage and bias bars, gets 100 rounds (a coverage interval
+# of about +-0.05 instead of +-0.08); the defaults reproduce the committed study
+STUDY_ARGS ?= --rounds 50 --rounds-of sequence-independent=100
 study: $(STAMP)
 	$(BIN)/python tools/run_study.py $(STUDY_ARGS)
 

@@ -2,7 +2,7 @@
 
     python tools/run_study.py                      # 50 rounds of each scenario, default sizes
     python tools/run_study.py --rounds 10 --scenarios none sequence-independent
-    python tools/run_study.py --rounds 50 --rounds-of none=100 sequence-independent=100
+    python tools/run_study.py --rounds 50 --rounds-of sequence-independent=100   # the committed study
 
 Rounds are written one by one under ``--out`` (default ``results/study``) and reused on a
 rerun, so an interrupted study resumes where it stopped; a longer study with the same seed
