@@ -47,6 +47,7 @@ __all__ = [
     "StudySizes",
     "FidelityBar",
     "ESTIMATORS",
+    "CONTROLLED",
     "SCENARIOS",
     "CALIBRATIONS",
     "round_seed",
@@ -182,6 +183,12 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
 
 
 _CONTROL = ("estimate", "se", "ci_low", "ci_high", "tau")
+# estimators whose oracle control means something. The control's effects are exact, so robust MR-Egger's
+# S-scale (estimated from the residuals, 50 % breakdown) collapses onto the curvature of the outcome's
+# response and the fit keeps the best half of the instruments, and the mode's kernel density grid stretches
+# to the one Wald ratio whose exposure change is nearly zero (a false-positive instrument): both controls
+# are kept in the round files but left out of the summary
+CONTROLLED = ("IVW", "MR-Egger", "weighted median")
 # version of a round's columns, pinned in a study folder: 2 added the oracle control
 _ROUND_COLUMNS = 2
 
@@ -477,7 +484,8 @@ def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.D
     two: ``oracle_rel_bias`` is the method's own (the same estimator on a perfect model's
     effects of the same instruments, against the truth; estimand and pleiotropy), and
     ``rel_model_error`` / ``model_error_rmse`` the model's (estimate minus that control);
-    both relative ones are divided by the mean truth like ``rel_bias``. NaN without the control.
+    both relative ones are divided by the mean truth like ``rel_bias``. NaN without the control,
+    and for estimators outside :data:`CONTROLLED` (exact effects break them: see its comment).
     """
     from scipy.stats import binomtest
 
@@ -488,6 +496,7 @@ def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.D
     r["in_ci"] = (r.ci_low <= r.truth) & (r.truth <= r.ci_high)
     r["in_2tau"] = (r.estimate - 2 * r.tau <= r.truth) & (r.truth <= r.estimate + 2 * r.tau)
     control = r["oracle_estimate"] if "oracle_estimate" in r else pd.Series(np.nan, index=r.index)
+    control = control.where(r.estimator.isin(CONTROLLED))
     r["method_err"], r["model_err"] = control - r.truth, r.estimate - control
 
     def agg(g):

@@ -134,6 +134,13 @@ def test_summarize_splits_the_error_into_the_methods_and_the_models():
     assert s.oracle_rel_bias == pytest.approx(0.2 / 2)
     assert s.rel_model_error == pytest.approx(0.05 / 2)
     assert s.model_error_rmse == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+    # robust MR-Egger's control on exact effects is degenerate: reported as missing, not as a share
+    robust = simulation_study.summarize(rounds.assign(estimator="robust MR-Egger")).iloc[0]
+    assert (
+        robust.rel_bias == pytest.approx(0.25 / 2)
+        and np.isnan(robust.oracle_rel_bias)
+        and np.isnan(robust.rel_model_error)
+    )
 
 
 def test_a_round_with_a_perfect_model_has_no_model_error(monkeypatch):
