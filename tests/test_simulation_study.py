@@ -119,10 +119,11 @@ def test_summarize_splits_the_error_into_the_methods_and_the_models():
             "estimator": "IVW",
             "truth": [1.0, 3.0],
             "oracle_estimate": [1.1, 3.3],  # the method errs by +0.1 and +0.3 with a perfect model
+            "oracle_se": 0.1,
             "estimate": [1.0, 3.5],  # the model adds -0.1 and +0.2
             "se": 0.1,
-            "ci_low": 0.0,
-            "ci_high": 4.0,
+            "ci_low": [0.5, 3.2],  # the second CI misses the truth (3.0) but covers the control (3.3)
+            "ci_high": [1.2, 3.6],
             "tau": 0.5,
             "local_coverage": 0.9,
             "n_loci": 10,
@@ -134,6 +135,12 @@ def test_summarize_splits_the_error_into_the_methods_and_the_models():
     assert s.oracle_rel_bias == pytest.approx(0.2 / 2)
     assert s.rel_model_error == pytest.approx(0.05 / 2)
     assert s.model_error_rmse == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+    # a control with a near-infinite Wald ratio (SE 1e4 times the estimate's) is counted and left out
+    wild = rounds.assign(oracle_estimate=[1.1, -6000.0], oracle_se=[0.1, 1000.0])
+    w = simulation_study.summarize(wild).iloc[0]
+    assert w.controls_degenerate == 1 and w.oracle_rel_bias == pytest.approx(0.1 / 2)  # over the mean truth
+    assert s.controls_degenerate == 0
+    assert s.coverage_control_95ci == pytest.approx(1.0) and s.coverage_95ci == pytest.approx(0.5)
     # robust MR-Egger's control on exact effects is degenerate: reported as missing, not as a share
     robust = simulation_study.summarize(rounds.assign(estimator="robust MR-Egger")).iloc[0]
     assert (
