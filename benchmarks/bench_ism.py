@@ -16,7 +16,9 @@ Models (random weights; each a 1 kb input):
 Methods, each producing the same candidate variant table (every substitution, exposure =
 output 0, outcome = output 1, effects and SEs over members):
 
-* ``deepmr``      ``pipeline.variant_effects`` with the library's defaults;
+* ``deepmr``      ``pipeline.variant_effects`` with the library's defaults (``deepmr-vmap``:
+  all members in one ``torch.func.vmap`` call per block of mutants, ``ensemble="vmap"``;
+  ``deepmr-plain``: ``fast=False``);
 * ``naive``       per sequence, all 3L mutants built by tensor indexing, each member run in
   batches of ``--batch-size``, then the same post-processing;
 * ``tangermeme``  ``tangermeme.saturation_mutagenesis(raw_outputs=True, fast=True)`` once per
@@ -148,7 +150,7 @@ def run_model(key, args, device, methods):
     tables, times = {}, {}
     for name in methods + (["deepmr-generic"] if key == "book" else []):
         if name.startswith("deepmr"):
-            kw = {"deepmr-plain": {"fast": False}}.get(name, {})
+            kw = {"deepmr-plain": {"fast": False}, "deepmr-vmap": {"ensemble": "vmap"}}.get(name, {})
             # deepmr-generic: the generic engine on a model that has a hand-written path, hidden here
             run = [_Plain(m) for m in models] if name == "deepmr-generic" else models
             t, tab = timed(

@@ -183,3 +183,13 @@ def selected_names(
     if bad:
         raise ValueError(f"outputs index {bad[0]} does not exist: the model has {len(names)} outputs {names}")
     return [names[i] for i in idx]
+
+
+def same_architecture(models: list[nn.Module]) -> bool:
+    """Whether the members share one class and state-dict layout (names, shapes, dtypes): what
+    stacking their weights for ``torch.func.vmap`` needs."""
+    ref = [(k, v.shape, v.dtype) for k, v in models[0].state_dict().items()]
+    return all(
+        type(m) is type(models[0]) and [(k, v.shape, v.dtype) for k, v in m.state_dict().items()] == ref
+        for m in models[1:]
+    )

@@ -24,7 +24,8 @@ activations can differ from the reference's (fastISM, Nair et al. 2022; tangerme
 Tensors whose length axis is not the last one (a transpose to ``(B, L, C)``) count as
 "anything else". A model that ``torch.fx`` cannot trace (data-dependent control flow)
 raises :class:`TraceError`; :func:`deepmr_utils.ism.saturation_mutagenesis` then uses
-the plain path with one warning.
+the plain path with one warning. :class:`StackedWindowedModel` runs an ensemble of one
+architecture through one engine with ``torch.func.vmap`` over the members' weights.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["WindowedModel", "TraceError"]
+from ._torch import same_architecture
+
+__all__ = ["WindowedModel", "StackedWindowedModel", "TraceError"]
 
 
 class TraceError(RuntimeError):
@@ -233,6 +236,7 @@ class WindowedModel:
         self.input = inputs[0].name
         self.fallback: str | None = None  # the first operation that needed a full tensor
         self._weights: dict = {}
+        self.channels_last = True
         self._costly: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ references
@@ -474,27 +478,35 @@ class WindowedModel:
         if w.a >= w.b:
             return self._unchanged(node, w)
         L_out = self.ref[node.name].shape[-1]
-        key = node.name
-        if key not in self._weights:  # channels-last 2-D kernels: 2-3x faster than conv1d on CPUs
-            self._weights[key] = weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
         span = (weight.shape[-1] - 1) * dil
         if stride == 1:
             # linear: the mutants' output is the reference's plus the convolution of the input's
             # change, which is zero outside [a, b): no reference flanks to read for the input
             delta = w.t - self._ref_rows(w.node, w.a, w.b)
-            delta = delta[:, :, None, :].contiguous(memory_format=torch.channels_last)
-            dz = F.conv2d(delta, self._weights[key], None, dilation=(1, dil), padding=(0, span), groups=groups)
+            dz = self._conv1d(node.name, delta, weight, None, 1, span, dil, groups)
             first = w.a - span + left  # the output position of dz's first column
             oa, ob = max(0, first), min(L_out, w.b + left)
             if oa >= ob:
                 return self._unchanged(node, w)
-            return _Win(self._ref_rows(node.name, oa, ob) + dz[:, :, 0, oa - first : ob - first], oa, ob, node.name)
+            return _Win(self._ref_rows(node.name, oa, ob) + dz[..., oa - first : ob - first], oa, ob, node.name)
         oa, ob, ia, ib = _cone(w.a, w.b, weight.shape[-1], stride, left, dil, L_out)
         if oa >= ob:  # only positions that no output reads (a tail the stride drops) changed
             return self._unchanged(node, w)
-        x = self._gather(w, ia, ib)[:, :, None, :].contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x, self._weights[key], bias, stride=(1, stride), dilation=(1, dil), groups=groups)
-        return _Win(y[:, :, 0, :], oa, ob, node.name)
+        y = self._conv1d(node.name, self._gather(w, ia, ib), weight, bias, stride, 0, dil, groups)
+        return _Win(y, oa, ob, node.name)
+
+    def _conv1d(self, key, x, weight, bias, stride, pad, dil, groups):
+        """``F.conv1d`` of ``x`` ``(B, C, w)``; on the CPU as a channels-last 2-D convolution, 2-3x
+        faster there (not under ``torch.func.vmap``, which cannot query memory formats)."""
+        if not self.channels_last:
+            return F.conv1d(x, weight, bias, stride=stride, padding=pad, dilation=dil, groups=groups)
+        if key not in self._weights:
+            self._weights[key] = weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        x = x[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(
+            x, self._weights[key], bias, stride=(1, stride), padding=(0, pad), dilation=(1, dil), groups=groups
+        )
+        return y[:, :, 0, :]
 
     def _pool(self, node, w: _Win, kind, k, stride, dil):
         if w.a >= w.b:
@@ -620,3 +632,87 @@ class WindowedModel:
         delta = w.t - self._ref_rows(w.node, w.a, w.b)  # (B, C, w)
         W = weight.view(weight.shape[0], C, L)[:, :, w.a : w.b]
         return _Dense(self._per_mutant(self.ref[node.name]) + torch.einsum("bcw,ocw->bo", delta, W))
+
+
+class StackedWindowedModel:
+    """An ensemble of one architecture on the windowed engine, all members in one call.
+
+    ``torch.func.vmap`` runs one :class:`WindowedModel` (captured from the first member) over
+    the members' stacked weights, so a call's convolutions become grouped ones over all
+    members and the engine walks the graph once per block of mutants instead of once per
+    member. ``reference(x)`` and ``mutants(x_win, start, rows)`` are those of
+    :class:`WindowedModel`, each leaf of the raw output with a leading member axis
+    ``(M, B, ...)``. Raises :class:`TraceError` for members that differ in architecture or
+    an activation ``vmap`` cannot carry; MC-dropout stays on :class:`WindowedModel`.
+    """
+
+    def __init__(self, models: list[nn.Module], outputs: Callable | None = None):
+        from torch.func import stack_module_state
+
+        if not same_architecture(models):
+            raise TraceError("the members differ in architecture, so their weights cannot be stacked")
+        self.engine = WindowedModel(models[0], outputs)
+        self.engine.channels_last = False  # vmap cannot query memory formats
+        self.applies_outputs, self.n_members = self.engine.applies_outputs, len(models)
+        params, buffers = stack_module_state(models)
+        prefix = "model." if self.applies_outputs else ""  # the captured outputs map wraps the model
+        known = {k for k, _ in self.engine.gm.named_parameters(remove_duplicate=False)}
+        known |= {k for k, _ in self.engine.gm.named_buffers(remove_duplicate=False)}
+        # the traced module keeps only what its graph uses
+        self.state = {prefix + k: v for k, v in (params | buffers).items() if prefix + k in known}
+        self.fallback: str | None = None
+        self._side: dict = {}
+        self._holder = _Holder(self.engine.gm)
+
+    def _run(self, fn, *args):
+        from torch.func import functional_call, vmap
+
+        state = {"gm." + k: v for k, v in self.state.items()}
+        return vmap(lambda s, *a: functional_call(self._holder, s, (fn, *a)))(state, *args)
+
+    @torch.no_grad()
+    def reference(self, x: torch.Tensor):
+        """Cache every member's activations for references ``x`` ``(N, 4, L)``; the raw outputs."""
+        side: dict = {}
+
+        def run():
+            out = self.engine.reference(x)
+            env = {}
+            for k, v in self.engine.ref.items():
+                leaves = []
+                _map(v, leaves.append)
+                if all(isinstance(t, torch.Tensor) for t in leaves):
+                    env[k] = v
+                elif any(isinstance(t, torch.Tensor) for t in leaves):
+                    raise TraceError(f"activation {k} mixes tensors and other values; vmap cannot return it")
+                else:
+                    side[k] = v  # sizes and other plain values: the same for every member
+            return out, env
+
+        out, self._env = self._run(run)
+        self._side, self.static = side, set(self.engine.static)
+        return out
+
+    @torch.no_grad()
+    def mutants(self, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
+        """Every member's raw outputs for ``B`` mutants (see :meth:`WindowedModel.mutants`)."""
+
+        def run(env):
+            # caches derived from the references hold the members' batched values: rebuilt per call
+            self.engine.ref, self.engine.static, self.engine._cum = env | self._side, self.static, {}
+            return self.engine.mutants(x_win, start, rows)
+
+        out = self._run(run, self._env)
+        self.fallback = self.fallback or self.engine.fallback
+        return out
+
+
+class _Holder(nn.Module):
+    """A traced model as a submodule, for ``functional_call`` with a function to run."""
+
+    def __init__(self, gm: nn.Module):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, fn, *args):
+        return fn(*args)

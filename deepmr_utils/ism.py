@@ -33,10 +33,11 @@ from ._torch import (
     on_device,
     prepare_input,
     resolve_device,
+    same_architecture,
     select_outputs,
 )
 from ._types import Device, Models, Positions, Sequences
-from ._windowed import TraceError, WindowedModel
+from ._windowed import StackedWindowedModel, TraceError, WindowedModel
 from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
 __all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "OutputSpec"]
@@ -180,12 +181,12 @@ def _member(raw, i):
     return type(raw)(v[i] for v in raw)
 
 
-def _same_architecture(models) -> bool:
-    ref = [(k, v.shape, v.dtype) for k, v in models[0].state_dict().items()]
-    return all(
-        [(k, v.shape, v.dtype) for k, v in m.state_dict().items()] == ref and type(m) is type(models[0])
-        for m in models[1:]
-    )
+def _by_member(raw, outputs, n: int | None) -> torch.Tensor:
+    """Selected outputs ``(m, B, O)`` (float32, CPU) of one model's raw output (``n`` None) or of
+    ``n`` stacked members' (every leaf with a leading member axis)."""
+    if n is None:
+        return select_outputs(raw, outputs).float().cpu()[None]
+    return torch.stack([select_outputs(_member(raw, i), outputs) for i in range(n)]).float().cpu()
 
 
 # ----------------------------------------------------------------------------- main API
@@ -237,8 +238,12 @@ def saturation_mutagenesis(
         positions of the second sequence and the faster one does the work (a small model on short sequences
         can be faster in plain batches). ``False``: the plain path.
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
-        one ``torch.func`` call for all members). ``"auto"`` = loop: measured faster for
-        convolutional models on both CPU and GPU (``benchmarks/bench_ism.py``).
+        one ``torch.func`` call for all members, on the plain path and on the generic windowed
+        engine, where the engine then walks the graph once per block for all members).
+        ``"auto"`` = loop: measured faster for convolutional models on the plain path on CPU
+        and GPU, and 3x faster than vmap on the windowed engine on 2 CPU cores, where vmap
+        turns the convolutions into grouped ones (``benchmarks/bench_ism.py``, method
+        ``deepmr-vmap``; not yet measured on a GPU).
     block : positions per window on the windowed path. On a GPU, windows are widened (up to
         128 positions) and references batched so that each call holds about
         ``batch_size`` (default 4096) mutants.
@@ -303,11 +308,17 @@ def _saturation_mutagenesis(
 
     # the book's models carry a hand-written windowed path (ism_reference / ism_block), measured
     # 10-25 % faster than the generic engine on them; every other model gets the generic engine
+    if ensemble == "vmap" and not same_architecture(models):
+        raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     own = all(hasattr(m, "ism_block") and hasattr(m, "ism_reference") for m in models) and not mc_dropout
     engines = None
     if fast is not False and not own:
+        captured = outputs if callable(outputs) else None
         try:
-            engines = [WindowedModel(m, outputs if callable(outputs) else None) for m in models]
+            if ensemble == "vmap" and len(models) > 1 and not mc_dropout:
+                engines = [StackedWindowedModel(models, captured)]
+            else:
+                engines = [WindowedModel(m, captured) for m in models]
         except TraceError as err:
             warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
     windowed = fast is not False and (own or engines is not None)
@@ -378,8 +389,6 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
     P = pos.numel()
     pos = pos.to(dev)
     stack = ensemble == "vmap"
-    if ensemble == "vmap" and not _same_architecture(models):
-        raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     if mc_dropout:
         shared = _SharedDropout(models[0], seed)
         n_members = mc_dropout
@@ -457,6 +466,7 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
         passes = [(engines[0], s) for s in range(mc_dropout)]
     else:
         shared, passes = None, [(e, None) for e in engines]
+    width = sum(getattr(e, "n_members", 1) for e, _ in passes)  # members (or passes) in the output
     out, fallback = None, None
     if engines[0].applies_outputs:
         outputs = None  # the engines already map the raw output
@@ -470,17 +480,22 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
             rr, bb, pp = torch.nonzero(window[:, :, rel] == 0, as_tuple=True)  # (reference, base, position)
             xm = substitute(window[rr], rel[pp], bb, inplace=True)
             blocks.append((xm, start, rr if x.shape[0] > 1 else None, ((n0 + rr).cpu(), (a + pp).cpu(), bb.cpu())))
-        for k, (engine, s) in enumerate(passes):
+        k = 0  # the engine's first slot on the model axis
+        for engine, s in passes:
             if shared is not None:
                 shared.pass_index = s
-            refs = select_outputs(engine.reference(x), outputs).float().cpu()  # (n, O)
+            n = getattr(engine, "n_members", None)  # a stacked engine: leaves carry a member axis
+            refs = _by_member(engine.reference(x), outputs, n)  # (m, n, O)
+            m = refs.shape[0]
             if out is None:
-                out = torch.empty(N, len(passes), P, 4, refs.shape[-1])
-            out[n0 : n0 + x.shape[0], k] = refs[:, None, None, :]
+                out = torch.empty(N, width, P, 4, refs.shape[-1])
+            out[n0 : n0 + x.shape[0], k : k + m] = refs.permute(1, 0, 2)[:, :, None, None, :]
             for xm, start, rows, idx in blocks:
-                y = select_outputs(engine.mutants(xm, start, rows), outputs).float().cpu()
-                out[idx[0], k, idx[1], idx[2], :] = y
+                y = _by_member(engine.mutants(xm, start, rows), outputs, n)  # (m, B, O)
+                for j in range(m):
+                    out[idx[0], k + j, idx[1], idx[2], :] = y[j]
             fallback = fallback or engine.fallback
+            k += m
     if fallback:
         warnings.warn(
             f"windowed ISM: {fallback} is not known to keep a mutation's effect local, so from there on "

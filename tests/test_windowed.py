@@ -14,7 +14,7 @@ from torch import nn
 
 from deepmr_utils import ism
 from deepmr_utils import sequence as sq
-from deepmr_utils._windowed import TraceError, WindowedModel
+from deepmr_utils._windowed import StackedWindowedModel, TraceError, WindowedModel
 from deepmr_utils.models import BPNet, CountsRegressor, DilatedResidualNet, PooledRegressor, bpnet
 
 TOL = 2e-5
@@ -136,14 +136,16 @@ def profile_and_counts(y):
     ],
     ids=["dense-head", "strided", "profile-tuple", "pooled", "counts-cnn"],
 )
-def test_windowed_equals_plain(make, kw):
+@pytest.mark.parametrize("ensemble", ["loop", "vmap"])
+def test_windowed_equals_plain(make, kw, ensemble):
     torch.manual_seed(0)
-    models = [_randomize_bn(make()) for _ in range(2)]
+    models = [_randomize_bn(make()) for _ in range(3)]
     X = sq.random_sequences(3, L, seed=1)
     X[1, :, 7] = 0  # an unknown base: four mutants there
-    fast, plain, caught = both(models, X, **kw)
+    fast, plain, caught = both(models, X, ensemble=ensemble, **kw)
     assert (fast - plain).abs().max() < TOL
     assert not caught, caught  # every operation of these models is handled as local or linear-global
+    assert fast[:, 0].sub(fast[:, 2]).abs().max() > 1e-3  # each member's own weights, in its own slot
 
 
 def test_a_tail_no_output_reads():
@@ -154,23 +156,33 @@ def test_a_tail_no_output_reads():
     assert (fast - plain).abs().max() < TOL and not caught
 
 
-def test_windowed_on_positions_and_batched_references():
+@pytest.mark.parametrize("stacked", [False, True], ids=["loop", "stacked"])
+def test_windowed_on_positions_and_batched_references(stacked):
     torch.manual_seed(0)
-    models = [_randomize_bn(DenseHead()) for _ in range(2)]
+    models = [_randomize_bn(DenseHead()).eval() for _ in range(2)]
     X = sq.random_sequences(3, L, seed=2)
     pos = torch.tensor([0, 1, 5, 6, 20, 39])
     plain = ism.saturation_mutagenesis(models, X, positions=pos, fast=False)
-    engines = [WindowedModel(m.eval()) for m in models]
+    engines = [StackedWindowedModel(models)] if stacked else [WindowedModel(m) for m in models]
     with torch.no_grad():
         for chunk, block in ((1, 4), (2, 8), (3, 40)):  # the GPU layout: several references per call
             out = ism._windowed_path(engines, X, pos, None, block, chunk, 0, 0, models)
             assert (out - plain).abs().max() < TOL
 
 
-def test_global_attention_is_exact_and_says_so():
+def test_stacking_refuses_members_of_different_architectures():
+    with pytest.raises(TraceError, match="differ in architecture"):
+        StackedWindowedModel([DenseHead(), DenseHead(60)])
+    with pytest.raises(ValueError, match="identical architecture"):
+        ism.saturation_mutagenesis([DenseHead(), Strided()], sq.random_sequences(1, L), ensemble="vmap")
+
+
+@pytest.mark.parametrize("ensemble", ["loop", "vmap"])
+def test_global_attention_is_exact_and_says_so(ensemble):
     torch.manual_seed(0)
-    fast, plain, caught = both(Attention(), sq.random_sequences(2, 24, seed=3))
+    fast, plain, caught = both([Attention(), Attention()], sq.random_sequences(2, 24, seed=3), ensemble=ensemble)
     assert (fast - plain).abs().max() < TOL
+    caught = [w for w in caught if "batching rule" not in w]  # torch's vmap loops over attention: still exact
     assert len(caught) == 1 and "transpose" in caught[0] and "full length" in caught[0]
 
 
