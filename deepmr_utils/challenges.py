@@ -148,11 +148,7 @@ def _pooled(name: str, local: pd.DataFrame, truth: pd.DataFrame) -> dict:
         g = meta.pool(local)
         t = float(ok.theta.mean())
         row.update(
-            estimate=g.estimate,
-            se=g.se,
-            ci_low=g.ci_low,
-            ci_high=g.ci_high,
-            tau=g.tau,
+            g.to_dict("estimate", "se", "ci_low", "ci_high", "tau"),
             truth=t,
             covered=bool(g.ci_low <= t <= g.ci_high),
             local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),

@@ -106,16 +106,7 @@ def all_pairs(
         row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()), n_excluded=len(local) - len(ok))
         if len(ok) >= min_loci:
             g = meta.pool(local, method=meta_method, min_loci=min_loci)
-            row.update(
-                estimate=g.estimate,
-                se=g.se,
-                ci_low=g.ci_low,
-                ci_high=g.ci_high,
-                tau=g.tau,
-                pvalue=g.pvalue,
-                i2=g.i2,
-                converged=g.converged,
-            )
+            row.update(g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "pvalue", "i2", "converged"))
         if truth is not None:
             row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
         rows.append(row)

@@ -39,6 +39,11 @@ class Estimate:
 
     __str__ = __repr__
 
-    def to_dict(self) -> dict:
-        """Every field by name, in declaration order."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def to_dict(self, *names: str) -> dict:
+        """Every field by name, in declaration order; or only ``names``, in their order (a row of
+        a results table: ``row.update(result.to_dict("estimate", "se", "tau"))``)."""
+        known = [f.name for f in fields(self)]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {', '.join(known)}")
+        return {n: getattr(self, n) for n in (names or known)}

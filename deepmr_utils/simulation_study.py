@@ -211,13 +211,7 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
         if len(ok) >= 2:
             g = meta.pool(local[local.theta.notna()])
             row.update(
-                estimate=g.estimate,
-                se=g.se,
-                ci_low=g.ci_low,
-                ci_high=g.ci_high,
-                tau=g.tau,
-                converged=g.converged,
-                n_excluded=g.n_excluded,
+                g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "converged", "n_excluded"),
                 truth=float(ok.theta.mean()),
                 local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
                 local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan,

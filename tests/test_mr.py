@@ -452,6 +452,10 @@ def test_result_repr_is_one_line(lipids):
     text = repr(res)
     assert "\n" not in text and text.startswith("MR-Egger: 3.253") and "intercept" in text
     assert res.to_dict()["estimate"] == res.estimate
+    assert res.to_dict("se", "estimate") == {"se": res.se, "estimate": res.estimate}  # a row: only these, in order
+    assert list(res.to_dict("se", "estimate")) == ["se", "estimate"]
+    with pytest.raises(ValueError, match="no field 'tau'"):
+        res.to_dict("estimate", "tau")
     from dataclasses import FrozenInstanceError
 
     with pytest.raises(FrozenInstanceError):
