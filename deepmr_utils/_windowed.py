@@ -679,14 +679,14 @@ class StackedWindowedModel:
             out = self.engine.reference(x)
             env = {}
             for k, v in self.engine.ref.items():
-                leaves = []
-                _map(v, leaves.append)
-                if all(isinstance(t, torch.Tensor) for t in leaves):
-                    env[k] = v
-                elif any(isinstance(t, torch.Tensor) for t in leaves):
-                    raise TraceError(f"activation {k} mixes tensors and other values; vmap cannot return it")
-                else:
+                plain, leaves = _leaves(v)
+                if not any(isinstance(t, torch.Tensor) for t in leaves):
                     side[k] = v  # sizes and other plain values: the same for every member
+                elif plain and all(isinstance(t, torch.Tensor) for t in leaves):
+                    env[k] = v
+                elif k in self.engine.static:  # the mutants would read it, but vmap cannot return it
+                    raise TraceError(f"activation {k} ({type(v).__name__}) holds tensors that vmap cannot return")
+                # else: recomputed for the mutants (e.g. torch.max's (values, indices)), never read from here
             return out, env
 
         out, self._env = self._run(run)
@@ -705,6 +705,16 @@ class StackedWindowedModel:
         out = self._run(run, self._env)
         self.fallback = self.fallback or self.engine.fallback
         return out
+
+
+def _leaves(v) -> tuple[bool, list]:
+    """Whether ``v`` nests only plain tuples, lists and dicts, and its leaves (subclasses such
+    as ``torch.return_types.max`` opened too)."""
+    if isinstance(v, (tuple, list, dict)):
+        items = v.values() if isinstance(v, dict) else v
+        parts = [_leaves(x) for x in items]
+        return type(v) in (tuple, list, dict) and all(p for p, _ in parts), [t for _, ls in parts for t in ls]
+    return True, [v]
 
 
 class _Holder(nn.Module):

@@ -315,10 +315,15 @@ def _saturation_mutagenesis(
     if fast is not False and not own:
         captured = outputs if callable(outputs) else None
         try:
+            engines = [WindowedModel(m, captured) for m in models]
             if ensemble == "vmap" and len(models) > 1 and not mc_dropout:
-                engines = [StackedWindowedModel(models, captured)]
-            else:
-                engines = [WindowedModel(m, captured) for m in models]
+                try:
+                    stacked = StackedWindowedModel(models, captured)
+                    with eval_mode(models), torch.inference_mode():
+                        stacked.reference(X[:1])  # an activation vmap cannot carry shows here, not mid-run
+                    engines = [stacked]
+                except TraceError as err:
+                    warnings.warn(f"{err}; the members run one after another on the windowed engine", stacklevel=3)
         except TraceError as err:
             warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
     windowed = fast is not False and (own or engines is not None)

@@ -177,6 +177,26 @@ def test_stacking_refuses_members_of_different_architectures():
         ism.saturation_mutagenesis([DenseHead(), Strided()], sq.random_sequences(1, L), ensemble="vmap")
 
 
+class StaticMax(nn.Module):
+    """A weight-only torch.max (values, indices) structure: a reference activation vmap cannot return."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(4, 3, 3, padding=1)
+        self.p = nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        top = self.p.max(dim=-1)
+        return (self.c(x) + top.values[:, None]).mean(-1)
+
+
+def test_members_that_cannot_be_stacked_run_one_after_another():
+    torch.manual_seed(0)
+    fast, plain, caught = both([StaticMax(), StaticMax()], sq.random_sequences(2, 16, seed=4), ensemble="vmap")
+    assert (fast - plain).abs().max() < TOL
+    assert len(caught) == 1 and "vmap cannot return" in caught[0] and "one after another" in caught[0]
+
+
 @pytest.mark.parametrize("ensemble", ["loop", "vmap"])
 def test_global_attention_is_exact_and_says_so(ensemble):
     torch.manual_seed(0)
