@@ -1,6 +1,7 @@
 """House rules for the book's chapters (the notebooks themselves run under nbval)."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def test_stored_without_outputs(path):
         i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)
     ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; run `python tools/nbtool.py strip {path}`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_its_own_id(path):
+    """As stored: nbformat silently renames a repeated id on every read, so links to it break."""
+    ids = [c.get("id") for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+    repeated = sorted({i for i in ids if ids.count(i) > 1 and i is not None})
+    missing = [k for k, i in enumerate(ids) if i is None]
+    assert not repeated and not missing, (
+        f"{path.name}: repeated cell ids {repeated}, cells without an id {missing}; "
+        f"run `python tools/nbtool.py strip {path.relative_to(ROOT)}`"
+    )
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

@@ -2,19 +2,28 @@
 
     python tools/nbtool.py strip book/*.ipynb
 
-The book stores notebooks without outputs (tests/test_notebooks.py enforces it).
+The book stores notebooks without outputs, every cell with its own id (tests/test_notebooks.py
+enforces both).
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import warnings
 
 import nbformat
 
 
 def strip(path: str) -> bool:
-    nb = nbformat.read(path, as_version=4)
-    changed = False
+    """Drop outputs and execution metadata; give every cell a unique id (nbformat fills in a
+    missing or repeated one as it reads, so the file is rewritten with the filled-in ids)."""
+    with open(path, encoding="utf-8") as f:
+        stored = [c.get("id") for c in json.load(f)["cells"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the id corrections below are the point, not news
+        nb = nbformat.read(path, as_version=4)
+    changed = [c.get("id") for c in nb.cells] != stored
     for cell in nb.cells:
         if cell.cell_type == "code":
             if cell.outputs or cell.execution_count is not None:
