@@ -235,6 +235,12 @@ class WindowedModel:
             raise TraceError(f"the model takes {len(inputs)} inputs; windowed ISM needs exactly one (the sequence)")
         self.input = inputs[0].name
         self.fallback: str | None = None  # the first operation that needed a full tensor
+        order = {n.name: i for i, n in enumerate(self.nodes)}
+        self._last_use: dict[str, list[str]] = {}  # node -> the values it reads for the last time
+        for n in self.nodes:
+            if n.users and n.op != "output" and all(u.op != "output" for u in n.users):
+                last = max(n.users, key=lambda u: order[u.name]).name
+                self._last_use.setdefault(last, []).append(n.name)
         self._weights: dict = {}
         self.channels_last = True
         self._costly: dict[str, bool] = {}
@@ -256,7 +262,9 @@ class WindowedModel:
                 self.static.add(node.name)
             mask = self._mask(node, args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else None
             env[node.name] = args[0] * mask if mask is not None else self._call(node, args, kwargs)
-        self.ref = env
+        # the model ran on its own layouts (a .view() may need them); the cache of what the mutants
+        # read is re-laid-out, static values (read by the model's own operations) excepted
+        self.ref = {k: v if k in self.static else self._layout(v) for k, v in env.items()}
         return out
 
     # ------------------------------------------------------------------ mutants
@@ -279,6 +287,8 @@ class WindowedModel:
             if node.op == "output":
                 return _map(self._load(node, value)[0][0], self._full)
             env[node.name] = self._step(node, value)
+            for name in self._last_use.get(node.name, ()):  # freed as soon as read for the last time: the
+                env.pop(name, None)  # allocator then reuses its memory within the call (measured ~10 % faster)
         raise TraceError("the traced graph has no output")
 
     def _step(self, node, value):
@@ -401,23 +411,43 @@ class WindowedModel:
         """The references' slice ``[a, b)`` of cached activation ``name``, one row per mutant."""
         return self._per_mutant(self.ref[name][..., a:b])
 
+    def _layout(self, t):
+        """A cached ``(N, C, L)`` activation stored length-major (strides ``(L*C, 1, C)``) when the
+        convolutions run channels-last: then windows, deltas and convolution outputs share one
+        layout, so elementwise maps stay vectorised and no convolution copies its input."""
+        if self.channels_last and isinstance(t, torch.Tensor) and t.ndim == 3 and t.is_floating_point():
+            return t.transpose(1, 2).contiguous().transpose(1, 2)
+        return t
+
     def _gather(self, w: _Win, lo: int, hi: int) -> torch.Tensor:
         """``w``'s full values on ``[lo, hi)``, zeros outside the sequence (conv zero padding)."""
         L = self.ref[w.node].shape[-1]
         a0, b0 = max(lo, 0), min(hi, L)
         pa, pb = max(w.a, a0), min(w.b, b0)
         if pa >= pb:
-            parts = [self._ref_rows(w.node, a0, b0)]
+            parts = [(a0, self._ref_rows(w.node, a0, b0))]
         else:
-            parts = [self._ref_rows(w.node, a0, pa), w.t[..., pa - w.a : pb - w.a], self._ref_rows(w.node, pb, b0)]
-        out = torch.cat([p for p in parts if p.shape[-1]] or [parts[0]], dim=-1)
+            parts = [
+                (a0, self._ref_rows(w.node, a0, pa)),
+                (pa, w.t[..., pa - w.a : pb - w.a]),
+                (pb, self._ref_rows(w.node, pb, b0)),
+            ]
+        if self.channels_last and w.t.ndim == 3:  # written into one length-major block (see _layout)
+            B, C = w.t.shape[0], w.t.shape[1]
+            out = w.t.new_empty(B, hi - lo, C).transpose(1, 2)
+            out[..., : a0 - lo].zero_()
+            out[..., b0 - lo :].zero_()
+            for at, p in parts:
+                out[..., at - lo : at - lo + p.shape[-1]].copy_(p)
+            return out
+        out = torch.cat([p for _, p in parts if p.shape[-1]] or [parts[0][1]], dim=-1)
         if lo < a0 or hi > b0:
             out = F.pad(out, (a0 - lo, hi - b0))
         return out
 
     def _full(self, v):
-        if isinstance(v, _Win):
-            return self._gather(v, 0, self.ref[v.node].shape[-1])
+        if isinstance(v, _Win):  # for the model's own operations: in its usual layout
+            return self._gather(v, 0, self.ref[v.node].shape[-1]).contiguous()
         if isinstance(v, _Flat):
             return self._full(v.win).flatten(1)
         if isinstance(v, _Dense):
@@ -443,6 +473,15 @@ class WindowedModel:
             node.op == "call_method" and node.target in _BINARY_METHODS
         )
 
+    @staticmethod
+    def _is_sum(node, args, kwargs):
+        """``x + y`` of two per-mutant tensors (no ``alpha``, no third operand)."""
+        if kwargs or len(args) != 2 or not all(isinstance(v, _Win) for v in args):
+            return False
+        return (node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd)) or (
+            node.op == "call_method" and node.target == "add"
+        )
+
     def _elementwise(self, node, args, kwargs, windows):
         L = {self.ref[w.node].shape[-1] for w in windows}
         nd = {w.t.ndim for w in windows}
@@ -451,6 +490,15 @@ class WindowedModel:
         L, nd = L.pop(), nd.pop()
         changed = [w for w in windows if w.b > w.a] or windows[:1]
         a, b = min(w.a for w in changed), max(w.b for w in changed)
+        if self._is_sum(node, args, kwargs) and len(windows) == 2:
+            # a residual sum: the wider window plus the other's reference, then the other's change
+            # on its own span; no copy of reference flanks (exact up to float32 round-off)
+            wide, narrow = sorted(windows, key=lambda w: w.b - w.a, reverse=True)
+            if (wide.a, wide.b) == (a, b):
+                out = wide.t + self._ref_rows(narrow.node, a, b)
+                if narrow.b > narrow.a:
+                    out[..., narrow.a - a : narrow.b - a] += narrow.t - self._ref_rows(narrow.node, narrow.a, narrow.b)
+                return _Win(out, a, b, node.name)
         ok = True
 
         def fit(v):
@@ -563,6 +611,17 @@ class WindowedModel:
         top = torch.cat(parts, -1).amax(-1, keepdim=bool(keep))
         return _Dense(_MaxOut(top, None) if tuple_out else top)
 
+    def _window_sum(self, name, a, b, keep):
+        """The references' sum of activation ``name`` over ``[a, b)`` of the length axis, one row per
+        mutant, from float64 prefix sums (one subtraction instead of a pass over the window)."""
+        key = ("sum", name)
+        if key not in self._cum:
+            ref = self.ref[name]
+            self._cum[key] = F.pad(ref.double().cumsum(-1), (1, 0))
+        cs = self._cum[key]
+        out = (cs[..., b] - cs[..., a]).to(self.ref[name].dtype)
+        return self._per_mutant(out[..., None] if keep else out)
+
     def _unchanged(self, node, w: _Win) -> _Win:
         """An empty window for ``node``: the mutants equal the reference there."""
         shape = (self.B,) + tuple(self.ref[node.name].shape[1:-1]) + (0,)
@@ -578,7 +637,7 @@ class WindowedModel:
             dim = dim[0]
         if not isinstance(dim, int) or dim % nd != nd - 1:
             return None
-        delta = (w.t - self._ref_rows(w.node, w.a, w.b)).sum(-1, keepdim=bool(keep))
+        delta = w.t.sum(-1, keepdim=bool(keep)) - self._window_sum(w.node, w.a, w.b, bool(keep))
         if node.target in ("mean", torch.mean):
             delta = delta / self.ref[w.node].shape[-1]
         return _Dense(self._per_mutant(self.ref[node.name]) + delta)
