@@ -8,10 +8,9 @@ ensemble and returns one tensor of shape
 
 where the reference base's slot holds the reference prediction. Mutants are
 built on the device in batches (never all 3L at once), all ensemble members see
-the same mutant batch, and a model that implements ``ism_reference`` /
-``ism_block`` (see :class:`deepmr_utils.models.DilatedResidualNet`), or any model
-``torch.fx`` can capture (:mod:`deepmr_utils._windowed`), is evaluated only on the
-window a mutation can change.
+the same mutant batch, and any model ``torch.fx`` can capture (the book's own, or a
+reader's) is evaluated only on the window a mutation can change
+(:mod:`deepmr_utils._windowed`: one engine for every model).
 """
 
 from __future__ import annotations
@@ -231,8 +230,7 @@ def saturation_mutagenesis(
         the passes fill the model axis. Requires exactly one model.
     fast : recompute only the window a mutation can reach (exact: the plain path's numbers
         to float32 round-off, with several times fewer FLOPs). ``True``: for any model
-        ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`; the book's BPNet-style models use
-        their hand-written ``ism_reference``/``ism_block``); a model it cannot trace runs on
+        ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`); a model it cannot trace runs on
         the plain path with a warning that says why. ``None`` (default): the same, except that
         with 16 or more sequences the generic engine and the plain path are both timed on 64
         positions of the second sequence and the faster one does the work (a small model on short sequences
@@ -306,13 +304,10 @@ def _saturation_mutagenesis(
     if autocast and dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
 
-    # the book's models carry a hand-written windowed path (ism_reference / ism_block), measured
-    # 10-25 % faster than the generic engine on them; every other model gets the generic engine
     if ensemble == "vmap" and not same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
-    own = all(hasattr(m, "ism_block") and hasattr(m, "ism_reference") for m in models) and not mc_dropout
     engines = None
-    if fast is not False and not own:
+    if fast is not False:
         captured = outputs if callable(outputs) else None
         try:
             engines = [WindowedModel(m, captured) for m in models]
@@ -326,7 +321,7 @@ def _saturation_mutagenesis(
                     warnings.warn(f"{err}; the members run one after another on the windowed engine", stacklevel=3)
         except TraceError as err:
             warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
-    windowed = fast is not False and (own or engines is not None)
+    windowed = engines is not None
 
     with eval_mode(models), torch.inference_mode():
         ctx = torch.autocast(dev.type, dtype=dtype) if autocast else nullcontext()
@@ -339,14 +334,12 @@ def _saturation_mutagenesis(
                 wide = max(block, min(128, target // (3 * min(N, chunk))))
 
             def run_windowed(Xs, ps=pos):
-                if own:
-                    return _fast_path(models, Xs, ps, outputs, None if chunk > 1 else batch_size, wide, chunk)
                 return _windowed_path(engines, Xs, ps, outputs, wide, chunk, mc_dropout, seed, models)
 
             def run_plain(Xs, ps=pos):
                 return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
 
-            if windowed and fast is None and engines is not None and N >= 16:
+            if windowed and fast is None and N >= 16:
                 # a small model on short sequences can run faster in plain batches than in windows: time
                 # both on 64 central positions of the second sequence (the first builds each path's
                 # kernels) and keep the faster; the probes cost 4 x 64 positions of one sequence
@@ -507,40 +500,4 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
             "each mutant is computed over the full length (exact, but slower)",
             stacklevel=4,
         )
-    return out
-
-
-def _fast_path(models, X, pos, outputs, batch_size, block, chunk):
-    """Windowed ISM: mutants at ``block`` neighbouring positions share one window per layer.
-
-    ``chunk`` references are cached together and their mutants at the same window go
-    through one call (on a GPU, large calls keep the device busy; on a CPU, one sequence
-    at a time keeps the caches small).
-    """
-    N, _, L = X.shape
-    P = pos.numel()
-    dev = X.device
-    pos_cpu = pos.cpu().numpy()
-    out = None
-    per_batch = max(1, (batch_size or 3 * block) // 3)
-    groups = _position_groups(pos_cpu, per_batch)
-    for n0 in range(0, N, chunk):
-        x = X[n0 : n0 + chunk]
-        caches = [m.ism_reference(x) for m in models]
-        refs = torch.stack([select_outputs(m(x), outputs) for m in models], dim=1).float().cpu()  # (n, M, O)
-        if out is None:
-            out = torch.empty(N, len(models), P, 4, refs.shape[-1])
-        out[n0 : n0 + x.shape[0]] = refs[:, :, None, None, :]
-        for a, b in groups:
-            start, stop = int(pos_cpu[a]), int(pos_cpu[b - 1]) + 1
-            window = x[:, :, start:stop]
-            rel = torch.as_tensor(pos_cpu[a:b] - start, device=dev)
-            col = window[:, :, rel]  # (n, 4, npos)
-            rr, bb, pp = torch.nonzero(col == 0, as_tuple=True)  # mutants: (reference, base, position in group)
-            xm = substitute(window[rr], rel[pp], bb, inplace=True)
-            rows = rr if x.shape[0] > 1 else None
-            idx = ((n0 + rr).cpu(), (a + pp).cpu(), bb.cpu())
-            for k, (m, c) in enumerate(zip(models, caches)):
-                y = select_outputs(m.ism_block(c, xm, start, rows), outputs).float().cpu()
-                out[idx[0], k, idx[1], idx[2], :] = y
     return out

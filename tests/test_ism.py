@@ -8,6 +8,7 @@ from torch import nn
 
 from deepmr_utils import ism
 from deepmr_utils import sequence as sq
+from deepmr_utils._windowed import WindowedModel
 from deepmr_utils.models import DilatedResidualNet
 from deepmr_utils.predict import predict
 
@@ -244,7 +245,8 @@ def test_windowed_path_batched_over_references(dilated_ensemble, X, reference, p
         for m in dilated_ensemble:
             m.eval()
         for chunk in (2, 3):
-            out = ism._fast_path(dilated_ensemble, Xn, pos, None, None, 12, chunk)
+            engines = [WindowedModel(m) for m in dilated_ensemble]
+            out = ism._windowed_path(engines, Xn, pos, None, 12, chunk, 0, 0, dilated_ensemble)
             assert out.shape == (3, 3, pos.numel(), 4, 3)
             assert (out - ref[:, :, pos]).abs().max() < TOL
 

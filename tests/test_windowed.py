@@ -230,16 +230,15 @@ def test_mc_dropout_on_the_windowed_path_shares_the_plain_paths_masks():
         lambda: BPNet(("a", "b"), n_filters=8, n_layers=3, stem_kernel=9),
     ],
 )
-def test_generic_engine_equals_the_hand_written_path(make):
-    """The book's models keep their hand-written path; the generic engine gives the same numbers."""
+def test_the_books_models_run_on_the_engine(make):
+    """The book's BPNet-style models have no ISM code of their own: the engine captures them whole."""
     torch.manual_seed(0)
     model = _randomize_bn(make()).eval()
     X = sq.random_sequences(2, 64, seed=6)
     outputs = bpnet.counts if isinstance(model, BPNet) else None
-    hand = ism.saturation_mutagenesis(model, X, outputs=outputs, fast=True)
-    with torch.no_grad():
-        generic = ism._windowed_path([WindowedModel(model, outputs)], X, torch.arange(64), outputs, 8, 1, 0, 0, [model])
-    assert (hand - generic).abs().max() < TOL
+    fast, plain, caught = both(model, X, outputs=outputs)
+    assert (fast - plain).abs().max() < TOL and not caught
+    assert WindowedModel(model, outputs).applies_outputs == (outputs is not None)
 
 
 def test_default_times_both_paths_and_keeps_the_numbers():
