@@ -239,7 +239,7 @@ def saturation_mutagenesis(
         one ``torch.func`` call for all members, on the plain path and on the generic windowed
         engine, where the engine then walks the graph once per block for all members).
         ``"auto"`` = loop: measured faster for convolutional models on the plain path on CPU
-        and GPU, and 3x faster than vmap on the windowed engine on 2 CPU cores, where vmap
+        and GPU, and 4x faster than vmap on the windowed engine on 2 CPU cores, where vmap
         turns the convolutions into grouped ones (``benchmarks/bench_ism.py``, method
         ``deepmr-vmap``; not yet measured on a GPU).
     block : positions per window on the windowed path. On a GPU, windows are widened (up to
