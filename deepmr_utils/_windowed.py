@@ -721,6 +721,7 @@ class StackedWindowedModel:
         self.state = {prefix + k: v for k, v in (params | buffers).items() if prefix + k in known}
         self.fallback: str | None = None
         self._side: dict = {}
+        self._cum: dict = {}
         self._holder = _Holder(self.engine.gm)
 
     def _run(self, fn, *args):
@@ -749,19 +750,20 @@ class StackedWindowedModel:
             return out, env
 
         out, self._env = self._run(run)
-        self._side, self.static = side, set(self.engine.static)
+        self._side, self.static, self._cum = side, set(self.engine.static), {}
         return out
 
     @torch.no_grad()
     def mutants(self, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
         """Every member's raw outputs for ``B`` mutants (see :meth:`WindowedModel.mutants`)."""
 
-        def run(env):
-            # caches derived from the references hold the members' batched values: rebuilt per call
-            self.engine.ref, self.engine.static, self.engine._cum = env | self._side, self.static, {}
-            return self.engine.mutants(x_win, start, rows)
+        def run(env, cum):
+            # caches derived from the references (prefix maxima and sums) hold every member's values:
+            # they leave each call through vmap's output and come back in with the next one
+            self.engine.ref, self.engine.static, self.engine._cum = env | self._side, self.static, dict(cum)
+            return self.engine.mutants(x_win, start, rows), self.engine._cum
 
-        out = self._run(run, self._env)
+        out, self._cum = self._run(run, self._env, self._cum)
         self.fallback = self.fallback or self.engine.fallback
         return out
 
