@@ -28,6 +28,10 @@ from ._types import ArrayLike, Sequences
 C_CHI = 1.54764  # lmrob.control()$tuning.chi for bisquare (50 % breakdown)
 C_PSI = 4.685061  # lmrob.control()$tuning.psi for bisquare (95 % efficiency)
 BB = 0.5
+# An S-scale at or below this fraction of the (weighted) responses' largest magnitude is an exact
+# fit. Exact arithmetic would give 0, but BLAS kernels leave round-off residuals (~1e-14 of the data
+# with OpenBLAS's AVX-512 kernels, exactly 0 with others), so "zero" must be relative to the data.
+EXACT_FIT_RTOL = 1e-9
 
 
 def chi(u: ArrayLike, c: float) -> np.ndarray:
@@ -96,14 +100,14 @@ def _wls(x, y, w):
     return coef
 
 
-def _refine_s(x, y, beta, max_iter, tol):
-    """IRWLS for the S-estimate: weights chi'(u)/u at the current M-scale."""
+def _refine_s(x, y, beta, max_iter, tol, zero):
+    """IRWLS for the S-estimate: weights chi'(u)/u at the current M-scale (``zero``: the exact-fit scale)."""
     p = x.shape[1]
     s = None
     for _ in range(max_iter):
         r = y - x @ beta
         s = _m_scale_rows(r[None], p, s0=s)[0]
-        if s == 0:
+        if s <= zero:
             return beta, 0.0
         w = bisquare_weight(r / s, C_CHI)  # chi'(u)/u is proportional to this
         if not np.any(w > 0):
@@ -172,14 +176,18 @@ def lmrob_mm(
     good = np.linalg.matrix_rank(xtwx) == p
     betas[good] = np.linalg.solve(xtwx[good], xtwy[good][..., None])[..., 0]
     scales = _m_scale_rows(y[None, :] - betas @ x.T, p)
+    zero = EXACT_FIT_RTOL * float(np.abs(y).max())
     best = None
     for i in np.argsort(scales)[:2]:
-        b, sc = _refine_s(x, y, betas[i], max_iter, tol)
+        b, sc = _refine_s(x, y, betas[i], max_iter, tol, zero)
         if best is None or sc < best[1]:
             best = (b, sc)
     s_coef, scale = best
-    if scale <= 0:
-        raise ValueError("MM-regression: S-scale is zero (exact fit); the data are degenerate")
+    if not scale > zero:
+        raise ValueError(
+            f"MM-regression: S-scale is {scale:.3g}, at most {EXACT_FIT_RTOL:g} of the largest |response| "
+            "(an exact fit of at least half the points); the data are degenerate"
+        )
 
     # MM step: bisquare M-estimate at the fixed S-scale
     beta = s_coef.copy()

@@ -320,6 +320,21 @@ def show_progress(progress: bool | None = None) -> bool:
     return os.environ.get(PROGRESS_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+SEED_VAR = "DEEPMR_SEED_OFFSET"
+
+
+def chapter_seed(seed: int) -> int:
+    """A chapter's seed: ``seed`` plus ``$DEEPMR_SEED_OFFSET`` (default 0). The book is built with the
+    offset unset; robustness checks rerun the chapters with offsets 1, 2, ... so that a claim that holds
+    for one lucky seed only shows up (``tools/claims_matrix.py``)."""
+    raw = os.environ.get(SEED_VAR, "0").strip() or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise ValueError(f"{SEED_VAR} must be an integer, got {raw!r}") from None
+    return seed + offset
+
+
 def set_seed(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and torch, and return a NumPy Generator."""
     random.seed(seed)

@@ -16,7 +16,6 @@ reader's) is evaluated only on the window a mutation can change
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from contextlib import nullcontext
 
@@ -126,35 +125,11 @@ def _cuda_batch_size(model_fn, x1: torch.Tensor, device: torch.device) -> int:
     return int(max(1, min(8192, 0.4 * free / per)))
 
 
-class _BatchTuner:
-    """CPU batch size by measurement on the real mutant batches: 16, then 4x larger while the
-    time per mutant drops by more than 10 % (each size run three times: the first call of a
-    shape also builds its kernels, so the faster of the other two counts), then the best size
-    for the rest. No probe work: every timed batch is used. The best size depends on the model
-    and the CPU's caches (16 to 512 at 1 kb)."""
-
-    SIZES = (16, 64, 256, 1024)
-
-    def __init__(self):
-        self.i, self.best, self.fixed, self.rates = 0, None, None, []
-
-    @property
-    def size(self) -> int:
-        return self.fixed or self.SIZES[self.i]
-
-    def record(self, n: int, seconds: float) -> None:
-        if self.fixed or n < self.SIZES[self.i]:  # a short last batch says nothing
-            return
-        self.rates.append(seconds / n)
-        if len(self.rates) < 3:
-            return
-        rate, self.rates = min(self.rates[1:]), []  # a new shape's first call sets up its kernels
-        if self.best is None or rate < 0.9 * self.best[1]:
-            self.best = (self.SIZES[self.i], rate)
-            if self.i + 1 < len(self.SIZES):
-                self.i += 1
-                return
-        self.fixed = self.best[0]
+def _cpu_batch_size(L: int) -> int:
+    """Rows per forward pass on a CPU, from the sequence length alone: about 128 kb of sequence per
+    batch, a power of two in [16, 1024] (1 kb: 128). A rule, not a measurement: a batch size chosen by
+    timing changes the convolution kernels, so the numbers would depend on the machine's load."""
+    return int(min(1024, max(16, 2 ** round(np.log2(131072 / max(1, L))))))
 
 
 def _stacked(models, device):
@@ -218,9 +193,10 @@ def saturation_mutagenesis(
         ``(batch, n_outputs)`` output, or a callable mapping the raw output to
         ``(batch, n_outputs)`` (e.g. to pick the counts heads of two TFs).
     positions : ``None`` (all), a ``(start, stop)`` window, or 1-D positions.
-    batch_size : mutants per forward pass; ``None``: on a GPU the largest that fits in free
-        memory, on a CPU measured on the first batches (32, 128, 512, ... while the time per
-        mutant keeps dropping).
+    batch_size : rows per forward pass; ``None``: on a GPU the largest that fits in free
+        memory, on a CPU a rule of the length (about 128 kb of sequence per batch, 16 to 1024
+        rows). On a CPU each sequence's reference and mutants get batches of their own, so its
+        numbers are the same bits however the sequences are chunked or spread over workers.
     device : where to compute; ``None`` = CUDA when visible, else the CPU (the package's
         one device rule). Models on another device are copied there (the caller's models
         are not moved).
@@ -231,10 +207,10 @@ def saturation_mutagenesis(
     fast : recompute only the window a mutation can reach (exact: the plain path's numbers
         to float32 round-off, with several times fewer FLOPs). ``True``: for any model
         ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`); a model it cannot trace runs on
-        the plain path with a warning that says why. ``None`` (default): the same, except that
-        with 16 or more sequences the generic engine and the plain path are both timed on 64
-        positions of the second sequence and the faster one does the work (a small model on short sequences
-        can be faster in plain batches). ``False``: the plain path.
+        the plain path with a warning that says why. ``None`` (default): the same for sequences of
+        ``WINDOWED_MIN_LENGTH`` (256) bp or more, plain batches for shorter ones, where the engine's
+        nearly fixed cost per window loses (a rule of the shape, never a timing, so the path is the
+        same on every run). ``False``: the plain path.
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
         one ``torch.func`` call for all members, on the plain path and on the generic windowed
         engine, where the engine then walks the graph once per block for all members).
@@ -280,6 +256,10 @@ def saturation_mutagenesis(
 
 TRANSFORMS = (None, "none", "logit", "log")
 _EPS = 1e-6
+# fast=None takes the windowed engine from this length on and plain batches below it (2 CPU cores, 3
+# members, 8 sequences: PooledRegressor windowed/plain 1.24x slower at 100 bp, 1.40x at 200, 0.99x at 300,
+# 0.56x at 500; a narrow DeepSEA 0.76x at 200, 0.89x at 300)
+WINDOWED_MIN_LENGTH = 256
 
 
 def _saturation_mutagenesis(
@@ -339,20 +319,11 @@ def _saturation_mutagenesis(
             def run_plain(Xs, ps=pos):
                 return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
 
-            if windowed and fast is None and N >= 16:
-                # a small model on short sequences can run faster in plain batches than in windows: time
-                # both on 64 central positions of the second sequence (the first builds each path's
-                # kernels) and keep the faster; the probes cost 4 x 64 positions of one sequence
-                sub = pos[max(0, pos.numel() // 2 - 32) :][:64]
-                took = []
-                for fn in (run_windowed, run_plain):
-                    fn(X[:1], sub)
-                    t0 = time.perf_counter()
-                    fn(X[1:2], sub)
-                    took.append(time.perf_counter() - t0)
-                out = run_windowed(X) if took[0] <= took[1] else run_plain(X)
-            else:
-                out = run_windowed(X) if windowed else run_plain(X)
+            # fast=None: short sequences run faster in plain batches than in windows (the engine's cost
+            # per window is nearly fixed); decided by the length, never by timing, so the path and its
+            # float round-off are the same on every run, chunk and machine load
+            use_windowed = windowed and (fast is True or L >= WINDOWED_MIN_LENGTH)
+            out = run_windowed(X) if use_windowed else run_plain(X)
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
         raise ValueError(
@@ -383,8 +354,7 @@ def resolve_positions(positions: Positions, L: int) -> torch.Tensor:
 
 
 def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ensemble):
-    N, _, L = X.shape
-    P = pos.numel()
+    L = X.shape[2]
     pos = pos.to(dev)
     stack = ensemble == "vmap"
     if mc_dropout:
@@ -411,28 +381,47 @@ def _plain_path(models, X, pos, outputs, batch_size, dev, mc_dropout, seed, ense
             return torch.stack([select_outputs(m(x), outputs) for m in models])
 
     with shared if mc_dropout else nullcontext():
-        tuner = None
-        if batch_size is None and dev.type == "cuda":
-            batch_size = _cuda_batch_size(run, X[:1], dev)
-        elif batch_size is None:
-            tuner = _BatchTuner()
-        ref_batch = batch_size or 128
-        # references first: fill every slot, mutants overwrite theirs
-        refs = torch.cat([run(X[i : i + ref_batch]) for i in range(0, N, ref_batch)], dim=1)  # (M, N, O)
-        O = refs.shape[-1]
-        out = refs.float().permute(1, 0, 2)[:, :, None, None, :].expand(N, n_members, P, 4, O).clone()
         seq, pidx, base = (t.to(dev) for t in mutant_index(X, pos))
-        i = 0
-        while i < seq.numel():
-            size = tuner.size if tuner else batch_size
-            s, p, b = seq[i : i + size], pidx[i : i + size], base[i : i + size]
-            t0 = time.perf_counter()
+        if dev.type == "cuda":
+            return _plain_batches_across(
+                run, X, pos, seq, pidx, base, n_members, batch_size or _cuda_batch_size(run, X[:1], dev)
+            )
+        return _plain_batches_per_sequence(run, X, pos, seq, pidx, base, n_members, batch_size or _cpu_batch_size(L))
+
+
+def _plain_batches_across(run, X, pos, seq, pidx, base, n_members, size):
+    """GPU: references, then mutants of many sequences per batch (throughput first)."""
+    N, P = X.shape[0], pos.numel()
+    refs = torch.cat([run(X[i : i + size]) for i in range(0, N, size)], dim=1)  # (M, N, O)
+    out = refs.float().permute(1, 0, 2)[:, :, None, None, :].expand(N, n_members, P, 4, refs.shape[-1]).clone()
+    for i in range(0, seq.numel(), size):
+        s, p, b = seq[i : i + size], pidx[i : i + size], base[i : i + size]
+        out[s, :, p, b, :] = run(substitute(X[s], pos[p], b)).float().permute(1, 0, 2)
+    return out.cpu()
+
+
+def _plain_batches_per_sequence(run, X, pos, seq, pidx, base, n_members, size):
+    """CPU: each sequence's reference and mutants in batches of their own, so a sequence's numbers never
+    depend on which other sequences share its call (a different chunking, or Dask worker, gives the same
+    bits). Batches hold ``size`` rows: the reference first, then its mutants in order."""
+    N, P = X.shape[0], pos.numel()
+    bounds = torch.searchsorted(seq, torch.arange(N + 1, device=seq.device)).tolist()
+    out = None
+    for n in range(N):
+        a, z = bounds[n], bounds[n + 1]
+        for i in range(a - 1, z, size):  # row a - 1 of the stream is the reference
+            lo = max(i, a)
+            s, p, b = seq[lo : i + size], pidx[lo : i + size], base[lo : i + size]
             xb = substitute(X[s], pos[p], b)
-            y = run(xb).float()  # (M, B, O)
-            out[s, :, p, b, :] = y.permute(1, 0, 2)
-            if tuner:
-                tuner.record(s.numel(), time.perf_counter() - t0)
-            i += size
+            if i < a:
+                xb = torch.cat([X[n : n + 1], xb])
+            y = run(xb).float().permute(1, 0, 2)  # (B, M, O)
+            if i < a:
+                if out is None:
+                    out = torch.empty(N, n_members, P, 4, y.shape[-1], device=y.device)
+                out[n] = y[0][:, None, None, :]  # every slot; the mutants overwrite theirs
+                y = y[1:]
+            out[s, :, p, b, :] = y
     return out.cpu()
 
 

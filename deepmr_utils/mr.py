@@ -265,6 +265,9 @@ def _i2_gx(bx, bxse, byse):
 # Egger's slope and intercept are separable only if the oriented |bx| vary: the weighted
 # design's determinant, relative to its scale, must exceed this (one rule for egger and per_locus).
 _EGGER_SINGULAR = 1e-10
+# values that differ by at most this fraction of their size are equal: computed ratios and residuals carry
+# round-off that depends on the CPU's kernels, so "equal" is never decided by exact float equality
+_EQUAL_RTOL = 1e-9
 
 
 def _egger_design_ok(sw, sx, sxx):
@@ -337,7 +340,10 @@ def egger(
         )
     if robust:
         with np.errstate(invalid="ignore", divide="ignore"):  # an exact fit is reported below
-            fit = _robust.lmrob_mm(X, oy, w, seed=seed)
+            try:
+                fit = _robust.lmrob_mm(X, oy, w, seed=seed)
+            except ValueError as exc:
+                raise ValueError(f"egger(robust=True): {exc}; use robust=False") from exc
         coef, sigma = fit.coef, fit.scale
         if not (np.isfinite(sigma) and sigma > 0 and np.isfinite(fit.cov).all()):
             raise ValueError(
@@ -559,6 +565,13 @@ def mbe(
     bx, bxse, by, byse = _ratio_inputs(bx, bxse, by, byse, n_boot, "mbe")
     k = bx.size
     r = by / bx
+    if np.ptp(r) <= _EQUAL_RTOL * np.abs(r).max():
+        # equal ratios: the KDE's bandwidth sits at its floor, and whether the bootstrap's modes land on
+        # one grid point or its neighbour is decided by round-off (SE 0 on some CPUs, ~1e-10 on others)
+        raise ValueError(
+            f"mbe: all {k} ratio estimates are equal (to {_EQUAL_RTOL:g} of their size), so the mode's "
+            "bootstrap has no spread to measure; use ivw"
+        )
     se_delta = ratio_se(bx, bxse, by, byse, 2)
     w = se_delta**-2 if weighting == "weighted" else np.ones(k)
     est = float(_mode_rows(r[None], w, phi)[0])

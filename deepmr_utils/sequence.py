@@ -25,6 +25,7 @@ __all__ = [
     "read_fasta",
     "check_one_hot",
     "substitute",
+    "base_indices",
     "from_codes",
 ]
 
@@ -108,6 +109,20 @@ def from_codes(codes: ArrayLike, *, dtype: torch.dtype | None = torch.float32) -
     return torch.from_numpy(out).to(dtype)
 
 
+def base_indices(letters: Iterable[str]) -> np.ndarray:
+    """Base letters (``"A"``, ``"c"``, ...) to their ACGT indices 0-3, an ``int64`` array of the same
+    length (an empty input gives an empty integer array, so it can still index a tensor).
+
+    Raises ``ValueError`` naming the first letter that is not one of ACGT.
+    """
+    letters = [str(b) for b in letters]
+    out = np.array([_LUT[ord(b)] if len(b) == 1 and ord(b) < 256 else -1 for b in letters], dtype=np.int64)
+    bad = np.flatnonzero(out < 0)
+    if bad.size:
+        raise ValueError(f"base {letters[bad[0]]!r} at index {bad[0]} is not one of {ALPHABET}")
+    return out
+
+
 def substitute(X: Sequences, positions: Positions, bases: ArrayLike, *, inplace: bool = False) -> Sequences:
     """Row ``i`` of ``X`` with base ``bases[i]`` at position ``positions[i]`` (one substitution per row).
 
@@ -115,7 +130,13 @@ def substitute(X: Sequences, positions: Positions, bases: ArrayLike, *, inplace:
     ``bases`` (0-3, ACGT): ``(B,)``. Returns a new array unless ``inplace=True``.
     """
     out = X if inplace else (X.clone() if isinstance(X, torch.Tensor) else np.array(X, copy=True))
+    # integer indices even for no rows: an empty float array cannot index
+    positions = np.asarray(positions).astype(np.int64, copy=False).reshape(-1)
+    bases = np.asarray(bases).astype(np.int64, copy=False).reshape(-1)
+    if positions.size != out.shape[0] or bases.size != out.shape[0]:
+        raise ValueError(f"substitute: {out.shape[0]} sequences but {positions.size} positions and {bases.size} bases")
     if isinstance(out, torch.Tensor):
+        positions, bases = torch.as_tensor(positions, device=out.device), torch.as_tensor(bases, device=out.device)
         rows = torch.arange(out.shape[0], device=out.device)
     else:
         rows = np.arange(out.shape[0])

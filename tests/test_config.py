@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from deepmr_utils import config
@@ -57,6 +58,42 @@ def test_claims_report_margins_and_every_failure(capsys):
         claims.check([("first", 0.5, ">", 0.6), ("second", 2, ">=", 2), ("third", float("nan"), "<", 1)])
     with pytest.raises(ValueError, match="op must be one of"):
         claims.check([("bad", 1, "==", 1)])
+
+
+def test_the_claims_ledger_is_written_before_a_failure_and_merges_cells(monkeypatch, tmp_path):
+    from deepmr_utils import claims
+
+    monkeypatch.setenv("DEEPMR_SCALE", "quick")
+    monkeypatch.setenv("DEEPMR_SEED_OFFSET", "2")
+    ledger = tmp_path / "chapter" / "claims.csv"
+    claims.check([("a", 1.0, ">", 0.5), ("b", 1.0, "<", 2.0)], ledger=ledger, show=False)
+    with pytest.raises(AssertionError, match="c: 3 is not < 2"):
+        claims.check([("b", 1.5, "<", 2.0), ("c", 3.0, "<", 2.0)], ledger=ledger, show=False)
+    table = pd.read_csv(ledger)
+    assert table.claim.tolist() == ["a", "b", "c"]  # b replaced by the later cell, c kept although it failed
+    assert table.value.tolist() == [1.0, 1.5, 3.0] and table.ok.tolist() == [True, True, False]
+    assert (table.scale == "quick").all() and (table.seed_offset == 2).all()
+    # a claim too small to show at quick: evaluated and stated there, asserted only where it can hold
+    only = claims.Only(("default", "paper"), "25 loci per TF at quick")
+    out = claims.check([("d", 0.1, ">", 0.5, only)], ledger=ledger, show=False)
+    assert (
+        not out.ok[0] and not out.asserted[0] and out.scale_note[0] == "not asserted at quick: 25 loci per TF at quick"
+    )
+    monkeypatch.setenv("DEEPMR_SCALE", "default")
+    with pytest.raises(AssertionError, match="d: 0.1 is not > 0.5"):
+        claims.check([("d", 0.1, ">", 0.5, only)], show=False)
+    with pytest.raises(TypeError, match="must be claims.Only"):
+        claims.check([("e", 0.1, ">", 0.5, "quick")], show=False)
+
+
+def test_chapter_seeds_shift_with_the_environment(monkeypatch):
+    monkeypatch.delenv("DEEPMR_SEED_OFFSET", raising=False)
+    assert config.chapter_seed(2015) == 2015
+    monkeypatch.setenv("DEEPMR_SEED_OFFSET", "3")
+    assert config.chapter_seed(2015) == 2018
+    monkeypatch.setenv("DEEPMR_SEED_OFFSET", "three")
+    with pytest.raises(ValueError, match="DEEPMR_SEED_OFFSET must be an integer, got 'three'"):
+        config.chapter_seed(2015)
 
 
 def test_results_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -45,7 +45,7 @@ def test_reads_scale_and_checks_numbers(path):
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "config.sizes(" in code, "every chapter takes its sizes from deepmr_utils.config"
-    asserts = [c for c in nb.cells if c.cell_type == "code" and "assert " in c.source]
+    asserts = [c for c in nb.cells if c.cell_type == "code" and ("assert " in c.source or "claims.check(" in c.source)]
     assert asserts, "key numbers must be checked by assert cells"
     assert all("remove-cell" in c.metadata.get("tags", []) for c in asserts), "assert cells are hidden"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"

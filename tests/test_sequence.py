@@ -78,3 +78,15 @@ def test_read_fasta(tmp_path):
     bad.write_text("ACGT\n")
     with pytest.raises(ValueError, match="before the first '>'"):
         sq.read_fasta(bad)
+
+
+def test_base_indices_and_substitute_take_any_length_including_none():
+    assert sq.base_indices(["A", "c", "G", "t"]).tolist() == [0, 1, 2, 3]
+    assert sq.base_indices([]).dtype == np.int64
+    with pytest.raises(ValueError, match="base 'N' at index 1 is not one of ACGT"):
+        sq.base_indices(["A", "N"])
+    X = sq.one_hot(["ACGT", "AAAA"])
+    assert torch.equal(sq.substitute(X, [0, 3], [3, 1]), sq.one_hot(["TCGT", "AAAC"]))
+    assert sq.substitute(X[:0], np.array([], dtype=float), np.array([], dtype=float)).shape == (0, 4, 4)
+    with pytest.raises(ValueError, match="2 sequences but 1 positions"):
+        sq.substitute(X, [0], [1])

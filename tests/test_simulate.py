@@ -254,3 +254,21 @@ def test_chromatin_world_truth_is_the_causal_matrix():
     assert with_p.any() and conf["logits"][with_p, 4:].mean() > conf["logits"][~with_p, 4:].mean()
     with pytest.raises(ValueError, match="too short"):
         ChromatinModel(length=50)
+
+
+def test_an_empty_selection_has_an_empty_truth_in_every_world():
+    """No instrument selected (an unlearned TF) is an empty answer, not an IndexError from float indices."""
+    from deepmr_utils.instruments import COLUMNS
+    from deepmr_utils.simulate.chromatin import ChromatinModel
+
+    empty = pd.DataFrame({c: pd.Series(dtype=object if c in ("ref", "alt") else float) for c in COLUMNS})
+    chrom = ChromatinModel(length=120)
+    X = chrom.sample(3, seed=0)["X"]
+    assert len(chrom.variant_truth(X, empty, 0, 4)) == 0
+    assert len(chrom.true_local_effects(X, empty, 0, 4)) == 0
+    coop = simulate.CooperativityModel()
+    Xc = coop.sample(3, seed=0)["X"]
+    assert len(coop.variant_truth(Xc, empty)) == 0
+    nexus = simulate.ChipNexusModel(length=150)
+    Xn = nexus.sample(3, seed=0)["X"]
+    assert len(nexus.true_local_effects(Xn, empty, 0, 1)) == 0

@@ -14,7 +14,7 @@ import torch
 
 from .. import motifs as _motifs
 from .._types import ArrayLike, Sequences
-from ..sequence import ALPHABET, from_codes, substitute
+from ..sequence import base_indices, from_codes, substitute
 from ._common import slope_through_origin
 
 __all__ = ["OSKN", "OSKN_MOTIFS", "OSKN_EFFECTS", "ChipNexusModel"]
@@ -217,7 +217,7 @@ class ChipNexusModel:
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
         p = table["position"].to_numpy().astype(int)
-        alt = table["alt"].map({b: i for i, b in enumerate(ALPHABET)}).to_numpy()
+        alt = base_indices(table["alt"])
         q_ref, pos_ref = self._sites(Xn)
         mut = substitute(Xn[loc], p, alt)
         q_mut, pos_mut = self._sites(mut)

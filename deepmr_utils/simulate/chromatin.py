@@ -38,7 +38,7 @@ from scipy.special import logsumexp
 
 from .. import motifs as _motifs
 from .._types import Sequences
-from ..sequence import ALPHABET, from_codes, substitute
+from ..sequence import base_indices, from_codes, substitute
 from ._common import slope_through_origin
 
 __all__ = ["ChromatinModel", "TFS", "CELL_TYPES", "EFFECTS"]
@@ -147,7 +147,7 @@ class ChromatinModel:
         and ``exposure`` a TF)."""
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
-        alt = table["alt"].map({b: i for i, b in enumerate(ALPHABET)}).to_numpy()
+        alt = base_indices(table["alt"])
         ref = self.oracle(Xn[loc])
         mut = self.oracle(substitute(Xn[loc], table["position"].to_numpy().astype(int), alt))
         dx = mut[:, exposure] - ref[:, exposure]

@@ -14,7 +14,7 @@ import torch
 
 from .. import motifs as _motifs
 from .._types import ArrayLike, Sequences
-from ..sequence import ALPHABET, from_codes, substitute
+from ..sequence import base_indices, from_codes, substitute
 from ._common import anscombe, slope_through_origin
 
 __all__ = ["CooperativityModel"]
@@ -250,7 +250,7 @@ class CooperativityModel:
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
         pos = table["position"].to_numpy().astype(int)
-        alt = table["alt"].map({b: i for i, b in enumerate(ALPHABET)}).to_numpy()
+        alt = base_indices(table["alt"])
         b = np.zeros(Xn.shape[0]) if b_conf is None else np.asarray(b_conf, float)
         q_ref = self.occupancies(Xn)
         mut = substitute(Xn[loc], pos, alt)
