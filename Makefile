@@ -1,6 +1,7 @@
 # The two commands of README.md. Both create the virtual environment on first use.
 #   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
-#   make test   ruff + unit tests + every notebook at DEEPMR_SCALE=quick (nbval) + strict book build
+#   make test   ruff + unit tests (statistics twice, under two OpenBLAS core types) + every notebook at
+#               DEEPMR_SCALE=quick (nbval, AVX2-capped kernels) + strict book build (the CPU's own kernels)
 #               + every page checked in headless Chromium (skipped, with one line saying so, without it)
 #   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (executes every chapter like make book)
 #   make study  the simulation study: 100 rounds with the sequence-independent confounder, 50 of the others (hours; resumable)
@@ -38,15 +39,26 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The statistics tests run twice: under the machine's own OpenBLAS kernels and under another core type
+# (Haswell on an AVX-512 machine, whose own are SkylakeX; Prescott elsewhere), because round-off differs
+# between kernels and a decision taken by exact float equality passes on one CPU and fails on the next.
+STATS_TESTS := tests/test_mr.py tests/test_meta.py tests/test_uncertainty.py tests/test_instruments.py
+OTHER_BLAS  := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo Haswell || echo Prescott)
+# nbval runs the quick chapters with oneDNN, MKL and OpenBLAS capped at AVX2, the strict build with the
+# machine's own kernels: on an AVX-512 machine every claim is checked under both instruction sets
+AVX2_CAP    := $(shell grep -q avx2 /proc/cpuinfo 2>/dev/null && \
+	echo ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell)
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/pages
+	OPENBLAS_CORETYPE=$(OTHER_BLAS) $(BIN)/python -m pytest -q -p no:cacheprovider $(STATS_TESTS)
 
 # make test never touches the user's book or results: it builds into _build/quick and writes tables to
 # _build/quick/results (DEEPMR_RESULTS), so the output of `make book` survives it
 QUICK := _build/quick
 
 notebooks: $(STAMP)
-	$(BUILD_ENV) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	$(BUILD_ENV) $(AVX2_CAP) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg book/
 
 book-quick: $(STAMP)

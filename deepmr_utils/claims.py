@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["check", "Only"]
+__all__ = ["check", "Only", "If"]
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -33,6 +33,32 @@ class Only:
     def __post_init__(self):
         if not self.scales or not self.why:
             raise ValueError("Only needs at least one scale and a reason")
+
+    def applies(self, scale: str) -> bool:
+        return scale in self.scales
+
+    def note(self, scale: str) -> str:
+        return f"not asserted at {scale}: {self.why}"
+
+
+@dataclass(frozen=True)
+class If:
+    """A claim asserted only where a gate decided *before* looking at the claim's value holds (e.g. the
+    model learned the exposure: fidelity before inference). It is evaluated and written to the ledger
+    either way, with ``why`` as its ``scale_note`` when the gate is shut."""
+
+    holds: bool
+    why: str
+
+    def __post_init__(self):
+        if not self.why:
+            raise ValueError("If needs a reason")
+
+    def applies(self, scale: str) -> bool:
+        return bool(self.holds)
+
+    def note(self, scale: str) -> str:
+        return f"not asserted: {self.why}"
 
 
 def check(
@@ -53,14 +79,16 @@ def check(
         if op not in _OPS:
             raise ValueError(f"claim {text!r}: op must be one of {sorted(_OPS)}, got {op!r}")
         only = rest[0] if rest else None
-        if only is not None and not isinstance(only, Only):
-            raise TypeError(f"claim {text!r}: a fifth element must be claims.Only, got {type(only).__name__}")
+        if only is not None and not isinstance(only, (Only, If)):
+            raise TypeError(
+                f"claim {text!r}: a fifth element must be claims.Only or claims.If, got {type(only).__name__}"
+            )
         value, bound = float(value), float(bound)
         ok = not math.isnan(value) and _OPS[op](value, bound)
         sign = 1.0 if op in (">", ">=") else -1.0
         margin = sign * (value - bound) / abs(bound) if bound != 0 else sign * (value - bound)
-        asserted = only is None or scale in only.scales
-        note = "" if asserted else f"not asserted at {scale}: {only.why}"
+        asserted = only is None or only.applies(scale)
+        note = "" if asserted else only.note(scale)
         rows.append(
             {"claim": text, "value": value, "op": op, "bound": bound, "margin": margin, "ok": ok,
              "asserted": asserted, "scale_note": note}

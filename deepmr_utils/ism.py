@@ -126,10 +126,13 @@ def _cuda_batch_size(model_fn, x1: torch.Tensor, device: torch.device) -> int:
 
 
 def _cpu_batch_size(L: int) -> int:
-    """Rows per forward pass on a CPU, from the sequence length alone: about 128 kb of sequence per
-    batch, a power of two in [16, 1024] (1 kb: 128). A rule, not a measurement: a batch size chosen by
-    timing changes the convolution kernels, so the numbers would depend on the machine's load."""
-    return int(min(1024, max(16, 2 ** round(np.log2(131072 / max(1, L))))))
+    """Rows per forward pass on a CPU, from the sequence length alone: about 16 kb of sequence per
+    batch, a power of two in [16, 1024] (100 bp: 128, 200 bp: 64, 1 kb: 16). Measured on 2 CPU cores
+    (3 members, fast=False): the best batch sizes were 128 at 100 bp, 64 at 200 bp and 16-32 at 1 kb,
+    where 128 rows ran 3x slower (the activations leave the caches). A rule, not a measurement at run
+    time: a batch size chosen by timing changes the convolution kernels, so the numbers would depend
+    on the machine's load."""
+    return int(min(1024, max(16, 2 ** round(np.log2(16384 / max(1, L))))))
 
 
 def _stacked(models, device):
@@ -194,7 +197,7 @@ def saturation_mutagenesis(
         ``(batch, n_outputs)`` (e.g. to pick the counts heads of two TFs).
     positions : ``None`` (all), a ``(start, stop)`` window, or 1-D positions.
     batch_size : rows per forward pass; ``None``: on a GPU the largest that fits in free
-        memory, on a CPU a rule of the length (about 128 kb of sequence per batch, 16 to 1024
+        memory, on a CPU a rule of the length (about 16 kb of sequence per batch, 16 to 1024
         rows). On a CPU each sequence's reference and mutants get batches of their own, so its
         numbers are the same bits however the sequences are chunked or spread over workers.
     device : where to compute; ``None`` = CUDA when visible, else the CPU (the package's

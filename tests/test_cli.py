@@ -207,18 +207,6 @@ def test_two_worker_run_equals_the_single_process_run(files, cluster, tmp_path):
     assert len(list((tmp_path / "run").glob("effects_*.npz"))) == 4
 
 
-def test_the_command_on_two_local_workers_equals_one_process(files, tmp_path):
-    d, _ = files
-    args = ["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences", str(d / "seqs.fa"),
-            "--fast", "off", "--batch-size", "64", "--chunk-size", "3", "--quiet"]  # fmt: skip
-    one = _run([*args, "--out", str(tmp_path / "one")])
-    two = _run([*args, "--out", str(tmp_path / "two"), "--workers", "2"])
-    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    # a one-process run with one thread is what each single-threaded worker computes
-    for a, b in zip(pipeline.read_effects(tmp_path / "one"), pipeline.read_effects(tmp_path / "two")):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-
-
 @pytest.mark.parametrize("kind", ["torchscript", "factory"])
 def test_local_tables_are_the_same_bits_for_any_workers_and_chunk_size(files, tmp_path, kind):
     """No option left to its default is chosen by timing: 1 or 2 workers and two chunk sizes give

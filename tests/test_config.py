@@ -82,7 +82,12 @@ def test_the_claims_ledger_is_written_before_a_failure_and_merges_cells(monkeypa
     monkeypatch.setenv("DEEPMR_SCALE", "default")
     with pytest.raises(AssertionError, match="d: 0.1 is not > 0.5"):
         claims.check([("d", 0.1, ">", 0.5, only)], show=False)
-    with pytest.raises(TypeError, match="must be claims.Only"):
+    gate = claims.If(False, "the exposure was not learned (r 0.30 < 0.8)")
+    out = claims.check([("f", 0.1, ">", 0.5, gate)], show=False)
+    assert not out.asserted[0] and out.scale_note[0] == "not asserted: the exposure was not learned (r 0.30 < 0.8)"
+    with pytest.raises(AssertionError, match="g: 0.1 is not > 0.5"):
+        claims.check([("g", 0.1, ">", 0.5, claims.If(True, "learned"))], show=False)
+    with pytest.raises(TypeError, match="must be claims.Only or claims.If"):
         claims.check([("e", 0.1, ">", 0.5, "quick")], show=False)
 
 
