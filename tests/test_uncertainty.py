@@ -151,3 +151,16 @@ def test_variance_scaling_estimates_label_noise_and_model_spread_apart():
     assert known.lams[0] == pytest.approx(lam, rel=0.08) and known.noise_vars == [noise]
     # ignoring the label noise inflates lambda (the failure the estimate avoids)
     assert uncertainty.VarianceScaling(noise_var=0).fit(members, y, ids=np.arange(n)).lams[0] > 1.3 * lam
+
+
+def test_members_agreeing_to_round_off_have_no_spread_whatever_the_kernels():
+    # identical members give exactly 0 on one CPU and a few ulps on another: both are "no spread"
+    members = np.tile(np.linspace(1.0, 2.0, 20)[:, None], (1, 4))
+    y = np.linspace(1.0, 2.0, 20) + 0.1
+    for ulps in (0.0, 1e-12, 1e-8):
+        jitter = members + ulps * np.array([1.0, -1.0, 0.5, -0.5])
+        with pytest.raises(ValueError, match="example 0 has zero ensemble spread"):
+            uncertainty.VarianceScaling().fit(jitter, y, ids=np.arange(20))
+    uncertainty.VarianceScaling().fit(
+        members + 1e-3 * np.array([1.0, -1.0, 0.5, -0.5]), y, ids=np.arange(20)
+    )  # real spread
