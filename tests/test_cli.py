@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import pairs, pipeline
+from deepmr_utils import cli, pairs, pipeline
 from deepmr_utils.inputs import load_model, read_regions, read_sequences
 from deepmr_utils.instruments import Selection
 
@@ -222,10 +222,12 @@ def test_local_tables_are_the_same_bits_for_any_workers_and_chunk_size(files, tm
     tables = {}
     for i, (label, extra) in enumerate(runs.items()):
         out = tmp_path / f"run{i}"
-        r = _run(["effects", *models, "--sequences", str(d / "seqs.fa"), "--out", str(out), "--quiet", *extra])
-        assert r.returncode == 0, (label, r.stderr)
-        r = _run(["mr", str(out), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "ivw", "--threshold", "1"])
-        assert r.returncode == 0, (label, r.stderr)
+        # in this process (the command's own entry point): no interpreter start per run
+        assert (
+            cli.main(["effects", *models, "--sequences", str(d / "seqs.fa"), "--out", str(out), "--quiet", *extra]) == 0
+        )
+        assert cli.main(["mr", str(out), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "ivw",
+                         "--threshold", "1"]) == 0, label  # fmt: skip
         tables[label] = (pipeline.read_effects(out), pd.read_parquet(out / "local.parquet"))
     (first_effects, first_local), *others = tables.values()
     assert (first_local.status == "ok").sum() >= 3  # the comparison has estimates to compare
