@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from . import config
 
 __all__ = ["check", "Only", "If"]
 
@@ -73,7 +74,7 @@ def check(
     seed offset of the run), replacing rows of the same claim text and keeping the others, so a
     chapter with several claim cells keeps one ledger and a failed build still shows its margins.
     """
-    scale = os.environ.get("DEEPMR_SCALE", "default").strip().lower() or "default"
+    scale = config.get_scale()
     rows = []
     for text, value, op, bound, *rest in claims:
         if op not in _OPS:
@@ -95,7 +96,7 @@ def check(
         )  # fmt: skip
     table = pd.DataFrame(rows)
     if ledger is not None:
-        _write_ledger(table, Path(ledger))
+        _write_ledger(table, Path(ledger), scale)
     if show:
         with pd.option_context("display.width", 160, "display.max_colwidth", 80):
             print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -108,10 +109,8 @@ def check(
     return table
 
 
-def _write_ledger(table: pd.DataFrame, path: Path) -> None:
-    rows = table.assign(
-        scale=os.environ.get("DEEPMR_SCALE", "default"), seed_offset=os.environ.get("DEEPMR_SEED_OFFSET", "0")
-    )
+def _write_ledger(table: pd.DataFrame, path: Path, scale: str) -> None:
+    rows = table.assign(scale=scale, seed_offset=config.chapter_seed(0))  # the offset, validated
     if path.is_file():
         old = pd.read_csv(path)
         rows = pd.concat([old[~old.claim.isin(rows.claim)], rows], ignore_index=True)
