@@ -290,7 +290,10 @@ def _saturation_mutagenesis(
     if ensemble == "vmap" and not same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     engines = None
-    if fast is not False:
+    # fast=None: short sequences run faster in plain batches than in windows (the engine's cost per window
+    # is nearly fixed); decided by the length, never by timing, so the path and its float round-off are the
+    # same on every run, chunk and machine load. The engine is traced only when it will run.
+    if fast is True or (fast is None and L >= WINDOWED_MIN_LENGTH):
         captured = outputs if callable(outputs) else None
         try:
             engines = [WindowedModel(m, captured) for m in models]
@@ -322,11 +325,7 @@ def _saturation_mutagenesis(
             def run_plain(Xs, ps=pos):
                 return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
 
-            # fast=None: short sequences run faster in plain batches than in windows (the engine's cost
-            # per window is nearly fixed); decided by the length, never by timing, so the path and its
-            # float round-off are the same on every run, chunk and machine load
-            use_windowed = windowed and (fast is True or L >= WINDOWED_MIN_LENGTH)
-            out = run_windowed(X) if use_windowed else run_plain(X)
+            out = run_windowed(X) if windowed else run_plain(X)
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
         raise ValueError(
