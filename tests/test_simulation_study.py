@@ -172,3 +172,25 @@ def test_a_round_with_a_perfect_model_has_no_model_error(monkeypatch):
         assert out.loc[est, "estimate"] == pytest.approx(out.loc[est, "oracle_estimate"], rel=2e-3), est
         assert out.loc[est, "se"] == pytest.approx(out.loc[est, "oracle_se"], rel=2e-3), est
     assert np.isnan(out.loc[simulation_study.NAIVE, "oracle_estimate"])
+
+
+def test_a_round_counts_members_still_improving_instead_of_warning(monkeypatch):
+    """A round's warnings reach a notebook from a worker process as stderr boxes no notebook filter
+    can silence: the round must count members still improving, not warn about them."""
+    import warnings
+
+    real = train.train_ensemble
+
+    def still_improving(*args, **kwargs):
+        models, hists = real(*args, **kwargs)
+        for h in hists:
+            h.still_improving = True
+            warnings.warn("still improving at max_epochs=2", train.ConvergenceWarning, stacklevel=2)
+        return models, hists
+
+    monkeypatch.setattr(train, "train_ensemble", still_improving)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = simulation_study.run_round("none", seed=2, sizes=TINY)
+    assert not [w for w in caught if issubclass(w.category, train.ConvergenceWarning)]
+    assert (out.still_improving == TINY.n_members).all()
