@@ -43,8 +43,8 @@ from . import instruments
 from ._io import open_pinned, replace
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
 from ._types import ArrayLike, Device, Models, Positions, Sequences
-from .config import show_progress
 from .ism import resolve_positions, saturation_mutagenesis
+from .progress import show_progress
 from .sequence import as_one_hot
 from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
 

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from ._torch import resolve_device
 from ._types import ArrayLike, Device, Models, Sequences
-from .config import show_progress
 from .models.scale import TargetScale
 from .predict import predict
+from .progress import show_progress
 
 __all__ = ["TrainConfig", "History", "ConvergenceWarning", "fit", "train_ensemble", "accuracy"]
 

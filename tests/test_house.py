@@ -4,6 +4,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import sys
 import typing
 from pathlib import Path
 
@@ -41,3 +42,92 @@ def test_no_module_imports_another_modules_private_names():
                 if private_names and not last.startswith("_"):
                     offenders.append(f"{path.relative_to(root)}: from {node.module} import {private_names}")
     assert not offenders, offenders
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The ``deepmr_utils`` modules ``path`` (module ``package``'s file) imports, anywhere in the file
+    except under ``if TYPE_CHECKING`` (annotations only, never run)."""
+    tree = ast.parse(path.read_text())
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    base = package if path.name == "__init__.py" else package.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("deepmr_utils")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base.split(".")
+                mod = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("deepmr_utils"):
+                continue
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in _MODULE_FILES}
+    return {m for m in out if m in _MODULE_FILES}
+
+
+_ROOT = Path(deepmr_utils.__file__).parent
+_MODULE_FILES = {
+    ".".join(("deepmr_utils", *p.relative_to(_ROOT).with_suffix("").parts)).removesuffix(".__init__"): p
+    for p in _ROOT.rglob("*.py")
+}
+_GRAPH = {m: _imports(p, m) for m, p in _MODULE_FILES.items()}
+
+
+def test_the_library_never_imports_the_book_wing():
+    """Two wings: ``deepmr_utils.book`` serves the chapters; the library must work without it."""
+    book = "deepmr_utils.book"
+    offenders = {
+        m: sorted(t for t in targets if t == book or t.startswith(book + "."))
+        for m, targets in _GRAPH.items()
+        if not (m == book or m.startswith(book + "."))
+    }
+    assert not {m: t for m, t in offenders.items() if t}, offenders
+
+
+def test_the_import_graph_has_no_circle():
+    """A module that imports one which imports it back (at any depth) is a circle; none may exist."""
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(_GRAPH[m]):
+            if state.get(t) == 1 and not m.startswith(t + "."):  # a submodule reaching its own package: no circle
+                circles.append(" -> ".join(path[path.index(t) :] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(_GRAPH):
+        if m not in state:
+            visit(m, [m])
+    assert not circles, circles
+
+
+def test_the_graph_check_sees_a_circle_and_a_book_import(tmp_path, monkeypatch):
+    """The two checks above must be able to fail: a library module importing the book, and a circle."""
+    (tmp_path / "a.py").write_text("from .book import config\nfrom . import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .a import x\n")
+    graph = {
+        "deepmr_utils.a": {"deepmr_utils.book.config", "deepmr_utils.b"},
+        "deepmr_utils.b": {"deepmr_utils.a"},
+        "deepmr_utils.book.config": set(),
+    }
+    files = dict.fromkeys(graph, None)
+    monkeypatch.setattr(sys.modules[__name__], "_MODULE_FILES", files, raising=False)
+    assert _imports(tmp_path / "a.py", "deepmr_utils.a") == {"deepmr_utils.book.config", "deepmr_utils.b"}
+    assert _imports(tmp_path / "b.py", "deepmr_utils.b") == {"deepmr_utils.a"}
+    monkeypatch.setattr(sys.modules[__name__], "_GRAPH", graph, raising=False)
+    with pytest.raises(AssertionError, match="book.config"):
+        test_the_library_never_imports_the_book_wing()
+    with pytest.raises(AssertionError, match="deepmr_utils.a -> deepmr_utils.b -> deepmr_utils.a"):
+        test_the_import_graph_has_no_circle()

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import motifs, simulate, simulation_study
+from deepmr_utils import motifs, simulate
 from deepmr_utils import sequence as sq
 
 
@@ -132,28 +132,6 @@ def test_augmentation_mutates_inside_motifs():
     aug = gen.augment_variants(data, 0.5, seed=3)
     assert aug["X"].shape[0] == 100 and aug["y"].shape == (100, 2)
     sq.check_one_hot(aug["X"], allow_zero_columns=False)
-
-
-def test_summarize_by_hand():
-    rounds = pd.DataFrame(
-        {
-            "scenario": "none",
-            "estimator": "IVW",
-            "estimate": [1.0, 2.0, 3.0],
-            "se": [0.1, 0.1, 0.1],
-            "ci_low": [0.8, 1.8, 2.8],
-            "ci_high": [1.2, 2.2, 3.2],
-            "tau": [0.5, 0.5, 0.5],
-            "truth": [1.1, 2.5, 3.0],
-            "local_coverage": [0.5, 1.0, 0.0],
-            "n_loci": [10, 10, 10],
-        }
-    )
-    s = simulation_study.summarize(rounds).iloc[0]
-    assert s.bias == pytest.approx((-0.1 - 0.5 + 0) / 3)
-    assert s.rmse == pytest.approx(np.sqrt((0.01 + 0.25) / 3))
-    assert s.coverage_95ci == pytest.approx(2 / 3) and s.coverage_2tau == pytest.approx(1.0)
-    assert s.local_ci_coverage == pytest.approx(0.5)
 
 
 def test_chip_nexus_sampling_and_truth():

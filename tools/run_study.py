@@ -7,7 +7,7 @@
 Rounds are written one by one under ``--out`` (default ``results/study``) and reused on a
 rerun, so an interrupted study resumes where it stopped; a longer study with the same seed
 extends a shorter one. When every requested round is done, the summary
-(:func:`deepmr_utils.simulation_study.summarize`) goes to ``--summary`` (default
+(:func:`deepmr_utils.book.simulation_study.summarize`) goes to ``--summary`` (default
 ``book/data/simulation_study.csv``, shown by the simulation chapter) with a JSON sidecar
 stating the command, commit, device, date and wall time. Runs on the GPU when one is
 visible (then use ``--n-jobs 1``), else in ``--n-jobs`` CPU processes.
@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from deepmr_utils import config, simulation_study
+from deepmr_utils.book import config, simulation_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -208,7 +208,8 @@ class CooperativityModel:
 
     def binding_tracks(self, x: Sequences) -> pd.DataFrame:
         """Per-window binding probability of each TF along one sequence ``(4, L)``: a frame with
-        ``role, name, position`` (window centre) and ``p_bound``, for :func:`deepmr_utils.plots.binding_tracks`."""
+        ``role, name, position`` (window centre) and ``p_bound`` (the book draws it with
+        ``deepmr_utils.book.panels.binding_tracks``)."""
         x = x[None] if x.ndim == 2 else x
         frames = []
         for role in ("exposure", "outcome", "confounder"):

@@ -12,7 +12,7 @@ from a model.
 
 *Model experiments* (:func:`winners_curse`, :func:`se_calibration`,
 :func:`accuracy_sweep`, :func:`direction`, :func:`multivariable_adjustment`) bring the
-trained ensembles back: they reuse :func:`deepmr_utils.simulation_study.run_round`'s
+trained ensembles back: they reuse :func:`deepmr_utils.book.simulation_study.run_round`'s
 models and data, so their truth is the oracle's on exactly the instruments used.
 
 Every function returns a tidy frame with the setting varied, the estimator, the
@@ -31,13 +31,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import meta, mr, pipeline, train
-from ._types import ArrayLike, Device, Sequences
-from .instruments import Selection
-from .models import PooledRegressor
-from .predict import predict
-from .sequence import ALPHABET
-from .simulate import CooperativityModel, slope_through_origin
+from .. import meta, mr, pipeline, train
+from .._types import ArrayLike, Device, Sequences
+from ..instruments import Selection
+from ..models import PooledRegressor
+from ..predict import predict
+from ..sequence import ALPHABET
+from ..simulate import CooperativityModel, slope_through_origin
 from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, round_seed, run_round
 
 __all__ = [
@@ -481,7 +481,7 @@ def accuracy_sweep(
     seed: int,
     n_jobs: int = 1,
 ) -> pd.DataFrame:
-    """Model accuracy limits the estimate: :func:`~deepmr_utils.simulation_study.run_round` (no
+    """Model accuracy limits the estimate: :func:`~deepmr_utils.book.simulation_study.run_round` (no
     confounding) at each training-set size, ``rounds`` rounds each. Round ``r`` has the same seed
     at every size, so the effect ratio and the test sequences are shared and only the training set
     grows. Rows per size, round and estimator: the round's numbers (held-out r of each output,

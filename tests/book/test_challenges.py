@@ -5,8 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deepmr_utils import challenges as ch
-from deepmr_utils import config, simulate, simulation_study
+from deepmr_utils import simulate
+from deepmr_utils.book import challenges as ch
+from deepmr_utils.book import config, simulation_study
 from deepmr_utils.instruments import Selection
 from deepmr_utils.simulate import anscombe
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from deepmr_utils import pipeline, simulate, simulation_study, train
+from deepmr_utils import pipeline, simulate, train
+from deepmr_utils.book import simulation_study
 from deepmr_utils.instruments import Selection
 
 TINY = simulation_study.StudySizes(
@@ -194,3 +195,25 @@ def test_a_round_counts_members_still_improving_instead_of_warning(monkeypatch):
         out = simulation_study.run_round("none", seed=2, sizes=TINY)
     assert not [w for w in caught if issubclass(w.category, train.ConvergenceWarning)]
     assert (out.still_improving == TINY.n_members).all()
+
+
+def test_summarize_by_hand():
+    rounds = pd.DataFrame(
+        {
+            "scenario": "none",
+            "estimator": "IVW",
+            "estimate": [1.0, 2.0, 3.0],
+            "se": [0.1, 0.1, 0.1],
+            "ci_low": [0.8, 1.8, 2.8],
+            "ci_high": [1.2, 2.2, 3.2],
+            "tau": [0.5, 0.5, 0.5],
+            "truth": [1.1, 2.5, 3.0],
+            "local_coverage": [0.5, 1.0, 0.0],
+            "n_loci": [10, 10, 10],
+        }
+    )
+    s = simulation_study.summarize(rounds).iloc[0]
+    assert s.bias == pytest.approx((-0.1 - 0.5 + 0) / 3)
+    assert s.rmse == pytest.approx(np.sqrt((0.01 + 0.25) / 3))
+    assert s.coverage_95ci == pytest.approx(2 / 3) and s.coverage_2tau == pytest.approx(1.0)
+    assert s.local_ci_coverage == pytest.approx(0.5)

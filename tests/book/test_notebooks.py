@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 # chapters are numbered; the other notebooks are pages built from them (results at a glance, build info)
 CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
@@ -44,7 +44,7 @@ def test_every_cell_has_its_own_id(path):
 def test_reads_scale_and_checks_numbers(path):
     nb = nbformat.read(path, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "config.sizes(" in code, "every chapter takes its sizes from deepmr_utils.config"
+    assert "config.sizes(" in code, "every chapter takes its sizes from deepmr_utils.book.config"
     asserts = [c for c in nb.cells if c.cell_type == "code" and ("assert " in c.source or "claims.check(" in c.source)]
     assert asserts, "key numbers must be checked by assert cells"
     assert all("remove-cell" in c.metadata.get("tags", []) for c in asserts), "assert cells are hidden"

@@ -1,4 +1,4 @@
-"""Run-size settings, seeding and device choice shared by every chapter.
+"""The book's settings: run sizes per scale, seeding, device choice and where chapters write results.
 
 Every notebook asks :func:`sizes` for its problem sizes, a frozen dataclass per chapter. The scale comes from
 the environment variable ``DEEPMR_SCALE``:
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:  # sizes() imports them when called, so importing config does not load the study's stack
+    from ..train import TrainConfig
     from .simulation_study import StudySizes
-    from .train import TrainConfig
 
 SCALES = ("quick", "default", "paper")
 ENV_VAR = "DEEPMR_SCALE"
@@ -288,7 +288,7 @@ def sizes(
         from .simulation_study import StudySizes
 
         return ChallengesSizes(scale=scale, **{**row, "study": StudySizes(**row["study"])})
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     kind = BPNetSizes if chapter == "bpnet" else DeepSEASizes
     return kind(scale=scale, **{**row, "train": TrainConfig(**row["train"])})
@@ -301,7 +301,7 @@ def results_root() -> Path:
     """``$DEEPMR_RESULTS``, by default ``results/`` at the repository root (``make test`` points it at
     its own folder, so it never overwrites the results of ``make book``)."""
     root = os.environ.get(RESULTS_VAR)
-    return Path(root) if root else Path(__file__).resolve().parents[1] / "results"
+    return Path(root) if root else Path(__file__).resolve().parents[2] / "results"
 
 
 def results_dir(chapter: str) -> Path:
@@ -309,18 +309,6 @@ def results_dir(chapter: str) -> Path:
     folder = results_root() / chapter
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-PROGRESS_VAR = "DEEPMR_PROGRESS"
-
-
-def show_progress(progress: bool | None = None) -> bool:
-    """Whether long steps draw progress bars: ``progress`` when given, else ``$DEEPMR_PROGRESS``
-    (``0`` / ``false`` / ``no`` turn them off; on by default). The book's builds set it to 0, so bars
-    show in an interactive session but never land in a rendered page as stderr boxes."""
-    if progress is not None:
-        return bool(progress)
-    return os.environ.get(PROGRESS_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 SEED_VAR = "DEEPMR_SEED_OFFSET"
@@ -348,6 +336,6 @@ def set_seed(seed: int) -> np.random.Generator:
 
 def default_device() -> torch.device:
     """``torch.device("cuda")`` when a GPU is visible, else the CPU (the package's one device rule)."""
-    from ._torch import resolve_device
+    from .._torch import resolve_device
 
     return resolve_device()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmr_utils import config
+from deepmr_utils.book import config
 
 
 def test_scale_from_environment(monkeypatch):
@@ -25,7 +25,8 @@ def test_unknown_scale_is_an_error(monkeypatch):
 def test_sizes_are_typed_and_read_only():
     import dataclasses
 
-    from deepmr_utils import simulation_study, train
+    from deepmr_utils import train
+    from deepmr_utils.book import simulation_study
 
     s = config.sizes("method", "paper")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -49,7 +50,7 @@ def test_set_seed_reproducible():
 
 
 def test_claims_report_margins_and_every_failure(capsys):
-    from deepmr_utils import claims
+    from deepmr_utils.book import claims
 
     table = claims.check([("r above a floor", 0.9, ">", 0.6), ("bias below a ceiling", 0.05, "<", 0.1)])
     assert table.margin.tolist() == pytest.approx([0.5, 0.5]) and table.ok.all()
@@ -61,7 +62,7 @@ def test_claims_report_margins_and_every_failure(capsys):
 
 
 def test_the_claims_ledger_is_written_before_a_failure_and_merges_cells(monkeypatch, tmp_path):
-    from deepmr_utils import claims
+    from deepmr_utils.book import claims
 
     monkeypatch.setenv("DEEPMR_SCALE", "quick")
     monkeypatch.setenv("DEEPMR_SEED_OFFSET", "2")

@@ -34,15 +34,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import meta, mr, pipeline, simulate, train
-from ._io import open_pinned, write_atomic
-from ._types import Models
-from .config import show_progress
-from .instruments import Selection
-from .models import PooledRegressor
-from .predict import predict
-from .simulate import CooperativityModel
-from .uncertainty import IsotonicCalibration, VarianceScaling
+from .. import meta, mr, pipeline, simulate, train
+from .._io import open_pinned, write_atomic
+from .._types import Models
+from ..instruments import Selection
+from ..models import PooledRegressor
+from ..predict import predict
+from ..progress import show_progress
+from ..simulate import CooperativityModel
+from ..uncertainty import IsotonicCalibration, VarianceScaling
 
 __all__ = [
     "StudySizes",
@@ -370,7 +370,7 @@ def effect_coverage(details: dict, calibration: str, *, threshold: float = 3.0) 
     against the oracle's exposure change) and ``outcome`` (``by`` against its total
     outcome change). Only the simulation can do this: it needs the oracle.
     """
-    from .uncertainty import coverage_curve
+    from ..uncertainty import coverage_curve
 
     gen, models, test, mutated = details["generator"], details["models"], details["test"], details["mutated"]
     calibrator = fit_calibration(calibration, models, details["calibration_data"])
