@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import mr
+
 __all__ = ["main", "build_parser"]
 
-ESTIMATORS = {
-    "ivw": "ivw",
-    "egger": "egger",
-    "egger-robust": "egger_robust",
-    "median": "weighted_median",
-    "mode": "mbe",
-}
+# the command's spelling of each estimator -> its per_locus key, from the one table in mr
+ESTIMATORS = {e.cli: e.key for e in mr.ESTIMATORS.values()}
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RUN_FILE = "deepmr.json"
 SEQ_FILE = "sequences.npz"

@@ -32,6 +32,7 @@ from ._validate import (
     summary_stats,
     weights_finite,
 )
+from .raps import RAPSResult, raps
 from .results import Estimate
 
 __all__ = [
@@ -52,6 +53,10 @@ __all__ = [
     "heterogeneity",
     "per_locus",
     "ratio_se",
+    "raps",
+    "RAPSResult",
+    "Estimator",
+    "ESTIMATORS",
 ]
 
 _NAN = float("nan")
@@ -752,7 +757,60 @@ _PER_LOCUS_COLUMNS = [
     "intercept_pvalue",
     "status",
 ]
-_MIN_K = {"ivw": 2, "egger": 3, "egger_robust": 3, "weighted_median": 3, "mbe": 3}
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One per-locus estimator: its ``key`` (``per_locus(method=key)``), the ``name`` tables and figures
+    show, the ``cli`` spelling (``deepmr mr --estimator``), the fewest instruments it needs, and how
+    :func:`per_locus` runs it: a vectorised ``kernel`` over all loci at once, or ``scalar``, called
+    per locus as ``scalar((bx, bxse, by, byse), options)`` with the ``per_locus`` options as a dict.
+    ``bootstrap``: whether it takes ``n_boot`` and ``seed``."""
+
+    key: str
+    name: str
+    cli: str
+    min_instruments: int
+    kernel: str | None = None
+    scalar: Callable | None = None
+    bootstrap: bool = False
+
+
+# The one table of estimators: per_locus, the deepmr command and the book's studies read it. Adding an
+# estimator = its function, one record here, and its reference test.
+ESTIMATORS: dict[str, Estimator] = {
+    e.key: e
+    for e in (
+        Estimator("ivw", "IVW", "ivw", 2, kernel="ivw"),
+        Estimator("egger", "MR-Egger", "egger", 3, kernel="egger"),
+        Estimator(
+            "egger_robust",
+            "robust MR-Egger",
+            "egger-robust",
+            3,
+            scalar=lambda a, o: egger(*a, robust=True, distribution=o["distribution"], alpha=o["alpha"]),
+        ),
+        Estimator(
+            "weighted_median",
+            "weighted median",
+            "median",
+            3,
+            scalar=lambda a, o: weighted_median(
+                *a, weighting=o["weighting"], n_boot=o["n_boot"], seed=o["seed"], alpha=o["alpha"]
+            ),
+            bootstrap=True,
+        ),
+        Estimator(
+            "mbe",
+            "mode",
+            "mode",
+            3,
+            scalar=lambda a, o: mbe(*a, weighting=o["weighting"], n_boot=o["n_boot"], seed=o["seed"], alpha=o["alpha"]),
+            bootstrap=True,
+        ),
+        Estimator("raps", "MR-RAPS", "raps", 3, scalar=lambda a, o: raps(*a, alpha=o["alpha"])),
+    )
+}
 
 
 def per_locus(
@@ -778,33 +836,28 @@ def per_locus(
     non-finite or non-positive input, all bx zero, a degenerate fit). One bad locus
     never affects the others, and no locus is ``"ok"`` with a NaN.
 
-    ``"ivw"`` and ``"egger"`` are vectorised kernels over segment sums and match
-    :func:`ivw` / :func:`egger` with the same options (``model`` applies to IVW,
-    ``distribution`` to both). ``"egger_robust"``, ``"weighted_median"`` and ``"mbe"``
-    run the scalar estimator per locus, with ``weighting``, ``n_boot`` and ``seed`` for
-    the last two.
+    ``method`` is a key of :data:`ESTIMATORS`. ``"ivw"`` and ``"egger"`` are vectorised
+    kernels over segment sums and match :func:`ivw` / :func:`egger` with the same options
+    (``model`` applies to IVW, ``distribution`` to both). The others (``"egger_robust"``,
+    ``"weighted_median"``, ``"mbe"``, ``"raps"``: overdispersed, Huber loss) run the scalar
+    estimator per locus, with ``weighting``, ``n_boot`` and ``seed`` for the bootstrap ones.
     """
-    check_choice(method, "method", tuple(_MIN_K))
+    check_choice(method, "method", tuple(ESTIMATORS))
+    spec = ESTIMATORS[method]
     check_choice(model, "model", ("default", "fixed", "random"))
     check_choice(distribution, "distribution", ("normal", "t"))
     alpha = check_alpha(alpha)
-    loci = _Loci.from_frame(frame, locus, max(_MIN_K[method], min_instruments or 0))
+    loci = _Loci.from_frame(frame, locus, max(spec.min_instruments, min_instruments or 0))
     out = pd.DataFrame({locus: loci.labels, "method": method, "n_instruments": loci.k})
     for c in _PER_LOCUS_COLUMNS[3:-1]:
         out[c] = np.nan
-    if method == "ivw":
+    if spec.kernel == "ivw":
         _ivw_kernel(loci, out, model, distribution, alpha)
-    elif method == "egger":
+    elif spec.kernel == "egger":
         _egger_kernel(loci, out, distribution, alpha)
     else:
-        fn = {
-            "egger_robust": lambda *a: egger(*a, robust=True, distribution=distribution, alpha=alpha),
-            "weighted_median": lambda *a: weighted_median(
-                *a, weighting=weighting, n_boot=n_boot, seed=seed, alpha=alpha
-            ),
-            "mbe": lambda *a: mbe(*a, weighting=weighting, n_boot=n_boot, seed=seed, alpha=alpha),
-        }[method]
-        _scalar_kernel(loci, out, fn)
+        options = {"distribution": distribution, "alpha": alpha, "weighting": weighting, "n_boot": n_boot, "seed": seed}
+        _scalar_kernel(loci, out, lambda *a: spec.scalar(a, options))
     out["status"] = loci.status
     return _flag_degenerate(out)
 

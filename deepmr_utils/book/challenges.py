@@ -131,7 +131,7 @@ def estimate(
             rows.append({"estimator": name, "n_loci": 0})
             continue
         kw = dict(kw)
-        if method in ("weighted_median", "mbe"):
+        if mr.ESTIMATORS[method].bootstrap:
             kw.update(n_boot=n_boot, seed=seed)
         rows.append(_pooled(name, mr.per_locus(instruments, method, **kw), truth))
     return pd.DataFrame(rows)

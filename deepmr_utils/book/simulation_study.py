@@ -63,14 +63,8 @@ __all__ = [
 SCENARIOS = ("none", "sequence-independent", "sequence-dependent", "both")
 CALIBRATIONS = ("variance", "variance-denoised", "isotonic", "none")
 
-# display name -> (per_locus method, extra keyword arguments)
-ESTIMATORS = {
-    "IVW": ("ivw", {}),
-    "MR-Egger": ("egger", {}),
-    "robust MR-Egger": ("egger_robust", {}),
-    "weighted median": ("weighted_median", {}),
-    "mode": ("mbe", {}),
-}
+# display name -> (per_locus method, extra keyword arguments); names and keys from mr.ESTIMATORS
+ESTIMATORS = {mr.ESTIMATORS[k].name: (k, {}) for k in ("ivw", "egger", "egger_robust", "weighted_median", "mbe")}
 NAIVE = "naive (mean Wald ratio)"
 
 
@@ -202,7 +196,7 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
     rows, local_all = [], {}
     for name, (method, kw) in estimators.items():
         kw = dict(kw)
-        if method in ("weighted_median", "mbe"):
+        if mr.ESTIMATORS[method].bootstrap:
             kw.setdefault("n_boot", sizes.n_boot)
             kw.setdefault("seed", seed)
         local = mr.per_locus(table, method, **kw).merge(truth, on="locus", how="left") if len(table) else None
