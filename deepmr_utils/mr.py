@@ -32,6 +32,8 @@ from ._validate import (
     summary_stats,
     weights_finite,
 )
+from .divw import DEGENERATE as DIVW_DEGENERATE
+from .divw import DIVWResult, divw, divw_sums
 from .raps import RAPSResult, raps
 from .results import Estimate
 
@@ -57,6 +59,8 @@ __all__ = [
     "RAPSResult",
     "Estimator",
     "ESTIMATORS",
+    "divw",
+    "DIVWResult",
 ]
 
 _NAN = float("nan")
@@ -783,6 +787,7 @@ ESTIMATORS: dict[str, Estimator] = {
     for e in (
         Estimator("ivw", "IVW", "ivw", 2, kernel="ivw"),
         Estimator("egger", "MR-Egger", "egger", 3, kernel="egger"),
+        Estimator("divw", "dIVW", "divw", 2, kernel="divw"),
         Estimator(
             "egger_robust",
             "robust MR-Egger",
@@ -836,8 +841,8 @@ def per_locus(
     non-finite or non-positive input, all bx zero, a degenerate fit). One bad locus
     never affects the others, and no locus is ``"ok"`` with a NaN.
 
-    ``method`` is a key of :data:`ESTIMATORS`. ``"ivw"`` and ``"egger"`` are vectorised
-    kernels over segment sums and match :func:`ivw` / :func:`egger` with the same options
+    ``method`` is a key of :data:`ESTIMATORS`. ``"ivw"``, ``"egger"`` and ``"divw"`` are vectorised
+    kernels over segment sums and match :func:`ivw` / :func:`egger` / :func:`divw` with the same options
     (``model`` applies to IVW, ``distribution`` to both). The others (``"egger_robust"``,
     ``"weighted_median"``, ``"mbe"``, ``"raps"``: overdispersed, Huber loss) run the scalar
     estimator per locus, with ``weighting``, ``n_boot`` and ``seed`` for the bootstrap ones.
@@ -855,6 +860,8 @@ def per_locus(
         _ivw_kernel(loci, out, model, distribution, alpha)
     elif spec.kernel == "egger":
         _egger_kernel(loci, out, distribution, alpha)
+    elif spec.kernel == "divw":
+        _divw_kernel(loci, out, alpha)
     else:
         options = {"distribution": distribution, "alpha": alpha, "weighting": weighting, "n_boot": n_boot, "seed": seed}
         _scalar_kernel(loci, out, lambda *a: spec.scalar(a, options))
@@ -982,6 +989,20 @@ def _egger_kernel(loci: _Loci, out: pd.DataFrame, distribution: str, alpha: floa
     _fill(out, m, estimate=est, se=se, ci_low=lo, ci_high=hi, pvalue=p, q=q, q_df=df, rse=rse)
     _fill(out, m, intercept=icpt, intercept_se=ise, intercept_pvalue=ip)
     out.loc[m, "q_pvalue"] = stats.chi2.sf(q[m], df[m])
+
+
+def _divw_kernel(loci: _Loci, out: pd.DataFrame, alpha: float) -> None:
+    """dIVW (overdispersed SE) for every locus from segment sums (the same formula as :func:`divw`)."""
+    use = loci.ok[loci.codes]
+    # rows of failed loci get harmless values: they only enter their own (failed) locus's sums
+    bx, by = np.where(use, loci.bx, 1.0), np.where(use, loci.by, 1.0)
+    bxse, byse = np.where(use, loci.bxse, 1.0), np.where(use, loci.byse, 1.0)
+    est, se, _, _ = divw_sums(bx, bxse, by, byse, loci.codes, loci.k.size)
+    loci.fail(loci.ok & ~np.isfinite(est), f"degenerate: {DIVW_DEGENERATE}")
+    crit = stats.norm.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * stats.norm.sf(np.abs(est / se))
+    _fill(out, loci.ok, estimate=est, se=se, ci_low=est - crit * se, ci_high=est + crit * se, pvalue=p)
 
 
 def _scalar_kernel(loci: _Loci, out: pd.DataFrame, fn: Callable) -> None:
