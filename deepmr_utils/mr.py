@@ -32,6 +32,7 @@ from ._validate import (
     summary_stats,
     weights_finite,
 )
+from .conmix import ConMixResult, conmix
 from .divw import DEGENERATE as DIVW_DEGENERATE
 from .divw import DIVWResult, divw, divw_sums
 from .raps import RAPSResult, raps
@@ -61,6 +62,8 @@ __all__ = [
     "ESTIMATORS",
     "divw",
     "DIVWResult",
+    "conmix",
+    "ConMixResult",
 ]
 
 _NAN = float("nan")

@@ -1,0 +1,50 @@
+"""ConMix against MendelianRandomization 0.10.0's mr_conmix (tests/data/mr_reference.json), and its
+confidence set as a union of intervals where the valid instruments form two clusters."""
+
+import numpy as np
+import pytest
+
+from deepmr_utils import mr
+
+
+@pytest.mark.parametrize("case", ["ldlc", "bmi"])
+def test_conmix_matches_mendelianrandomization(ref, lipids, bmi, case):
+    out = ref["computed_outputs"]
+    if case == "ldlc":
+        data, r = lipids("ldlc"), out["MendelianRandomization_0.10.0"]["ldlc_chd"]["conmix_default"]
+    else:
+        data, r = bmi, out["MendelianRandomization_0.10.0_on_bmi_chd_79"]["conmix"]
+    res = mr.conmix(*data)
+    step = r["CIStep"]  # estimate and interval ends are grid points: equal up to float round-off of the grid
+    assert res.estimate == pytest.approx(r["Estimate"], abs=1e-9 * max(1, abs(r["CIMax"])) + 1e-12)
+    assert (res.ci_low, res.ci_high) == pytest.approx((r["CILower"], r["CIUpper"]), abs=step / 100)
+    assert len(res.intervals) == 1
+    assert res.psi == pytest.approx(r["Psi"], rel=1e-12)
+    assert res.pvalue == pytest.approx(r["Pvalue"], rel=1e-6)
+    if "Valid" in r:
+        assert [i + 1 for i in res.valid] == r["Valid"]
+    assert np.isnan(res.se) and res.n_instruments == r["SNPs"]
+
+
+def test_conmix_confidence_set_can_be_two_intervals():
+    """Two equally strong clusters of ratios, at -2 and at +2 (equally far from 0, so an invalid
+    instrument costs the same at either peak), and nothing between them: the likelihood has two peaks of
+    nearly the same height, and the set keeps both pieces apart instead of bridging the gap."""
+    bx = np.full(20, 0.5)
+    ratio = np.r_[np.full(10, -2.0), np.full(10, 2.0)] + np.tile(np.linspace(-0.05, 0.05, 10), 2)
+    res = mr.conmix(bx, np.full(20, 0.01), ratio * bx, np.full(20, 0.05))
+    assert len(res.intervals) == 2
+    (a, b), (c, d) = res.intervals
+    assert a <= -2.0 <= b < 0 < c <= 2.0 <= d
+    assert (res.ci_low, res.ci_high) == (a, d)
+    assert "U" in repr(res)
+
+
+def test_conmix_bad_input_is_named():
+    x = np.array([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="bx"):
+        mr.conmix(np.array([0.1, 0.0, 0.3]), x, x, x)
+    with pytest.raises(ValueError, match="ci_step"):
+        mr.conmix(x, x, x, x, ci_step=0)
+    with pytest.raises(ValueError, match="ci_min < ci_max"):
+        mr.conmix(x, x, x, x, ci_min=1.0, ci_max=0.5)
