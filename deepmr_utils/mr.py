@@ -35,6 +35,7 @@ from ._validate import (
 from .conmix import ConMixResult, conmix
 from .divw import DEGENERATE as DIVW_DEGENERATE
 from .divw import DIVWResult, divw, divw_sums
+from .presso import PRESSOResult, presso
 from .raps import RAPSResult, raps
 from .results import Estimate
 
@@ -64,6 +65,8 @@ __all__ = [
     "DIVWResult",
     "conmix",
     "ConMixResult",
+    "presso",
+    "PRESSOResult",
 ]
 
 _NAN = float("nan")
@@ -784,7 +787,8 @@ class Estimator:
 
 
 # The one table of estimators: per_locus, the deepmr command and the book's studies read it. Adding an
-# estimator = its function, one record here, and its reference test.
+# estimator = its function, one record here, and its reference test. ConMix is not here: it has no SE to
+# pool (its confidence set comes from the likelihood and can be a union of intervals).
 ESTIMATORS: dict[str, Estimator] = {
     e.key: e
     for e in (
@@ -817,6 +821,15 @@ ESTIMATORS: dict[str, Estimator] = {
             bootstrap=True,
         ),
         Estimator("raps", "MR-RAPS", "raps", 3, scalar=lambda a, o: raps(*a, alpha=o["alpha"])),
+        # n_boot is the number of simulated datasets here; the outlier-corrected estimate is pooled
+        Estimator(
+            "presso",
+            "MR-PRESSO",
+            "presso",
+            4,
+            scalar=lambda a, o: presso(*a, n_sim=o["n_boot"], seed=o["seed"] or 0, alpha=o["alpha"]),
+            bootstrap=True,
+        ),
     )
 }
 
