@@ -79,6 +79,14 @@ def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
     local = pd.read_parquet(run / "local.parquet")
     assert set(local.sequence) <= set(names) and (run / "mr.png").stat().st_size > 1000
 
+    # every estimator of the one table is a command choice: MR-RAPS here, in-process
+    assert cli.main(["mr", str(run), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "raps",
+                     "--threshold", "2"]) in (0, None)  # fmt: skip
+    raps, _ = pairs.all_pairs(effect, se, X, ["tfA", "tfB"], pairs=[(0, 1)], select=Selection(threshold=2),
+                              method="raps")  # fmt: skip
+    assert np.isfinite(raps.estimate).all()
+    np.testing.assert_allclose(pd.read_csv(run / "global.csv").estimate, raps.estimate, rtol=1e-5)
+
     r = _run(["pairs", str(run), "--estimator", "ivw", "--threshold", "2"])
     assert r.returncode == 0, r.stderr
     matrix = pd.read_csv(run / "pairs_matrix.csv", index_col=0)
