@@ -48,6 +48,7 @@ __all__ = [
     "ModeResult",
     "MultivariableResult",
     "multivariable",
+    "conditional_f",
     "Heterogeneity",
     "wald_ratio",
     "ivw",
@@ -616,7 +617,8 @@ def mbe(
 @dataclass(frozen=True, repr=False)
 class MultivariableResult(Estimate):
     """Multivariable MR: ``estimate``, ``se``, ``ci_low``, ``ci_high`` and ``pvalue`` are arrays with one
-    direct effect per exposure (named in ``exposures``), each adjusted for the others."""
+    direct effect per exposure (named in ``exposures``), each adjusted for the others;
+    ``conditional_f`` per exposure when the exposures' SEs were given (else empty)."""
 
     n_instruments: int
     exposures: tuple[str, ...]
@@ -631,6 +633,7 @@ class MultivariableResult(Estimate):
     intercept_se: float = _NAN
     intercept_pvalue: float = _NAN
     orientate: int = 0
+    conditional_f: tuple[float, ...] = ()
 
     def __repr__(self) -> str:
         level = round(100 * (1 - self.alpha))
@@ -646,8 +649,9 @@ class MultivariableResult(Estimate):
     __str__ = __repr__
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per exposure: ``exposure, estimate, se, ci_low, ci_high, pvalue``."""
-        return pd.DataFrame(
+        """One row per exposure: ``exposure, estimate, se, ci_low, ci_high, pvalue`` (and
+        ``conditional_f`` when known)."""
+        frame = pd.DataFrame(
             {
                 "exposure": self.exposures,
                 "estimate": self.estimate,
@@ -657,6 +661,9 @@ class MultivariableResult(Estimate):
                 "pvalue": self.pvalue,
             }
         )
+        if self.conditional_f:
+            frame["conditional_f"] = self.conditional_f
+        return frame
 
 
 def multivariable(
@@ -664,6 +671,7 @@ def multivariable(
     by: ArrayLike,
     byse: ArrayLike,
     *,
+    bxse: ArrayLike | None = None,
     method: str = "ivw",
     model: str = "default",
     distribution: str = "normal",
@@ -679,11 +687,16 @@ def multivariable(
     for ``method="ivw"`` (R ``mr_mvivw``) and with one for ``"egger"`` (``mr_mvegger``, after
     orienting every variant so that its association with exposure ``orientate`` (1-based) is
     positive). SEs follow MendelianRandomization: ``model="fixed"`` is the fixed-effect SE,
-    ``"random"`` multiplies it by max(1, residual SE); ``"default"`` is fixed with at most
-    ``n_exposures + 1`` variants (IVW) and random otherwise (always random for Egger).
+    ``"random"`` multiplies it by max(1, residual SE); ``"default"`` is fixed with fewer than 4
+    variants (IVW, whatever the number of exposures, as R's ``mr_mvivw``) and random otherwise
+    (always random for Egger).
     ``distribution="t"`` takes intervals and p-values from t(n - parameters).
     In DeepMR, a second exposure is e.g. the model's output for a confounding TF: adjusting
     for it removes the part of the outcome effect that flows through it.
+
+    ``bxse`` (the SEs of ``bx``, same shape): when given, the result carries each exposure's
+    conditional F statistic (:func:`conditional_f`), its instruments' strength for that exposure
+    given the others; below about 10 the direct effects suffer weak-instrument bias.
     """
     check_choice(method, "method", ("ivw", "egger"))
     check_choice(model, "model", ("default", "fixed", "random"))
@@ -699,6 +712,7 @@ def multivariable(
     for arr, name in ((X.ravel(), "bx (flattened row by row)"), (y, "by"), (s, "byse")):
         check_finite(arr, name)
     check_positive(s, "byse")
+    cond_f = tuple(float(f) for f in conditional_f(X, bxse)) if bxse is not None else ()
     names = tuple(exposures) if exposures is not None else tuple(f"exposure {j + 1}" for j in range(m))
     if len(names) != m:
         raise ValueError(f"exposures has {len(names)} names for {m} columns of bx")
@@ -719,8 +733,8 @@ def multivariable(
     q = float(np.sum(w * (y - X @ coef) ** 2))
     df = n - p
     rse = float(np.sqrt(q / df))
-    if model == "default":
-        model = "random" if method == "egger" or n > m + 1 else "fixed"
+    if model == "default":  # MendelianRandomization: fixed below 4 variants, whatever the number of exposures
+        model = "random" if method == "egger" or n >= 4 else "fixed"
     se = np.sqrt(np.diag(np.linalg.inv(xtwx))) * (max(1.0, rse) if model == "random" else 1.0)
     lo, hi, pv = _interval(coef, se, alpha, df=df if distribution == "t" else None)
     k = 1 if method == "egger" else 0
@@ -744,7 +758,38 @@ def multivariable(
         intercept_se=float(se[0]) if k else _NAN,
         intercept_pvalue=float(np.asarray(pv)[0]) if k else _NAN,
         orientate=orientate if k else 0,
+        conditional_f=cond_f,
     )
+
+
+def conditional_f(bx: ArrayLike, bxse: ArrayLike) -> np.ndarray:
+    """Conditional F statistic of each exposure's instruments given the other exposures, from summary
+    data with uncorrelated exposure estimates (Sanderson, Spiller & Bowden, Stat. Med. 2021, eq. for
+    ``F_{TS,k}``; Sanderson & Windmeijer 2016 for individual data).
+
+    ``bx``, ``bxse``: ``(L variants, K exposures)``. For exposure k, ``delta`` regresses ``bx[:, k]`` on
+    the other columns (least squares through the origin, as the MVMR package does), and
+    ``F_k = sum_j (bx_jk - bx_j,-k delta)^2 / sigma2_jk / (L - K + 1)`` with
+    ``sigma2_jk = bxse_jk^2 + sum_l delta_l^2 bxse_jl^2``. Returns ``(K,)``; with one exposure it is the
+    mean of ``(bx / bxse)^2``, the usual F statistic. The MVMR package's ``strength_mvmr`` (0.4.x)
+    divides by ``L`` instead of ``L - K + 1``: multiply by ``(L - K + 1) / L`` to compare.
+    """
+    X, S = np.asarray(bx, dtype=np.float64), np.asarray(bxse, dtype=np.float64)
+    if X.ndim != 2 or S.shape != X.shape:
+        raise ValueError(f"bx and bxse must both be (n_variants, n_exposures), got {X.shape} and {S.shape}")
+    check_finite(X.ravel(), "bx (flattened row by row)")
+    check_finite(S.ravel(), "bxse (flattened row by row)")
+    check_positive(S.ravel(), "bxse (flattened row by row)")
+    n, m = X.shape
+    if n <= m - 1:
+        raise ValueError(f"conditional_f needs more variants ({n}) than other exposures ({m - 1})")
+    out = np.empty(m)
+    for k in range(m):
+        others = np.delete(np.arange(m), k)
+        delta = np.linalg.lstsq(X[:, others], X[:, k], rcond=None)[0] if m > 1 else np.zeros(0)
+        sigma2 = S[:, k] ** 2 + (S[:, others] ** 2) @ (delta**2)
+        out[k] = np.sum((X[:, k] - X[:, others] @ delta) ** 2 / sigma2) / (n - m + 1)
+    return out
 
 
 # --------------------------------------------------------------------------- per locus

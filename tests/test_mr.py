@@ -593,3 +593,63 @@ def test_multivariable_with_one_exposure_is_univariable_mr_and_recovers_direct_e
         mr.multivariable(X[:3], y[:3], np.ones(3), method="egger")
     with pytest.raises(ValueError, match=r"\(n_variants, n_exposures\)"):
         mr.multivariable(X[:, 0], y, np.ones(400))
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_multivariable_default_model_is_fixed_below_four_variants_for_any_number_of_exposures(m):
+    """MendelianRandomization's mr_mvivw: model "default" is fixed when there are fewer than 4 variants
+    (whatever the number of exposures) and random from 4 on; random = fixed SE x max(1, residual SE)."""
+    rng = np.random.default_rng(m)
+    for n in range(m + 1, 7):
+        X = rng.normal(0, 1, (n, m))
+        y = X @ np.ones(m) + rng.normal(0, 1.0, n)  # residual SE well above 1: the two models differ
+        byse = np.full(n, 0.1)
+        res = mr.multivariable(X, y, byse)
+        fixed = mr.multivariable(X, y, byse, model="fixed")
+        assert res.model == ("fixed" if n < 4 else "random"), (m, n)
+        expected = fixed.se * (max(1.0, res.rse) if n >= 4 else 1.0)
+        np.testing.assert_allclose(res.se, expected, rtol=1e-12)
+
+
+def _conditional_f_by_hand(X, S):
+    """The published formula, written out variant by variant with a 2x2 / 1x1 normal-equation solve."""
+    n, m = len(X), len(X[0])
+    out = []
+    for k in range(m):
+        others = [j for j in range(m) if j != k]
+        # normal equations of the regression through the origin of column k on the others
+        A = [[sum(X[i][a] * X[i][b] for i in range(n)) for b in others] for a in others]
+        c = [sum(X[i][a] * X[i][k] for i in range(n)) for a in others]
+        delta = list(np.linalg.solve(np.array(A), np.array(c))) if others else []
+        q = 0.0
+        for i in range(n):
+            resid = X[i][k] - sum(d * X[i][j] for d, j in zip(delta, others))
+            sigma2 = S[i][k] ** 2 + sum(d * d * S[i][j] ** 2 for d, j in zip(delta, others))
+            q += resid * resid / sigma2
+        out.append(q / (n - m + 1))
+    return out
+
+
+def test_conditional_f_on_the_lipid_example(ref):
+    """Sanderson, Spiller & Bowden (2021): each lipid's instruments given the other two. Computed by
+    hand from the formula; with one exposure it is the mean F; the MVMR package's scaling (1/L) differs
+    by (L - K + 1) / L, as the docstring says."""
+    d = ref["datasets"]["waterworth_lipids_chd_28"]
+    X = np.column_stack([d["ldlc"], d["hdlc"], d["trig"]])
+    S = np.column_stack([d["ldlcse"], d["hdlcse"], d["trigse"]])
+    f = mr.conditional_f(X, S)
+    np.testing.assert_allclose(f, _conditional_f_by_hand(X.tolist(), S.tolist()), rtol=1e-12)
+    assert f[0] < np.mean((X[:, 0] / S[:, 0]) ** 2)  # strength is lost by conditioning on the others
+    assert mr.conditional_f(X[:, :1], S[:, :1])[0] == pytest.approx(np.mean((X[:, 0] / S[:, 0]) ** 2), rel=1e-12)
+    res = mr.multivariable(X, d["chdlodds"], d["chdloddsse"], bxse=S, exposures=["ldlc", "hdlc", "trig"])
+    assert res.conditional_f == pytest.approx(tuple(f), rel=1e-12)
+    assert list(res.to_frame().conditional_f) == pytest.approx(list(f))
+    # two nearly collinear exposures: each is weak given the other
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 0.1, 50)
+    Xc, Sc = np.column_stack([a, a + rng.normal(0, 0.005, 50)]), np.full((50, 2), 0.01)
+    assert mr.conditional_f(Xc, Sc).max() < 1.5 < np.mean((a / 0.01) ** 2)
+    with pytest.raises(ValueError, match="bxse must be > 0|bxse \\(flattened"):
+        mr.conditional_f(X, -S)
+    with pytest.raises(ValueError, match="both be"):
+        mr.conditional_f(X, S[:, :2])
