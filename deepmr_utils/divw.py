@@ -15,11 +15,10 @@ import math
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
-from scipy import stats
 
 from ._types import ArrayLike
 from ._validate import check_alpha, summary_stats
-from .results import Estimate
+from .results import Estimate, interval
 
 __all__ = ["DIVWResult", "divw", "divw_sums"]
 
@@ -93,14 +92,14 @@ def divw(
     est, se, tau2, condition = (float(v[0]) for v in divw_sums(bx, bxse, by, byse, over_dispersion=over_dispersion))
     if not (math.isfinite(est) and math.isfinite(se) and se > 0):
         raise ValueError(f"divw: no estimate: {DEGENERATE} (estimate {est}, SE {se})")
-    crit = stats.norm.ppf(1 - alpha / 2)
+    lo, hi, p = interval(est, se, alpha)
     return DIVWResult(
         "dIVW",
         est,
         se,
-        est - crit * se,
-        est + crit * se,
-        float(2 * stats.norm.sf(abs(est / se))),
+        lo,
+        hi,
+        float(p),
         int(bx.size),
         alpha=alpha,
         tau2=tau2,

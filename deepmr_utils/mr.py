@@ -37,7 +37,7 @@ from .divw import DEGENERATE as DIVW_DEGENERATE
 from .divw import DIVWResult, divw, divw_sums
 from .presso import PRESSOResult, presso
 from .raps import RAPSResult, raps
-from .results import Estimate
+from .results import Estimate, interval
 
 __all__ = [
     "MRResult",
@@ -147,18 +147,6 @@ class ModeResult(MRResult):
     """Mode-based estimate (MBE) of the ratio estimates, bootstrap SE."""
 
 
-def _interval(est, se, alpha, df=None):
-    """Two-sided CI and p-value from the normal (df None) or t(df) distribution."""
-    if not np.all(np.asarray(se) > 0):
-        # e.g. instruments whose ratios agree far more closely than their SEs spread, so that every
-        # bootstrap draw lands on the same mode: an interval of width 0 would be a silent lie
-        raise ValueError(f"the standard error is {se}: no confidence interval or p-value can be formed")
-    dist = stats.norm if df is None else stats.t(df)
-    crit = dist.ppf(1 - alpha / 2)
-    z = est / se
-    return est - crit * se, est + crit * se, 2 * dist.sf(np.abs(z))
-
-
 # --------------------------------------------------------------------------- Wald
 
 
@@ -186,7 +174,7 @@ def wald_ratio(
     alpha = check_alpha(alpha)
     est = float(by[0] / bx[0])
     se = float(ratio_se(bx, bxse, by, byse, order, psi)[0])
-    lo, hi, p = _interval(est, se, alpha)
+    lo, hi, p = interval(est, se, alpha)
     return WaldResult("Wald ratio", est, se, lo, hi, p, 1, alpha=alpha, model=f"order {order}")
 
 
@@ -244,7 +232,7 @@ def ivw(
     if model == "default":
         model = "fixed" if k < 4 else "random"
     se = se_fixed * max(1.0, rse) if model == "random" else se_fixed
-    lo, hi, p = _interval(est, se, alpha, df=(k - 1) if distribution == "t" else None)
+    lo, hi, p = interval(est, se, alpha, df=(k - 1) if distribution == "t" else None)
     return IVWResult(
         "IVW",
         est,
@@ -509,7 +497,7 @@ def weighted_median(
     se = float(
         _bootstrap(lambda bxb, byb: _weighted_median_rows(byb / bxb, w), bx, bxse, by, byse, n_boot, rng).std(ddof=1)
     )
-    lo, hi, p = _interval(est, se, alpha)
+    lo, hi, p = interval(est, se, alpha)
     return MedianResult(f"{weighting.capitalize()} median", est, se, lo, hi, float(p), k, alpha=alpha, model=weighting)
 
 
@@ -597,7 +585,7 @@ def mbe(
         [_mode_rows(rng.normal(r, se_draw, size=(min(2000, n_boot - s), k)), w, phi) for s in range(0, n_boot, 2000)]
     )
     se = float(stats.median_abs_deviation(draws, scale="normal"))
-    lo, hi, p = _interval(est, se, alpha)
+    lo, hi, p = interval(est, se, alpha)
     return ModeResult(
         f"{weighting.capitalize()} mode",
         est,
@@ -736,7 +724,7 @@ def multivariable(
     if model == "default":  # MendelianRandomization: fixed below 4 variants, whatever the number of exposures
         model = "random" if method == "egger" or n >= 4 else "fixed"
     se = np.sqrt(np.diag(np.linalg.inv(xtwx))) * (max(1.0, rse) if model == "random" else 1.0)
-    lo, hi, pv = _interval(coef, se, alpha, df=df if distribution == "t" else None)
+    lo, hi, pv = interval(coef, se, alpha, df=df if distribution == "t" else None)
     k = 1 if method == "egger" else 0
     return MultivariableResult(
         "Multivariable MR-Egger" if method == "egger" else "Multivariable IVW",

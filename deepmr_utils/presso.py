@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
-from scipy import stats
 
 from ._types import ArrayLike
 from ._validate import check_alpha, summary_stats
-from .results import Estimate
+from .results import Estimate, interval
 
 __all__ = ["PRESSOResult", "presso"]
 
@@ -73,9 +72,8 @@ def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[flo
     b = float(np.sum(w * x * y)) / sxx
     sigma = float(np.sqrt(np.sum(w * (y - b * x) ** 2) / (k - 1)))
     se = sigma / np.sqrt(sxx)
-    t = stats.t(k - 1)
-    crit = t.ppf(1 - alpha / 2)
-    return b, se, b - crit * se, b + crit * se, float(2 * t.sf(abs(b / se)))
+    lo, hi, p = interval(b, se, alpha, df=k - 1)
+    return b, se, lo, hi, float(p)
 
 
 def presso(

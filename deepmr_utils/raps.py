@@ -22,7 +22,7 @@ from scipy import integrate, optimize, stats
 
 from ._types import ArrayLike
 from ._validate import check_alpha, check_choice, summary_stats
-from .results import Estimate
+from .results import Estimate, interval
 
 __all__ = ["RAPSResult", "raps"]
 
@@ -243,17 +243,16 @@ def raps(
         beta, tau2, se, tau2_se = _overdispersed_l2(bx, bxse, by, byse)
     else:
         beta, tau2, se, tau2_se = _overdispersed_robust(bx, bxse, by, byse, loss)
-    if not (math.isfinite(se) and se > 0):
+    if not math.isfinite(se):
         raise ValueError(f"raps: the sandwich SE is {se}: no interval can be formed")
-    crit = stats.norm.ppf(1 - alpha / 2)
-    p = float(2 * stats.norm.sf(abs(beta) / se))
+    lo, hi, p = interval(beta, se, alpha)
     return RAPSResult(
         "MR-RAPS",
         beta,
         se,
-        beta - crit * se,
-        beta + crit * se,
-        p,
+        lo,
+        hi,
+        float(p),
         int(bx.size),
         alpha=alpha,
         tau2=tau2,

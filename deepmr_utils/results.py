@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, fields
 
-__all__ = ["Estimate"]
+import numpy as np
+from scipy import stats
+
+from ._types import ArrayLike
+
+__all__ = ["Estimate", "interval"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +52,15 @@ class Estimate:
         if unknown:
             raise ValueError(f"{type(self).__name__} has no field {unknown[0]!r}; its fields: {', '.join(known)}")
         return {n: getattr(self, n) for n in (names or known)}
+
+
+def interval(estimate: ArrayLike, se: ArrayLike, alpha: float, df: float | None = None) -> tuple:
+    """Two-sided ``1 - alpha`` interval and p-value of ``estimate`` with standard error ``se`` (scalars or
+    arrays): from the normal distribution, or from t(``df``). An SE that is not > 0 is an error: an
+    interval of width 0 would be a silent lie (e.g. instruments whose ratios agree far more closely
+    than their SEs spread, so that every bootstrap draw lands on the same mode)."""
+    if not np.all(np.asarray(se) > 0):
+        raise ValueError(f"the standard error is {se}: no confidence interval or p-value can be formed")
+    dist = stats.norm if df is None else stats.t(df)
+    crit = dist.ppf(1 - alpha / 2)
+    return estimate - crit * se, estimate + crit * se, 2 * dist.sf(np.abs(estimate / se))
