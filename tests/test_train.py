@@ -108,3 +108,30 @@ def test_fit_warns_when_still_improving_at_max_epochs():
         hist = train.fit(model, X, y, config=train.TrainConfig(max_epochs=2))
     # the same rule, kept on the history, is what the study and the chapters count
     assert hist.still_improving and hist.best_epoch == 1
+
+
+def test_members_trained_in_processes_are_the_same_bits_for_any_number_of_processes():
+    """n_jobs > 1: each member in a process with one thread, so its numbers depend on its seed only;
+    a worker's ConvergenceWarning comes back to the caller; a lambda factory is refused by name."""
+    import functools
+    import warnings
+
+    from deepmr_utils.models import PooledRegressor
+
+    X = sq.random_sequences(120, 40, seed=1)
+    y = np.random.default_rng(0).normal(size=(120, 2))
+    cfg = train.TrainConfig(max_epochs=2, patience=5, batch_size=32)
+    make = functools.partial(PooledRegressor, 2, n_filters=4, hidden=8)
+    runs = []
+    for n_jobs in (2, 3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            models, hists = train.train_ensemble(make, X, y, 3, config=cfg, seed=4, n_jobs=n_jobs, device="cpu")
+        still = sum(h.still_improving for h in hists)
+        assert len([w for w in caught if issubclass(w.category, train.ConvergenceWarning)]) == still
+        runs.append([torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert not torch.equal(runs[0][0], runs[0][1])  # members differ by seed
+    with pytest.raises(TypeError, match="make_model.*cannot be pickled"):
+        train.train_ensemble(lambda: make(), X, y, 2, config=cfg, n_jobs=2, device="cpu")
