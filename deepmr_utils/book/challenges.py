@@ -540,34 +540,56 @@ def paralog_world(nu: float = 30.0, **kw) -> CooperativityModel:
     )
 
 
+# Sanderson & Windmeijer's rule of thumb: below this conditional F a locus's direct effects suffer weak-
+# instrument bias (the exposure and the paralog's output come from the same sites, so they are near collinear)
+WEAK_CONDITIONAL_F = 10.0
+
+
 def _multivariable_per_locus(inst: pd.DataFrame, min_instruments: int = 4) -> pd.DataFrame:
     """The exposure's direct effect per locus from multivariable IVW on ``bx`` and ``bz``
-    (``locus, estimate, se, ci_low, ci_high, status``, as :func:`deepmr_utils.meta.pool` reads)."""
+    (``locus, estimate, se, ci_low, ci_high, status``, as :func:`deepmr_utils.meta.pool` reads), with
+    each exposure's conditional F statistic at that locus (``cond_f_exposure``, ``cond_f_confounder``;
+    :func:`deepmr_utils.mr.conditional_f`, from ``bxse`` and ``bzse``)."""
     rows = []
     for locus, g in inst.groupby("locus", sort=False):
-        row = {"locus": locus, "estimate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        row = {"locus": locus, "estimate": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+               "cond_f_exposure": np.nan, "cond_f_confounder": np.nan}  # fmt: skip
         if len(g) < min_instruments:
             row["status"] = f"too few instruments ({len(g)} < {min_instruments})"
         else:
             try:
-                res = mr.multivariable(g[["bx", "bz"]].to_numpy(), g.by.to_numpy(), g.byse.to_numpy())
+                res = mr.multivariable(
+                    g[["bx", "bz"]].to_numpy(), g.by.to_numpy(), g.byse.to_numpy(), bxse=g[["bxse", "bzse"]].to_numpy()
+                )
             except ValueError as err:  # collinear exposures at this locus: no estimate, said why
                 row["status"] = str(err)
             else:
                 row.update(estimate=res.estimate[0], se=res.se[0], ci_low=res.ci_low[0], ci_high=res.ci_high[0])
+                row.update(cond_f_exposure=res.conditional_f[0], cond_f_confounder=res.conditional_f[1])
                 row["status"] = "ok"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _univariable_vs_multivariable(inst: pd.DataFrame) -> pd.DataFrame:
+    """IVW, multivariable IVW on every locus (the primary analysis), and multivariable IVW on the loci
+    whose conditional F is at least :data:`WEAK_CONDITIONAL_F` for both exposures (a sensitivity
+    analysis beside it; ``n_weak``: the loci left out)."""
     truth = local_truth(inst)
-    return pd.DataFrame(
-        [
-            _pooled("IVW", mr.per_locus(inst, "ivw"), truth),
-            _pooled("multivariable IVW", _multivariable_per_locus(inst), truth),
-        ]
+    mv = _multivariable_per_locus(inst)
+    weak = (mv.status == "ok") & ~(
+        (mv.cond_f_exposure >= WEAK_CONDITIONAL_F) & (mv.cond_f_confounder >= WEAK_CONDITIONAL_F)
     )
+    strong = mv.assign(status=np.where(weak, f"weak: conditional F < {WEAK_CONDITIONAL_F:g}", mv.status))
+    rows = [
+        _pooled("IVW", mr.per_locus(inst, "ivw"), truth),
+        _pooled("multivariable IVW", mv, truth),
+        {**_pooled("multivariable IVW, strong loci", strong, truth), "n_weak": int(weak.sum())},
+    ]
+    ok = mv[mv.status == "ok"]
+    rows[1]["median_cond_f_exposure"] = float(ok.cond_f_exposure.median()) if len(ok) else np.nan
+    rows[1]["n_weak"] = int(weak.sum())
+    return pd.DataFrame(rows)
 
 
 def multivariable_adjustment(

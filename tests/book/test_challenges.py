@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deepmr_utils import simulate
+from deepmr_utils import mr, simulate
 from deepmr_utils.book import challenges as ch
 from deepmr_utils.book import config, simulation_study
 from deepmr_utils.instruments import Selection
@@ -168,3 +168,22 @@ def test_challenges_sizes_are_typed():
     s = config.sizes("challenges", "quick")
     assert isinstance(s.study, simulation_study.StudySizes) and s.study.n_members >= 4
     assert config.sizes("challenges", "default").replicates >= 10
+
+
+def test_multivariable_reports_conditional_f_and_a_strong_loci_sensitivity_row():
+    """Every locus's conditional F for both exposures; loci below 10 for either are counted and left out
+    of a second pooled row, beside the primary one on all loci."""
+    gen = ch.paralog_world(60.0)
+    d = gen.sample(240, seed=6)
+    X = d["X"][np.isin(d["config"], (1, 3))][:60]
+    inst = Selection(threshold=3).apply(ch.oracle_table(gen, X, se=0.2, rng=np.random.default_rng(2))).instruments
+    per_locus = ch._multivariable_per_locus(inst)
+    ok = per_locus[per_locus.status == "ok"]
+    assert ok[["cond_f_exposure", "cond_f_confounder"]].notna().all().all() and len(ok) >= 5
+    g = inst[inst.locus == ok.locus.iloc[0]]
+    expected = mr.conditional_f(g[["bx", "bz"]].to_numpy(), g[["bxse", "bzse"]].to_numpy())
+    assert ok[["cond_f_exposure", "cond_f_confounder"]].iloc[0].tolist() == pytest.approx(list(expected))
+    rows = ch._univariable_vs_multivariable(inst).set_index("estimator")
+    weak = int(((ok.cond_f_exposure < 10) | (ok.cond_f_confounder < 10)).sum())
+    assert rows.loc["multivariable IVW", "n_weak"] == weak == rows.loc["multivariable IVW, strong loci", "n_weak"]
+    assert rows.loc["multivariable IVW, strong loci", "n_loci"] == len(ok) - weak
