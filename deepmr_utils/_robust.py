@@ -16,7 +16,6 @@ convergence tolerance (``rel.tol = 1e-7``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import combinations
 from math import comb
@@ -85,7 +84,8 @@ def _m_scale_rows(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB, iters:
     Safeguarded Newton: ``mean chi(|r|/s)`` falls as ``s`` grows, so each step keeps a bracket of the
     root and takes the Newton step when it stays inside, else the bracket's geometric midpoint. Five
     to eight steps, where the fixed-point iteration ``s <- s sqrt(mean chi / b)`` it replaces took
-    about thirty (robust MR-Egger spent most of its time here)."""
+    about thirty (robust MR-Egger spent most of its time here). One row (the S-step's IRWLS) or many
+    (the candidate fits) go through the same code."""
     n = r.shape[1]
     a = np.abs(r)
     s = np.median(a, axis=1) / 0.6745 if s0 is None else np.full(r.shape[0], float(s0))
@@ -111,35 +111,6 @@ def _m_scale_rows(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB, iters:
     return np.where(a.max(axis=1) > 0, s, 0.0)
 
 
-def _m_scale_one(r: np.ndarray, p: int, s0: float | None, c: float = C_CHI, b: float = BB) -> float:
-    """:func:`_m_scale_rows` for one residual vector, with Python floats for the scalars: the IRWLS of
-    the S-step calls it once per iteration, where the array bookkeeping of the batched version cost
-    more than the arithmetic."""
-    a = np.abs(r)
-    amax = float(a.max())
-    if amax == 0:
-        return 0.0
-    s = float(np.median(a)) / 0.6745 if s0 is None else float(s0)
-    if not s > 0:
-        s = amax
-    lo, hi, k = 0.0, math.inf, r.size - p
-    for _ in range(200):
-        u = a / s
-        t = np.minimum((u / c) ** 2, 1.0)
-        g = float((1.0 - (1.0 - t) ** 3).sum()) / k - b
-        slope = -float((u * u * (1.0 - t) ** 2).sum()) * 6.0 / c**2 / k / s
-        if g > 0:
-            lo = s
-        else:
-            hi = s
-        newton = s - g / slope if slope < 0 else -1.0
-        new = newton if lo <= newton <= hi else (math.sqrt(max(lo, 1e-300 * hi) * hi) if hi < math.inf else 2.0 * s)
-        if abs(new - s) <= 1e-12 * s:
-            return new
-        s = new
-    return s
-
-
 def _wls(x, y, w):
     sw = np.sqrt(w)
     coef, *_ = np.linalg.lstsq(x * sw[:, None], y * sw, rcond=None)
@@ -152,7 +123,7 @@ def _refine_s(x, y, beta, max_iter, tol, zero):
     s = None
     for _ in range(max_iter):
         r = y - x @ beta
-        s = _m_scale_one(r, p, s)
+        s = float(_m_scale_rows(r[None], p, s0=s)[0])
         if s <= zero:
             return beta, 0.0
         w = bisquare_weight(r / s, C_CHI)  # chi'(u)/u is proportional to this

@@ -27,7 +27,6 @@ from .results import Estimate, interval
 __all__ = ["RAPSResult", "raps"]
 
 _K = {"huber": 1.345, "tukey": 4.685}
-_NAN = float("nan")
 _ITERATIONS = 20  # alternating updates of beta and tau2, as in the package
 _TOL = math.sqrt(np.finfo(float).eps)
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -85,11 +84,11 @@ def _constants(loss: str) -> tuple[float, float, float, float]:
     return delta, c1, c2, c3
 
 
-def _argmin(f, bound: float, grow: bool = True) -> float:
+def _argmin(f, bound: float) -> float:
     """The minimiser of ``f`` on ``[-bound, bound]``, doubling the range while it sits at an edge."""
     for _ in range(_ITERATIONS + 1):
         x = optimize.minimize_scalar(f, bounds=(-bound, bound), method="bounded", options={"xatol": 1e-12 * bound})
-        if abs(x.x) <= 0.95 * bound or not grow:
+        if abs(x.x) <= 0.95 * bound:
             return float(x.x)
         bound *= 2
     raise ValueError(f"raps: no finite estimate (the profile keeps decreasing beyond |beta| = {bound:.3g})")
