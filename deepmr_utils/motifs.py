@@ -16,7 +16,7 @@ import torch
 
 from ._types import Sequences
 
-__all__ = ["available", "jaspar", "sample_instance", "plant", "window_llr", "occupancy"]
+__all__ = ["available", "jaspar", "sample_instance", "plant", "window_llr", "occupancy", "occupancy_ism"]
 
 
 @lru_cache(maxsize=1)
@@ -108,3 +108,32 @@ def occupancy_from_llr(llr: np.ndarray, *, mu: float = 0.0) -> np.ndarray:
     """:func:`occupancy` from precomputed window log-likelihood ratios ``(N, n_windows)``."""
     log_unbound = -np.logaddexp(0.0, llr + mu)  # log(1 - s_j), computed stably
     return -np.expm1(log_unbound.sum(axis=1))
+
+
+def occupancy_ism(X: Sequences, pwm: np.ndarray, background: Sequence[float], *, mu: float = 0.0) -> np.ndarray:
+    """:func:`occupancy` of every single-base substitution of every sequence, ``(N, L, 4)``.
+
+    Entry ``[n, p, b]`` is the occupancy of sequence ``n`` with base ``b`` at position ``p``
+    (the reference base's entry is the reference's occupancy). Exact, and without building
+    the ``3 L`` mutants: a substitution at ``p`` changes only the ``width`` windows that
+    cover ``p``, so each mutant's ``sum_j log(1 - s_j)`` is the reference's plus those
+    windows' changes. ``X``: one-hot ``(N, 4, L)`` with one base per column.
+    """
+    Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    n, _, L = Xn.shape
+    w = pwm.shape[0]
+    lr = np.log(pwm) - np.log(np.asarray(background, dtype=np.float64))[None, :]  # (w, 4)
+    llr = window_llr(Xn, pwm, background)  # (N, W)
+    W = llr.shape[1]
+    log_unbound = -np.logaddexp(0.0, llr + mu)  # (N, W)
+    total = log_unbound.sum(axis=1)
+    ref = Xn.argmax(axis=1)  # (N, L)
+    out = np.empty((n, L, 4))
+    for p in range(L):
+        # windows j covering p: max(0, p - w + 1) <= j <= min(p, W - 1), with p at offset k = p - j
+        js = np.arange(max(0, p - w + 1), min(p, W - 1) + 1)
+        k = p - js
+        delta = lr[k][None, :, :] - lr[k[None, :], ref[:, p, None]][:, :, None]  # (N, J, 4)
+        new = -np.logaddexp(0.0, llr[:, js, None] + delta + mu)
+        out[:, p, :] = -np.expm1(total[:, None] + (new - log_unbound[:, js, None]).sum(axis=1))
+    return out

@@ -84,6 +84,7 @@ class StudySizes:
     augment: float = 0.25
     threshold: float = 3.0
     n_boot: int = 200
+    n_population: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -161,19 +162,17 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """The original study's baseline: mean Wald ratio per locus, global mean ± 2 SD."""
     ratios = (table.by / table.bx).groupby(table.locus).agg(["mean", "size"])
     local = ratios[ratios["size"] > 2]["mean"]
-    merged = truth.set_index("locus").theta.reindex(local.index)
+    merged = truth.set_index("locus").reindex(local.index)
     est, sd = float(local.mean()), float(local.std(ddof=1)) if len(local) > 1 else np.nan
     return {
         "estimator": NAIVE,
         "estimate": est,
-        "se": np.nan,
-        "ci_low": np.nan,
-        "ci_high": np.nan,
         "tau": sd,
-        "truth": float(merged.mean()),
+        "truth_sample": float(merged.theta_seq.mean()),
+        "truth_instruments": float(merged.theta.mean()),
+        "truth_own": float(merged.theta_own.mean()),
         "n_loci": int(len(local)),
-        "local_coverage": np.nan,
-        "local_corr": float(np.corrcoef(local, merged)[0, 1]) if len(local) > 2 else np.nan,
+        "local_corr": float(np.corrcoef(local, merged.theta)[0, 1]) if len(local) > 2 else np.nan,
     }
 
 
@@ -187,12 +186,40 @@ CONTROLLED = ("IVW", "MR-Egger", "weighted median")
 # a round's control whose SE is this many times the estimate's is degenerate (in the committed study the
 # ratio is 0.55-3 in every round but one, where it is 3e4)
 _DEGENERATE_SE_RATIO = 10.0
-# version of a round's columns, pinned in a study folder: 2 added the oracle control
-_ROUND_COLUMNS = 2
+# version of a round's columns, pinned in a study folder: 2 added the oracle control; 3 the population
+# estimand, the conditional CI, the crosstalk control, subgroups per sequence class and the user's gate
+_ROUND_COLUMNS = 3
+# sequence classes (the generator's config codes) of the subgroup analysis
+CLASSES = {"exposure_only": 1, "pair": 3}
+_Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval below
+
+
+def _pool_row(ok: pd.DataFrame) -> dict:
+    """REML pool of the usable loci ``ok`` (columns estimate, se, theta, theta_seq, theta_own, config):
+    the random-effects CI for the population mean, and the conditional CI (the same weights, within-locus
+    variance only) for the weighted mean of these loci's local truths."""
+    g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
+    w = 1.0 / (ok.se.to_numpy() ** 2 + g.tau2)
+    cond_se = float(np.sqrt(np.sum(w**2 * ok.se.to_numpy() ** 2)) / w.sum())
+    return {
+        **g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "converged"),
+        "cond_se": cond_se,
+        "cond_ci_low": g.estimate - _Z * cond_se,
+        "cond_ci_high": g.estimate + _Z * cond_se,
+        "truth_sample": float(ok.theta_seq.mean()),
+        "truth_instruments": float(ok.theta.mean()),
+        "truth_weighted": float(np.sum(w * ok.theta.to_numpy()) / w.sum()),
+        "truth_own": float(ok.theta_own.mean()),
+    }
 
 
 def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes: StudySizes, seed: int):
-    """Local estimates per estimator and their REML pool: (rows, local frames by name)."""
+    """Local estimates per estimator and their REML pool, overall and per sequence class.
+
+    ``truth``: one row per locus with ``theta`` (the local truth on the locus's own instruments,
+    confounder averaged), ``theta_own`` (the same with the locus's own confounder coin flip),
+    ``theta_seq`` (over all substitutions: the model-free local estimand) and ``config``.
+    Returns (rows, local frames by name)."""
     rows, local_all = [], {}
     for name, (method, kw) in estimators.items():
         kw = dict(kw)
@@ -204,17 +231,70 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
         local_all[name] = local
         row = {"estimator": name, "n_loci": int(len(ok))}
         if len(ok) >= 2:
-            g = meta.pool(local[local.theta.notna()])
-            row.update(
-                g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "converged", "n_excluded"),
-                truth=float(ok.theta.mean()),
-                local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
-                local_corr=float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan,
-            )
+            row.update(_pool_row(ok))
+            row["n_excluded"] = int(len(local) - len(ok))
+            inside = (ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)
+            row["local_coverage"] = float(inside.mean())
+            row["local_coverage_own"] = float(((ok.ci_low <= ok.theta_own) & (ok.theta_own <= ok.ci_high)).mean())
+            row["local_corr"] = float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan
+            row["local_z_sd"] = float(((ok.estimate - ok.theta) / ok.se).std(ddof=1)) if len(ok) > 2 else np.nan
+            # the coin flip no sequence shows: spread of the loci's own truths around what a model can learn
+            row["irreducible_sd"] = float((ok.theta_own - ok.theta).std(ddof=0))
+            for cls, code in CLASSES.items():
+                sub = ok[ok.config == code]
+                row[f"{cls}_n_loci"] = int(len(sub))
+                if len(sub) >= 2:
+                    p = _pool_row(sub)
+                    row.update({f"{cls}_{k}": p[k] for k in ("estimate", "se", "truth_sample", "truth_instruments")})
         rows.append(row)
     if len(table):
         rows.append(_naive_baseline(table, truth))
     return rows, local_all
+
+
+def measured_effects_gate(
+    gen: CooperativityModel,
+    models: Models,
+    test: dict,
+    mutated: np.ndarray,
+    *,
+    seed: int,
+    bar: FidelityBar = FidelityBar(),
+) -> dict:
+    """A gate a user can apply: the model's variant effects against *measured* ones, no oracle.
+
+    One random substitution inside the exposure motif of each mutated test sequence is
+    "measured" like an allele-specific experiment: fresh Poisson counts of the mutant,
+    with the reference's confounder level (same locus, same cells), against the reference's
+    held-out label. Per output, the slope through the origin of the measured change on the
+    model's predicted change (1 for a model whose effects are right on average; label noise
+    does not attenuate it, since the noise is in the response) and its SE; ``user_gate_ok``
+    when both slopes lie in ``bar.slope_range``. Returns a dict of those numbers.
+    """
+    rng = np.random.default_rng(seed)
+    idx = mutated[test["sites"][mutated, 0] >= 0]
+    w = gen.pwm("exposure").shape[0]
+    pos = test["sites"][idx, 0] + rng.integers(0, w, idx.size)
+    X = test["X"][idx]
+    ref = X[torch.arange(idx.size), :, torch.as_tensor(pos)].argmax(dim=1).numpy()
+    alt = (ref + rng.integers(1, 4, idx.size)) % 4
+    Xmut = X.clone()
+    Xmut[torch.arange(idx.size), :, torch.as_tensor(pos)] = 0.0
+    Xmut[torch.arange(idx.size), torch.as_tensor(alt), torch.as_tensor(pos)] = 1.0
+    counts = rng.poisson(gen.expected_counts(Xmut, test["b_conf"][idx])).astype(np.float64)
+    measured = simulate.anscombe(counts) - np.asarray(test["y"])[idx]
+    predicted = (predict(models, Xmut).mean(dim=1) - predict(models, X).mean(dim=1)).numpy()
+    out, ok = {"user_gate_pairs": int(idx.size)}, idx.size >= 3
+    lo, hi = bar.slope_range
+    for j, name in enumerate(("exposure", "outcome")):
+        a, b = predicted[:, j], measured[:, j]
+        slope = float((a * b).sum() / (a * a).sum()) if idx.size else np.nan
+        resid = b - slope * a
+        out[f"user_slope_{name}"] = slope
+        out[f"user_slope_se_{name}"] = float(np.sqrt(resid.var(ddof=1) / (a * a).sum())) if idx.size > 2 else np.nan
+        ok = ok and lo <= slope <= hi
+    out["user_gate_ok"] = bool(ok)
+    return out
 
 
 def fit_calibration(calibration: str, models: Models, cal: dict) -> VarianceScaling | IsotonicCalibration | None:
@@ -229,6 +309,41 @@ def fit_calibration(calibration: str, models: Models, cal: dict) -> VarianceScal
         "isotonic": IsotonicCalibration(),
     }[calibration]
     return calibrator.fit(members, cal["y"], ids=[f"cal{i}" for i in range(len(cal["y"]))])
+
+
+def _truth_frame(gen: CooperativityModel, X, table: pd.DataFrame, b_conf, config: np.ndarray) -> pd.DataFrame:
+    """Per locus of ``table``: ``theta`` (the local truth on its own instruments, confounder averaged),
+    ``theta_own`` (with the locus's own confounder coin flip), ``theta_seq`` (over all substitutions)
+    and ``config`` (the sequence class)."""
+    if not len(table):
+        return pd.DataFrame({"locus": [], "theta": [], "theta_own": [], "theta_seq": [], "config": []})
+    truth = gen.true_local_effects(X, table, "average").merge(
+        gen.true_local_effects(X, table, b_conf).rename(columns={"theta": "theta_own"}), on="locus"
+    )
+    loci = truth.locus.to_numpy().astype(int)
+    truth["theta_seq"] = gen.sequence_local_effects(X[loci])
+    truth["config"] = config[loci]
+    return truth
+
+
+def _oracle_instruments(gen: CooperativityModel, X, table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The instruments a perfect model with the round's typical SEs would select, with exact effects.
+
+    Every substitution of the mutated sequences, its exact (confounder-averaged) effects, and as
+    SEs the median ``bxse`` and ``byse`` of the model's instruments; kept where ``|dx| / bxse`` is at
+    least ``threshold``, like the model's own selection."""
+    if not len(table):
+        return table.iloc[:0]
+    n, L = X.shape[0], X.shape[2]
+    ref = X.argmax(dim=1).numpy() if isinstance(X, torch.Tensor) else np.asarray(X).argmax(axis=1)
+    locus = np.repeat(np.arange(n), 3 * L)
+    position = np.tile(np.repeat(np.arange(L), 3), n)
+    alt = (ref[locus, position] + np.tile(np.arange(1, 4), n * L)) % 4
+    every = pd.DataFrame({"locus": locus, "position": position, "alt": np.array(list("ACGT"))[alt]})
+    t = gen.variant_truth(X, every, "average")
+    sx, sy = float(table.bxse.median()), float(table.byse.median())
+    keep = (t.dx.abs() / sx >= threshold).to_numpy()
+    return every[keep].assign(bx=t.dx[keep], by=t.dy[keep], bxse=sx, byse=sy).reset_index(drop=True)
 
 
 def run_round(
@@ -264,6 +379,7 @@ def run_round(
     alpha = float(rng.normal(100.0, 3.0))
     gen = simulate.CooperativityModel(alpha=alpha, beta=alpha * ratio).with_scenario(scenario)
     seeds = rng.integers(0, 2**31 - 1, 5)
+    seeds_extra = rng.integers(0, 2**31 - 1, 2)  # drawn after the others, which keep their values
     tr = gen.sample(sizes.n_train, seed=int(seeds[0]))
     if sizes.augment:
         aug = gen.augment_variants(tr, sizes.augment, seed=int(seeds[1]))
@@ -306,27 +422,44 @@ def run_round(
         progress=False,
         device=device,
     )
-    truth = gen.true_local_effects(Xm, table, b_conf) if len(table) else pd.DataFrame({"locus": [], "theta": []})
+    config_m = test["config"][mutate]
+    truth = _truth_frame(gen, Xm, table, b_conf, config_m)
     fid = fidelity(gen, models, test, mutate, table, bar)
+    user = measured_effects_gate(gen, models, test, mutate, seed=int(seeds_extra[0]), bar=bar)
+    population = gen.population_effect(sizes.n_population, seed=int(seeds_extra[1]))
 
     rows, local_all = _estimate(table, truth, estimators, sizes, seed)
     if len(table):
-        # the same estimators on a perfect model's effects of the same instruments (the
-        # oracle's changes, the model's SEs as weights): what the method gives when the
-        # model is right, so estimate - oracle_estimate is the model's share of the error
-        oracle = table.assign(**gen.variant_truth(Xm, table, b_conf)[["dx", "dy"]].set_axis(["bx", "by"], axis=1))
-        control, _ = _estimate(oracle, truth, estimators, sizes, seed)
-        for row, ctrl in zip(rows, control):
-            # the naive baseline has none: a Wald ratio over an oracle dx of 0 is unbounded
-            naive = row["estimator"] == NAIVE
-            row.update({f"oracle_{k}": np.nan if naive else ctrl.get(k, np.nan) for k in _CONTROL})
+        # two controls, the same estimators on exact effects of the same instruments with the model's SEs
+        # as weights (confounder averaged: what a perfect sequence model would predict): "exact" with the
+        # oracle's total outcome change, "causal" with only its change through the exposure (crosstalk
+        # removed). estimate - exact is the model's error, exact - causal the crosstalk's.
+        exact = gen.variant_truth(Xm, table, "average")
+        controlled = {k: v for k, v in estimators.items() if k in CONTROLLED}
+        controls = {
+            "exact": table.assign(bx=exact.dx, by=exact.dy),
+            "causal": table.assign(bx=exact.dx, by=exact.dy_causal),
+            "oracle_instruments": _oracle_instruments(gen, Xm, table, sizes.threshold),
+        }
+        for label, t in controls.items():
+            t_truth = truth if label != "oracle_instruments" else _truth_frame(gen, Xm, t, b_conf, config_m)
+            control, _ = _estimate(t, t_truth, controlled, sizes, seed) if len(t) else ([], None)
+            by_name = {c["estimator"]: c for c in control}
+            for row in rows:
+                # the naive baseline has none: a Wald ratio over an oracle dx of 0 is unbounded
+                ctrl = by_name.get(row["estimator"], {}) if row["estimator"] != NAIVE else {}
+                row.update({f"{label}_{k}": ctrl.get(k, np.nan) for k in _CONTROL})
     out = pd.DataFrame(rows)
     out.insert(0, "scenario", scenario)
     out.insert(1, "seed", seed)
     out["ratio"] = ratio
     out["n_instruments"] = len(table)
     out["n_mutated"] = len(mutate)
-    for key, value in fid.items():
+    out["truth_population"] = float(population.theta.mean())
+    out["truth_population_mcse"] = float(population.theta.std(ddof=1) / np.sqrt(len(population)))
+    for cls, code in CLASSES.items():
+        out[f"{cls}_truth_population"] = float(population.theta[population.config == code].mean())
+    for key, value in {**fid, **user}.items():
         out[key] = value
     out["calibration"] = calibration
     if isinstance(calibrator, VarianceScaling):
@@ -349,6 +482,8 @@ def run_round(
         "truth": truth,
         "local": local_all,
         "fidelity": fid,
+        "user_gate": user,
+        "population": population,
         "sizes": asdict(sizes),
     }
 

@@ -236,10 +236,27 @@ class CooperativityModel:
         off = anscombe(self.expected_counts(None, np.zeros(n), q=q))
         return p * on + (1 - p) * off
 
-    def variant_truth(self, X: Sequences, table: pd.DataFrame, b_conf: ArrayLike | None = None) -> pd.DataFrame:
+    def _levels(self, q: np.ndarray, b_conf) -> np.ndarray:
+        """Anscombe-scale predictions ``(n, 2)`` from occupancies ``q`` ``(n, 3)``; ``b_conf`` an array of
+        confounder levels, or ``"average"`` for the mean over ``b_conf ~ Bernoulli(p_confounder)``."""
+        n = q.shape[0]
+        if isinstance(b_conf, str):
+            if b_conf != "average":
+                raise ValueError(f"b_conf must be an array of confounder levels or 'average', got {b_conf!r}")
+            if not self.sequence_independent:
+                return anscombe(self.expected_counts(None, np.zeros(n), q=q))
+            p = self.p_confounder
+            on, off = (anscombe(self.expected_counts(None, np.full(n, v), q=q)) for v in (1.0, 0.0))
+            return p * on + (1 - p) * off
+        return anscombe(self.expected_counts(None, b_conf, q=q))
+
+    def variant_truth(self, X: Sequences, table: pd.DataFrame, b_conf: ArrayLike | str | None = None) -> pd.DataFrame:
         """Oracle effects of each variant of a variant table on exposure and outcome.
 
         ``table`` has ``locus`` (row index into ``X``), ``position`` and ``alt``.
+        ``b_conf``: each sequence's confounder level (``None``: 0), or ``"average"`` for the
+        oracle averaged over the sequence-independent confounder (:meth:`sequence_oracle`:
+        what a model of sequence alone can learn).
         Returns a frame with ``dx`` (oracle change of the exposure), ``dy`` (total
         change of the outcome), ``dy_causal`` (the change of the outcome that
         flows through the exposure alone: the variant's exposure occupancy with the
@@ -252,15 +269,18 @@ class CooperativityModel:
         loc = table["locus"].to_numpy().astype(int)
         pos = table["position"].to_numpy().astype(int)
         alt = base_indices(table["alt"])
-        b = np.zeros(Xn.shape[0]) if b_conf is None else np.asarray(b_conf, float)
+        if isinstance(b_conf, str):
+            b = b_conf
+        else:
+            b = (np.zeros(Xn.shape[0]) if b_conf is None else np.asarray(b_conf, float))[loc]
         q_ref = self.occupancies(Xn)
         mut = substitute(Xn[loc], pos, alt)
         q_mut = self.occupancies(mut)
-        ref_pred = anscombe(self.expected_counts(None, b[loc], q=q_ref[loc]))
-        mut_pred = anscombe(self.expected_counts(None, b[loc], q=q_mut))
+        ref_pred = self._levels(q_ref[loc], b)
+        mut_pred = self._levels(q_mut, b)
         q_causal = q_ref[loc].copy()
         q_causal[:, 0] = q_mut[:, 0]
-        causal = anscombe(self.expected_counts(None, b[loc], q=q_causal))
+        causal = self._levels(q_causal, b)
         dz = anscombe(self.confounder_counts(q=q_mut)) - anscombe(self.confounder_counts(q=q_ref[loc]))
         return pd.DataFrame(
             {
@@ -272,6 +292,43 @@ class CooperativityModel:
             },
             index=table.index,
         )
+
+    def sequence_local_effects(self, X: Sequences, b_conf: ArrayLike | str = "average") -> np.ndarray:
+        """The true local effect of each sequence over *all* its ``3 L`` single-base substitutions, ``(N,)``.
+
+        ``sum_v dx_v dy_causal_v / sum_v dx_v^2`` from the oracle's exact saturation mutagenesis
+        (:func:`deepmr_utils.motifs.occupancy_ism`): a property of the sequence alone, whatever a
+        model selects, so it defines a population estimand. Substitutions that barely move the
+        exposure carry weight ``dx^2`` ~ 0, so it is close to the slope over the strong
+        instruments. ``b_conf`` as in :meth:`variant_truth` (default: averaged over the
+        sequence-independent confounder). NaN where no substitution moves the exposure.
+        """
+        Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        n, _, L = Xn.shape
+        q_ref = self.occupancies(Xn)  # (N, 3)
+        q_exp = _motifs.occupancy_ism(Xn, self.pwm("exposure"), self.background, mu=self.mu).reshape(n, 4 * L)
+        b = b_conf if isinstance(b_conf, str) else np.asarray(b_conf, float)
+        ref = self._levels(q_ref, b)
+        # the causal path: only the exposure TF's occupancy moves (the outcome and confounder TFs keep the
+        # reference's), so dy_causal needs no outcome-motif ISM; the exposure change of a substitution that
+        # moves only the confounder motif is not through the exposure TF and is left out of dx as well
+        q_causal = np.repeat(q_ref, 4 * L, axis=0)
+        q_causal[:, 0] = q_exp.ravel()
+        bb = b if isinstance(b, str) else np.repeat(b, 4 * L)
+        causal = self._levels(q_causal, bb).reshape(n, 4 * L, 2) - ref[:, None, :]
+        dx, dy = causal[..., 0], causal[..., 1]
+        xx = (dx * dx).sum(axis=1)
+        return np.where(xx > 1e-12, (dx * dy).sum(axis=1) / np.where(xx > 1e-12, xx, 1.0), np.nan)
+
+    def population_effect(self, n: int = 2000, *, seed: int) -> pd.DataFrame:
+        """The population the global effect is about: ``n`` fresh sequences of this world, those that
+        carry an exposure motif (configurations 1 and 3, a rule on the sequence alone) with their
+        :meth:`sequence_local_effects` (confounder averaged). Returns ``config`` and ``theta``; the
+        population mean ``mu`` is ``theta.mean()`` (its Monte Carlo SE ``theta.std() / sqrt(len)``)."""
+        d = self.sample(n, seed=seed)
+        keep = np.isin(d["config"], (1, 3))
+        X = d["X"][keep]
+        return pd.DataFrame({"config": d["config"][keep], "theta": self.sequence_local_effects(X)})
 
     def true_local_effects(self, X: Sequences, table: pd.DataFrame, b_conf: ArrayLike | None = None) -> pd.DataFrame:
         """True local causal effect per locus on exactly the given instruments.
