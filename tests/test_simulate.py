@@ -250,3 +250,42 @@ def test_an_empty_selection_has_an_empty_truth_in_every_world():
     nexus = simulate.ChipNexusModel(length=150)
     Xn = nexus.sample(3, seed=0)["X"]
     assert len(nexus.true_local_effects(Xn, empty, 0, 1)) == 0
+
+
+def test_occupancy_ism_equals_the_occupancy_of_every_explicit_mutant():
+    from deepmr_utils import motifs
+    from deepmr_utils.sequence import substitute
+
+    gen = simulate.CooperativityModel().with_scenario("sequence-dependent")
+    X = gen.sample(12, seed=8)["X"].numpy()
+    L = X.shape[2]
+    pos, alt = np.repeat(np.arange(L), 4), np.tile(np.arange(4), L)
+    for role in ("exposure", "outcome", "confounder"):
+        fast = motifs.occupancy_ism(X, gen.pwm(role), gen.background, mu=gen.mu)
+        for i in (0, 5, 11):
+            slow = motifs.occupancy(substitute(np.repeat(X[i : i + 1], 4 * L, 0), pos, alt), gen.pwm(role),
+                                    gen.background, mu=gen.mu).reshape(L, 4)  # fmt: skip
+            np.testing.assert_allclose(fast[i], slow, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scenario", ["none", "sequence-independent", "both"])
+def test_sequence_local_effects_is_the_slope_over_every_substitution(scenario):
+    gen = simulate.CooperativityModel(beta=500).with_scenario(scenario)
+    d = gen.sample(40, seed=2)
+    X = d["X"][np.isin(d["config"], (1, 3))][:8]
+    n, L = X.shape[0], X.shape[2]
+    ref = X.numpy().argmax(1)
+    loc, pos = np.repeat(np.arange(n), 3 * L), np.tile(np.repeat(np.arange(L), 3), n)
+    alt = (ref[loc, pos] + np.tile(np.arange(1, 4), n * L)) % 4
+    table = pd.DataFrame({"locus": loc, "position": pos, "alt": np.array(list("ACGT"))[alt]})
+    t = gen.variant_truth(X, table, "average")
+    g = pd.DataFrame({"locus": loc, "xy": t.dx_causal * t.dy_causal, "xx": t.dx_causal**2}).groupby("locus").sum()
+    np.testing.assert_allclose(gen.sequence_local_effects(X), g.xy / g.xx, rtol=1e-10)
+    # averaging over the hidden confounder is the mean of the two worlds' oracles, not of their slopes
+    if gen.sequence_independent:
+        on, off = (gen.variant_truth(X, table, np.full(n, v)) for v in (1.0, 0.0))
+        np.testing.assert_allclose(t.dy, 0.5 * on.dy + 0.5 * off.dy, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="'average'"):
+        gen.variant_truth(X, table, "mean")
+    pop = gen.population_effect(400, seed=3)
+    assert set(pop.config) == {1, 3} and pop.theta.notna().all()

@@ -46,7 +46,14 @@ _SIZES = {
         "quick": {
             "rounds": 1,
             "n_jobs": 2,
-            "study": {"n_train": 2000, "n_calibration": 300, "n_test": 150, "n_members": 3, "max_epochs": 60, "n_population": 5000},
+            "study": {
+                "n_train": 2000,
+                "n_calibration": 300,
+                "n_test": 150,
+                "n_members": 3,
+                "max_epochs": 60,
+                "n_population": 5000,
+            },
         },
         "default": {"rounds": 10, "n_jobs": 2, "study": {}},  # StudySizes' defaults
         "paper": {

@@ -51,13 +51,19 @@ __all__ = [
     "CONTROLLED",
     "SCENARIOS",
     "CALIBRATIONS",
+    "ANALYSES",
+    "STEPS",
+    "CLASSES",
     "round_seed",
     "fidelity",
     "run_round",
     "effect_coverage",
     "fit_calibration",
     "run_study",
+    "measured_effects_gate",
+    "pool_loci",
     "summarize",
+    "scoring_change",
 ]
 
 SCENARIOS = ("none", "sequence-independent", "sequence-dependent", "both")
@@ -194,10 +200,15 @@ CLASSES = {"exposure_only": 1, "pair": 3}
 _Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval below
 
 
-def _pool_row(ok: pd.DataFrame) -> dict:
-    """REML pool of the usable loci ``ok`` (columns estimate, se, theta, theta_seq, theta_own, config):
-    the random-effects CI for the population mean, and the conditional CI (the same weights, within-locus
-    variance only) for the weighted mean of these loci's local truths."""
+def pool_loci(ok: pd.DataFrame) -> dict:
+    """REML pool of usable loci ``ok`` (columns ``estimate``, ``se``, ``theta``, ``theta_seq``, ``theta_own``).
+
+    Two intervals from one fit, each for its own estimand: the random-effects CI (``ci_low``,
+    ``ci_high``; SE ``1/sqrt(sum w)``) for the population mean mu, and the conditional CI
+    (``cond_ci_low``, ``cond_ci_high``; SE ``sqrt(sum w^2 s^2) / sum w``, the same weights
+    ``w = 1/(s^2 + tau^2)`` and only the within-locus variance) for the weighted mean of these
+    loci's own truths, ``truth_weighted``. Also the plain means ``truth_sample`` (of ``theta_seq``),
+    ``truth_instruments`` (of ``theta``) and ``truth_own`` (of ``theta_own``)."""
     g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
     w = 1.0 / (ok.se.to_numpy() ** 2 + g.tau2)
     cond_se = float(np.sqrt(np.sum(w**2 * ok.se.to_numpy() ** 2)) / w.sum())
@@ -231,7 +242,7 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
         local_all[name] = local
         row = {"estimator": name, "n_loci": int(len(ok))}
         if len(ok) >= 2:
-            row.update(_pool_row(ok))
+            row.update(pool_loci(ok))
             row["n_excluded"] = int(len(local) - len(ok))
             inside = (ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)
             row["local_coverage"] = float(inside.mean())
@@ -244,7 +255,7 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
                 sub = ok[ok.config == code]
                 row[f"{cls}_n_loci"] = int(len(sub))
                 if len(sub) >= 2:
-                    p = _pool_row(sub)
+                    p = pool_loci(sub)
                     row.update({f"{cls}_{k}": p[k] for k in ("estimate", "se", "truth_sample", "truth_instruments")})
         rows.append(row)
     if len(table):
@@ -603,75 +614,167 @@ def run_study(
     return pd.concat(frames, ignore_index=True)
 
 
-def summarize(rounds: pd.DataFrame, *, include_unfaithful: bool = False) -> pd.DataFrame:
-    """Per scenario and estimator: bias, RMSE, correlation with the truth across rounds,
-    coverage of the global 95 % CI and of the paper's ±2τ band, mean local-CI coverage.
+ANALYSES = ("all rounds", "oracle gate", "user gate")
+# the error of a global estimate against the population mean, split into steps that add up to it; each is
+# a difference of two columns of a round (see summarize)
+STEPS = {
+    "model": ("estimate", "exact_estimate"),
+    "crosstalk": ("exact_estimate", "causal_estimate"),
+    "method": ("causal_estimate", "truth_weighted"),
+    "pooling": ("truth_weighted", "truth_instruments"),
+    "instruments": ("truth_instruments", "truth_sample"),
+    "sampling": ("truth_sample", "truth_population"),
+}
 
-    Rounds whose model missed the fidelity bar are left out unless ``include_unfaithful``;
-    ``rounds_unfaithful`` counts them either way, so they are never silently pooled.
-    ``coverage_95ci_low``/``_high`` is the exact (Clopper-Pearson) 95 % interval of the
-    coverage itself, which with few rounds is wide.
 
-    Rounds from :func:`run_round` also carry the oracle control, which splits the error in
-    two: ``oracle_rel_bias`` is the method's own (the same estimator on a perfect model's
-    effects of the same instruments, against the truth; estimand and pleiotropy), and
-    ``rel_model_error`` / ``model_error_rmse`` the model's (estimate minus that control);
-    both relative ones are divided by the mean truth like ``rel_bias``. NaN without the control,
-    and for estimators outside :data:`CONTROLLED` (exact effects break them: see its comment). A
-    round whose control's SE is over 10 times the estimate's met a near-infinite Wald ratio; it is
-    counted in ``controls_degenerate`` and left out of the split. ``coverage_control_95ci``: the
-    share of rounds whose 95 % CI covers the control, i.e. what a perfect model would give; next to
-    ``coverage_95ci`` it tells misses due to the model (or its SEs) from misses due to the estimand.
-    """
+def _coverage(inside: pd.Series) -> tuple[float, float, float]:
+    """Share of True and its exact (Clopper-Pearson) 95 % interval; NaNs for none."""
     from scipy.stats import binomtest
 
-    r = rounds.dropna(subset=["estimate", "truth"]).copy()
-    faithful = r.fidelity_ok.astype(bool) if "fidelity_ok" in r else pd.Series(True, index=r.index)
-    r["unfaithful"] = ~faithful
-    r["err"] = r.estimate - r.truth
-    r["in_ci"] = (r.ci_low <= r.truth) & (r.truth <= r.ci_high)
-    r["in_2tau"] = (r.estimate - 2 * r.tau <= r.truth) & (r.truth <= r.estimate + 2 * r.tau)
-    control = r["oracle_estimate"] if "oracle_estimate" in r else pd.Series(np.nan, index=r.index)
-    control = control.where(r.estimator.isin(CONTROLLED))
-    # a control far less precise than the estimate has met a near-infinite Wald ratio (an instrument whose
-    # oracle exposure change is ~0, which only the model believed in): degenerate, counted, left out
-    spread = r["oracle_se"] / r.se if "oracle_se" in r else pd.Series(np.nan, index=r.index)
-    r["control_degenerate"] = control.notna() & (spread > _DEGENERATE_SE_RATIO)
-    control = control.where(~r.control_degenerate)
-    # does the CI cover what a perfect model would give? (the model's SEs, apart from the estimand)
-    r["has_control"] = control.notna()
-    r["control_in_ci"] = (r.ci_low <= control) & (control <= r.ci_high)
-    r["method_err"], r["model_err"] = control - r.truth, r.estimate - control
+    inside = inside.dropna().astype(bool)
+    if not len(inside):
+        return np.nan, np.nan, np.nan
+    ci = binomtest(int(inside.sum()), len(inside)).proportion_ci()
+    return float(inside.mean()), float(ci.low), float(ci.high)
 
-    def agg(g):
-        unfaithful = int(g.unfaithful.sum())
-        g = g if include_unfaithful else g[~g.unfaithful]
-        n, k = len(g), int(g.in_ci.sum())
-        has_ci = n > 0 and g.se.notna().any()
-        ci = binomtest(k, n).proportion_ci() if has_ci else None
-        return pd.Series(
-            {
-                "rounds": n,
-                "rounds_unfaithful": unfaithful,
-                "bias": g.err.mean(),
-                "rel_bias": g.err.mean() / g.truth.mean() if n else np.nan,
-                "oracle_rel_bias": g.method_err.mean() / g.truth.mean() if n else np.nan,
-                "rel_model_error": g.model_err.mean() / g.truth.mean() if n else np.nan,
-                "model_error_rmse": float(np.sqrt((g.model_err**2).mean())) if n else np.nan,
-                "controls_degenerate": int(g.control_degenerate.sum()),
-                "coverage_control_95ci": g.control_in_ci[g.has_control].mean() if g.has_control.any() else np.nan,
-                "rmse": float(np.sqrt((g.err**2).mean())) if n else np.nan,
-                "corr": float(np.corrcoef(g.estimate, g.truth)[0, 1]) if n > 2 and g.truth.std() > 0 else np.nan,
-                "coverage_95ci": k / n if has_ci else np.nan,
-                "coverage_95ci_low": ci.low if ci else np.nan,
-                "coverage_95ci_high": ci.high if ci else np.nan,
-                "coverage_2tau": g.in_2tau.mean() if n else np.nan,
-                "local_ci_coverage": g.local_coverage.mean() if n else np.nan,
-                "median_tau": g.tau.median(),
-                "median_loci": g.n_loci.median(),
-            }
-        )
 
+def _gate(rounds: pd.DataFrame, analysis: str) -> pd.Series:
+    if analysis == "all rounds":
+        return pd.Series(True, index=rounds.index)
+    col = {"oracle gate": "fidelity_ok", "user gate": "user_gate_ok"}[analysis]
+    return rounds[col].astype(bool) if col in rounds else pd.Series(True, index=rounds.index)
+
+
+def summarize(rounds: pd.DataFrame, *, analyses: Sequence[str] = ANALYSES) -> pd.DataFrame:
+    """The study per analysis, scenario and estimator, scored against the estimand each interval targets.
+
+    ``analysis``: ``"all rounds"`` (the primary analysis), ``"oracle gate"`` (only rounds whose model met
+    :class:`FidelityBar`, which needs the oracle) and ``"user gate"`` (only rounds that passed
+    :func:`measured_effects_gate`, which a user can apply); ``rounds_excluded`` counts what a gate left out.
+
+    The random-effects CI targets ``truth_population`` (mu, the mean local effect over the world's
+    sequences): ``bias``, ``rel_bias`` (over the mean mu), ``rmse``, ``z_sd`` (the SD of
+    ``(estimate - mu) / se``; 1 for honest SEs), ``coverage`` with its exact interval
+    (``coverage_low``/``_high``) and both tails (``miss_below``: the CI lies below mu; ``miss_above``).
+    The conditional CI (same weights, within-locus variance only) targets the analysed loci's own
+    truths: ``cond_coverage_sample`` against their plain mean ``truth_sample`` (the issue's target) and
+    ``cond_coverage_weighted`` and ``cond_z_sd`` against the weight-matched ``truth_weighted``.
+    ``local_ci_coverage`` and ``local_z_sd``: the local CIs against each locus's truth.
+    ``coverage_2tau``: the original study's band (estimate ± 2 tau) against mu.
+
+    The error split: ``rel_<step>`` for each step of :data:`STEPS` (model, crosstalk, method, pooling,
+    instruments, sampling; their sum is ``rel_bias``), only for :data:`CONTROLLED` estimators and rounds
+    whose exact-effects control is not degenerate (SE over 10 times the estimate's:
+    ``controls_degenerate``); ``rel_bias_oracle_instruments``: the estimator on the instruments a
+    perfect model would select, with exact effects. Per sequence class (``pair``, ``exposure_only``):
+    ``<class>_rel_bias`` and ``<class>_coverage`` of the subgroup pool against that class's mu.
+    """
+    bad = [a for a in analyses if a not in ANALYSES]
+    if bad:
+        raise ValueError(f"unknown analyses {bad}; known: {ANALYSES}")
+    r = rounds.dropna(subset=["estimate", "truth_population"]).reset_index(drop=True)
+    mu = r.truth_population
+    r["err"] = r.estimate - mu
+    r["z"] = r.err / r.se
+    r["in_ci"] = ((r.ci_low <= mu) & (mu <= r.ci_high)).where(r.se.notna())
+    r["below"], r["above"] = (r.ci_high < mu).where(r.se.notna()), (r.ci_low > mu).where(r.se.notna())
+    r["in_2tau"] = (r.estimate - 2 * r.tau <= mu) & (mu <= r.estimate + 2 * r.tau)
+    for col in ("cond_ci_low", "cond_ci_high", "truth_weighted", "cond_se", "exact_estimate", "exact_se"):
+        if col not in r:
+            r[col] = np.nan
+    r["cond_in_sample"] = ((r.cond_ci_low <= r.truth_sample) & (r.truth_sample <= r.cond_ci_high)).where(
+        r.cond_se.notna()
+    )
+    r["cond_in_weighted"] = ((r.cond_ci_low <= r.truth_weighted) & (r.truth_weighted <= r.cond_ci_high)).where(
+        r.cond_se.notna()
+    )
+    r["cond_z"] = (r.estimate - r.truth_weighted) / r.cond_se
+    controlled = r.estimator.isin(CONTROLLED) & r.exact_estimate.notna()
+    r["control_degenerate"] = controlled & (r.exact_se / r.se > _DEGENERATE_SE_RATIO)
+    split = controlled & ~r.control_degenerate
+    for step, (hi, lo) in STEPS.items():
+        r[f"step_{step}"] = (r[hi] - r[lo]).where(split) if hi in r and lo in r else np.nan
+    for cls in CLASSES:
+        est, se, truth = (f"{cls}_estimate", f"{cls}_se", f"{cls}_truth_population")
+        if est in r:
+            r[f"{cls}_err"] = r[est] - r[truth]
+            r[f"{cls}_in"] = ((r[est] - _Z * r[se] <= r[truth]) & (r[truth] <= r[est] + _Z * r[se])).where(
+                r[se].notna()
+            )
+
+    def agg(g, excluded):
+        n, mbar = len(g), g.truth_population.mean()
+        cov, lo, hi = _coverage(g.in_ci)
+        c_s, c_s_lo, c_s_hi = _coverage(g.cond_in_sample)
+        out = {
+            "rounds": n,
+            "rounds_excluded": excluded,
+            "truth_population": mbar,
+            "bias": g.err.mean(),
+            "rel_bias": g.err.mean() / mbar,
+            "rmse": float(np.sqrt((g.err**2).mean())),
+            "z_sd": g.z.std(ddof=1) if g.z.notna().sum() > 1 else np.nan,
+            "coverage": cov,
+            "coverage_low": lo,
+            "coverage_high": hi,
+            "miss_below": g.below.mean(),
+            "miss_above": g.above.mean(),
+            "cond_coverage_sample": c_s,
+            "cond_coverage_sample_low": c_s_lo,
+            "cond_coverage_sample_high": c_s_hi,
+            "cond_coverage_weighted": g.cond_in_weighted.mean(),
+            "cond_z_sd": g.cond_z.std(ddof=1) if g.cond_z.notna().sum() > 1 else np.nan,
+            "local_ci_coverage": g.local_coverage.mean() if "local_coverage" in g else np.nan,
+            "local_z_sd": g.local_z_sd.mean() if "local_z_sd" in g else np.nan,
+            "coverage_2tau": g.in_2tau.mean() if g.tau.notna().any() else np.nan,
+            "corr": float(np.corrcoef(g.estimate, g.truth_population)[0, 1])
+            if n > 2 and g.truth_population.std() > 0 and g.estimate.std() > 0
+            else np.nan,
+            "controls_degenerate": int(g.control_degenerate.sum()),
+        }
+        for step in STEPS:
+            out[f"rel_{step}"] = g[f"step_{step}"].mean() / mbar
+        oi = g.get("oracle_instruments_estimate")
+        out["rel_bias_oracle_instruments"] = (oi - g.truth_population).mean() / mbar if oi is not None else np.nan
+        for cls in CLASSES:
+            if f"{cls}_err" in g:
+                out[f"{cls}_rel_bias"] = g[f"{cls}_err"].mean() / g[f"{cls}_truth_population"].mean()
+                out[f"{cls}_coverage"] = g[f"{cls}_in"].mean()
+        out["median_tau"], out["median_loci"] = g.tau.median(), g.n_loci.median()
+        return out
+
+    rows = []
+    for analysis in analyses:
+        keep = _gate(r, analysis)
+        for (scenario, estimator), g in r.groupby(["scenario", "estimator"], sort=False):
+            k = keep.loc[g.index]
+            rows.append({"analysis": analysis, "scenario": scenario, "estimator": estimator,
+                         **agg(g[k], int((~k).sum()))})  # fmt: skip
+    out = pd.DataFrame(rows)
     order = {s: i for i, s in enumerate(SCENARIOS)}
-    out = r.groupby(["scenario", "estimator"], sort=False).apply(agg, include_groups=False).reset_index()
-    return out.sort_values("scenario", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    key = out.scenario.map(order) * 10 + out.analysis.map({a: i for i, a in enumerate(ANALYSES)})
+    return out.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def scoring_change(rounds: pd.DataFrame) -> pd.DataFrame:
+    """Before and after, per scenario and estimator: coverage and SD(z) of the same random-effects CIs
+    scored the old way (against ``truth_own``, the plain mean of the analysed loci's truths on their own
+    instruments with their own confounder coin flips, rounds that met the oracle gate) and the new way
+    (against the population mean ``truth_population``, all rounds), plus the conditional CI against
+    the analysed loci's own mean. One row per scenario and estimator."""
+    r = rounds.dropna(subset=["estimate", "se"]).copy()
+    rows = []
+    for (scenario, estimator), g in r.groupby(["scenario", "estimator"], sort=False):
+        gated = g[g.fidelity_ok.astype(bool)] if "fidelity_ok" in g else g
+        row = {"scenario": scenario, "estimator": estimator}
+        for label, h, truth, lo, hi, se in (
+            ("before: sample mean, gated", gated, "truth_own", "ci_low", "ci_high", "se"),
+            ("sample mean, all rounds", g, "truth_own", "ci_low", "ci_high", "se"),
+            ("after: population mean, all rounds", g, "truth_population", "ci_low", "ci_high", "se"),
+            ("conditional CI: sample mean, all rounds", g, "truth_sample", "cond_ci_low", "cond_ci_high", "cond_se"),
+        ):
+            row[f"{label} | rounds"] = len(h)
+            row[f"{label} | coverage"] = float(((h[lo] <= h[truth]) & (h[truth] <= h[hi])).mean())
+            row[f"{label} | SD(z)"] = float(((h.estimate - h[truth]) / h[se]).std(ddof=1)) if len(h) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
