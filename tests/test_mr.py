@@ -248,7 +248,7 @@ def test_mbe_bmi_within_one_grid_step(ref, bmi):
 
 
 def test_a_zero_bootstrap_se_is_an_error_not_a_zero_width_interval():
-    # Found by the simulation study's oracle control: one instrument with an exposure change of ~1e-13 has
+    # Found by the simulation study's exact-effects control: one instrument with an exposure change of ~1e-13 has
     # a Wald ratio of ~-4e8, so R's 512-point KDE grid (min - 3 bw .. max + 3 bw) has steps of ~1e6 and
     # every bootstrap draw lands on the same grid point: SE 0. That must not come back as a CI of width 0.
     bx = np.array([-2.9e-13, -7.10, -6.52, -7.11, -5.95, -5.95, -6.53, -3.46])

@@ -38,7 +38,7 @@ from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
 from ..simulate import CooperativityModel, slope_through_origin
-from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, round_seed, run_round
+from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, pool_loci, round_seed, run_round
 
 __all__ = [
     "all_substitutions",
@@ -120,8 +120,9 @@ def estimate(
     """Local MR per locus with each estimator, pooled by REML; one row per estimator.
 
     ``instruments``: selected rows of a variant table; ``truth``: ``locus, theta``. Columns:
-    ``estimator, estimate, se, ci_low, ci_high, tau, truth`` (mean local truth of the pooled
-    loci), ``covered`` (the global 95 % CI holds the truth), ``n_loci``, ``local_coverage``
+    ``estimator, estimate, se, ci_low, ci_high, tau``, ``cond_se, cond_ci_low, cond_ci_high`` (the
+    conditional CI), ``truth`` (mean local truth of the pooled loci, weighted like the pool;
+    ``truth_sample`` unweighted), ``covered`` (the conditional 95 % CI holds it), ``n_loci``, ``local_coverage``
     and ``local_rmse`` (local estimates against local truths). Without instruments, or with
     fewer than two usable loci, a row has ``n_loci`` and no estimate.
     """
@@ -139,18 +140,26 @@ def estimate(
 
 def _pooled(name: str, local: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """One estimator's row: its per-locus frame (``locus, estimate, se, ci_low, ci_high, status``)
-    against the truth, pooled by REML when at least two loci have an estimate."""
+    against the truth, pooled by REML when at least two loci have an estimate.
+
+    The truth is the mean local truth of *these* loci, so the interval scored against it is the
+    conditional one (:func:`~deepmr_utils.book.simulation_study.pool_loci`: the pool's weights,
+    within-locus variance only) and the truth is weighted like the pool (``truth``; the plain mean
+    is ``truth_sample``). The random-effects CI (``ci_low``, ``ci_high``) is for the mean over a
+    population of sequences, which these experiments do not define; scored against the mean of the
+    same loci it would cover nearly always."""
     local = local.merge(truth, on="locus", how="left")
     local = local[local.theta.notna()]
     ok = local[local.status == "ok"]
     row = {"estimator": name, "n_loci": len(ok)}
     if len(ok) >= 2:
-        g = meta.pool(local)
-        t = float(ok.theta.mean())
+        p = pool_loci(ok)
+        t = p["truth_weighted"]
         row.update(
-            g.to_dict("estimate", "se", "ci_low", "ci_high", "tau"),
+            {k: p[k] for k in ("estimate", "se", "ci_low", "ci_high", "tau", "cond_se", "cond_ci_low", "cond_ci_high")},
             truth=t,
-            covered=bool(g.ci_low <= t <= g.ci_high),
+            truth_sample=p["truth_sample"],
+            covered=bool(p["cond_ci_low"] <= t <= p["cond_ci_high"]),
             local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
             local_rmse=float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
         )
@@ -456,6 +465,8 @@ def _accuracy_job(job: tuple) -> pd.DataFrame:
         torch.set_num_threads(threads)
     rows, d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train), details=True)
     rows = rows[rows.estimator.isin(list(ESTIMATORS))].copy()
+    # the random-effects CI is for the population mean mu, so that is the truth it is scored against
+    rows["truth"] = rows["truth_population"]
     for col in ("estimate", "se", "ci_low", "ci_high", "truth", "tau", "local_coverage"):
         if col not in rows:  # a model with no usable loci: the round is kept, without estimates
             rows[col] = np.nan
@@ -485,7 +496,8 @@ def accuracy_sweep(
     confounding) at each training-set size, ``rounds`` rounds each. Round ``r`` has the same seed
     at every size, so the effect ratio and the test sequences are shared and only the training set
     grows. Rows per size, round and estimator: the round's numbers (held-out r of each output,
-    estimate, SE, CI, truth, tau) plus ``covered``, ``local_rmse`` and the spread of the local
+    estimate, SE, CI, tau; ``truth`` is the round's population mean mu, the random-effects CI's
+    target) plus ``covered``, ``local_rmse`` and the spread of the local
     estimates against that of the local truths (an underfit model gives every sequence nearly
     the same local effect). ``n_jobs`` processes with one thread each."""
     jobs = [(n, r, round_seed(seed, "none", r), sizes, 1 if n_jobs > 1 else 0) for n in n_trains for r in range(rounds)]

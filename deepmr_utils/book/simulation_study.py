@@ -183,17 +183,16 @@ def _naive_baseline(table: pd.DataFrame, truth: pd.DataFrame) -> dict:
 
 
 _CONTROL = ("estimate", "se", "ci_low", "ci_high", "tau")
-# estimators whose oracle control means something. The control's effects are exact, so robust MR-Egger's
+# estimators whose exact-effects controls mean something. The control's effects are exact, so robust MR-Egger's
 # S-scale (estimated from the residuals, 50 % breakdown) collapses onto the curvature of the outcome's
 # response and the fit keeps the best half of the instruments, and the mode's kernel density grid stretches
-# to the one Wald ratio whose exposure change is nearly zero (a false-positive instrument): both controls
-# are kept in the round files but left out of the summary
+# to the one Wald ratio whose exposure change is nearly zero (a false-positive instrument): neither is run
 CONTROLLED = ("IVW", "MR-Egger", "weighted median")
 # a round's control whose SE is this many times the estimate's is degenerate (in the committed study the
 # ratio is 0.55-3 in every round but one, where it is 3e4)
 _DEGENERATE_SE_RATIO = 10.0
-# version of a round's columns, pinned in a study folder: 2 added the oracle control; 3 the population
-# estimand, the conditional CI, the crosstalk control, subgroups per sequence class and the user's gate
+# version of a round's columns, pinned in a study folder: 2 added the first exact-effects control; 3 the
+# population estimand, the conditional CI, the crosstalk control, subgroups per sequence class, the user's gate
 _ROUND_COLUMNS = 3
 # sequence classes (the generator's config codes) of the subgroup analysis
 CLASSES = {"exposure_only": 1, "pair": 3}
@@ -201,26 +200,27 @@ _Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval belo
 
 
 def pool_loci(ok: pd.DataFrame) -> dict:
-    """REML pool of usable loci ``ok`` (columns ``estimate``, ``se``, ``theta``, ``theta_seq``, ``theta_own``).
+    """REML pool of usable loci ``ok`` (columns ``estimate``, ``se``, ``theta``; optional ``theta_seq``, ``theta_own``).
 
     Two intervals from one fit, each for its own estimand: the random-effects CI (``ci_low``,
     ``ci_high``; SE ``1/sqrt(sum w)``) for the population mean mu, and the conditional CI
     (``cond_ci_low``, ``cond_ci_high``; SE ``sqrt(sum w^2 s^2) / sum w``, the same weights
     ``w = 1/(s^2 + tau^2)`` and only the within-locus variance) for the weighted mean of these
-    loci's own truths, ``truth_weighted``. Also the plain means ``truth_sample`` (of ``theta_seq``),
-    ``truth_instruments`` (of ``theta``) and ``truth_own`` (of ``theta_own``)."""
+    loci's own truths, ``truth_weighted``. Also the plain means ``truth_sample`` (of ``theta_seq``, or
+    of ``theta`` without it), ``truth_instruments`` (of ``theta``) and ``truth_own`` (of ``theta_own``)."""
     g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
     w = 1.0 / (ok.se.to_numpy() ** 2 + g.tau2)
     cond_se = float(np.sqrt(np.sum(w**2 * ok.se.to_numpy() ** 2)) / w.sum())
+    theta = ok.theta.to_numpy()
     return {
         **g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "converged"),
         "cond_se": cond_se,
         "cond_ci_low": g.estimate - _Z * cond_se,
         "cond_ci_high": g.estimate + _Z * cond_se,
-        "truth_sample": float(ok.theta_seq.mean()),
-        "truth_instruments": float(ok.theta.mean()),
-        "truth_weighted": float(np.sum(w * ok.theta.to_numpy()) / w.sum()),
-        "truth_own": float(ok.theta_own.mean()),
+        "truth_sample": float(ok.theta_seq.mean()) if "theta_seq" in ok else float(theta.mean()),
+        "truth_instruments": float(theta.mean()),
+        "truth_weighted": float(np.sum(w * theta) / w.sum()),
+        "truth_own": float(ok.theta_own.mean()) if "theta_own" in ok else np.nan,
     }
 
 

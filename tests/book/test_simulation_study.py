@@ -181,7 +181,7 @@ def test_each_interval_covers_its_own_estimand():
 
 
 def test_a_round_with_a_perfect_model_has_no_model_error(monkeypatch):
-    # the oracle control must be the estimators on the oracle's effects of the very instruments the model
+    # the exact-effects control must be the estimators on the oracle's effects of the very instruments the model
     # selected: hand the round the oracle itself as its "trained" ensemble and the two must agree
     def oracle_ensemble(factory, X, y, n, **kw):
         gen = oracle_ensemble.gen
