@@ -77,7 +77,7 @@ def test_sampling_respects_scenarios():
     for sites in both["sites"]:
         spans = sorted((s, s + w[j]) for j, s in enumerate(sites) if s >= 0)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-    pairs = both["sites"][both["config"] == 3]
+    pairs = both["sites"][both["config"] == simulate.SequenceType.PAIR]
     assert (pairs[:, 0] < pairs[:, 1]).all()
 
 
@@ -117,7 +117,7 @@ def test_truth_without_confounding_has_no_pleiotropy_for_exposure_only_mutations
     # without an outcome motif change, dy == dy_causal
     gen = simulate.CooperativityModel(alpha=100, beta=1000)
     data = gen.sample(50, seed=5)
-    i = int(np.flatnonzero(data["config"] == 3)[0])
+    i = int(np.flatnonzero(data["config"] == simulate.SequenceType.PAIR)[0])
     s = data["sites"][i, 0]
     table = pd.DataFrame({"locus": i, "position": s + np.arange(3), "alt": "T"})
     t = gen.variant_truth(data["X"], table)
@@ -272,7 +272,7 @@ def test_occupancy_ism_equals_the_occupancy_of_every_explicit_mutant():
 def test_sequence_local_effects_is_the_slope_over_every_substitution(scenario):
     gen = simulate.CooperativityModel(beta=500).with_scenario(scenario)
     d = gen.sample(40, seed=2)
-    X = d["X"][np.isin(d["config"], (1, 3))][:8]
+    X = d["X"][np.isin(d["config"], simulate.WITH_EXPOSURE)][:8]
     n, L = X.shape[0], X.shape[2]
     ref = X.numpy().argmax(1)
     loc, pos = np.repeat(np.arange(n), 3 * L), np.tile(np.repeat(np.arange(L), 3), n)

@@ -37,7 +37,7 @@ from ..instruments import Selection
 from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
-from ..simulate import CooperativityModel, slope_through_origin
+from ..simulate import WITH_EXPOSURE, CooperativityModel, SequenceType, slope_through_origin
 from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, pool_loci, round_seed, run_round
 
 __all__ = [
@@ -169,7 +169,7 @@ def _pooled(name: str, local: pd.DataFrame, truth: pd.DataFrame) -> dict:
 def _exposure_loci(gen: CooperativityModel, n: int, seed: int) -> dict:
     """``n`` sequences that carry the exposure motif (alone or with the outcome motif)."""
     data = gen.sample(4 * n, seed=seed)
-    keep = np.flatnonzero(np.isin(data["config"], (1, 3)))[:n]
+    keep = np.flatnonzero(np.isin(data["config"], WITH_EXPOSURE))[:n]
     if len(keep) < n:
         raise ValueError(f"only {len(keep)} of {4 * n} sampled sequences carry the exposure motif; raise p_embed")
     return {k: (v[keep] if hasattr(v, "__getitem__") else v) for k, v in data.items()}
@@ -279,7 +279,7 @@ def linearity(
         gen = replace(base, hill=float(hill), p_embed=1.0)
         rng = np.random.default_rng(seed + i)
         data = gen.sample(4 * n_loci, seed=int(rng.integers(2**31 - 1)))
-        keep = np.flatnonzero(data["config"] == 3)[:n_loci]
+        keep = np.flatnonzero(data["config"] == SequenceType.PAIR)[:n_loci]
         X = data["X"][keep]
         deriv = pd.DataFrame({"locus": np.arange(len(keep)), "derivative": gen.local_derivative(X)})
         inst = Selection(threshold=threshold).apply(oracle_table(gen, X, se=se, rng=rng)).instruments
@@ -645,7 +645,7 @@ def multivariable_adjustment(
         )
         acc = train.accuracy(models, test["X"], np.column_stack([test["y"], test["y_confounder"]]), names=names)
         fid.append(acc.assign(nu=nu))
-        mutated = np.flatnonzero(np.isin(test["config"], (1, 3)))
+        mutated = np.flatnonzero(np.isin(test["config"], WITH_EXPOSURE))
         Xm = test["X"][mutated]
         common = {"select": Selection("all"), "progress": False, "device": device}
         t = pipeline.variant_effects(models, Xm, exposure=0, outcome=1, **common)

@@ -111,7 +111,8 @@ class FidelityBar:
     slope_range: tuple[float, float] = (0.8, 1.25)
 
 
-_TYPES = {"exposure_only": 1, "pair": 3}  # sequence type -> the generator's config code
+# the sequence classes of the fidelity checks and the subgroup analysis: name -> the generator's code
+CLASSES = {"exposure_only": simulate.SequenceType.EXPOSURE_ONLY, "pair": simulate.SequenceType.PAIR}
 
 
 def round_seed(seed: int, scenario: str, r: int) -> int:
@@ -146,7 +147,7 @@ def fidelity(
     truth = gen.variant_truth(test["X"][mutated], table, test["b_conf"][mutated]) if len(table) else None
     kind = test["config"][mutated][table.locus.to_numpy()] if len(table) else np.array([])
     lo, hi = bar.slope_range
-    for tname, code in _TYPES.items():
+    for tname, code in CLASSES.items():
         m = kind == code
         for col, ref in (("bx", "dx"), ("by", "dy")):
             key = f"slope_{col}_{tname}"
@@ -158,8 +159,8 @@ def fidelity(
             gated = col == "bx" or tname == "pair"
             if gated and not lo <= out[key] <= hi:
                 ok = False
-    out["n_instruments_exposure_only"] = int((kind == 1).sum())
-    out["n_instruments_pair"] = int((kind == 3).sum())
+    for tname, code in CLASSES.items():
+        out[f"n_instruments_{tname}"] = int((kind == code).sum())
     out["fidelity_ok"] = bool(ok)
     return out
 
@@ -194,8 +195,6 @@ _DEGENERATE_SE_RATIO = 10.0
 # version of a round's columns, pinned in a study folder: 2 added the first exact-effects control; 3 the
 # population estimand, the conditional CI, the crosstalk control, subgroups per sequence class, the user's gate
 _ROUND_COLUMNS = 3
-# sequence classes (the generator's config codes) of the subgroup analysis
-CLASSES = {"exposure_only": 1, "pair": 3}
 _Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval below
 
 
@@ -421,7 +420,7 @@ def run_round(
         )
     calibrator = fit_calibration(calibration, models, cal)
 
-    mutate = np.flatnonzero(np.isin(test["config"], (1, 3)))  # test sequences with the exposure motif
+    mutate = np.flatnonzero(np.isin(test["config"], simulate.WITH_EXPOSURE))  # test sequences with the exposure motif
     Xm, b_conf = test["X"][mutate], test["b_conf"][mutate]
     table = pipeline.variant_effects(
         models,

@@ -9,12 +9,14 @@
 from ._common import anscombe, draw_effect_ratio, slope_through_origin
 from .chipnexus import OSKN, OSKN_EFFECTS, OSKN_MOTIFS, ChipNexusModel
 from .chromatin import ChromatinModel
-from .cooperativity import CooperativityModel
+from .cooperativity import WITH_EXPOSURE, CooperativityModel, SequenceType
 from .summary import summary_statistics
 
 __all__ = [
     "summary_statistics",
     "CooperativityModel",
+    "SequenceType",
+    "WITH_EXPOSURE",
     "ChipNexusModel",
     "ChromatinModel",
     "OSKN",

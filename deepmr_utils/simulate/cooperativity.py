@@ -7,6 +7,7 @@ sequence-independent confounding, and the true local effects of given instrument
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import IntEnum
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,20 @@ from .._types import ArrayLike, Sequences
 from ..sequence import base_indices, from_codes, substitute
 from ._common import anscombe, slope_through_origin
 
-__all__ = ["CooperativityModel"]
+__all__ = ["CooperativityModel", "SequenceType", "WITH_EXPOSURE"]
+
+
+class SequenceType(IntEnum):
+    """What a sampled sequence carries (the ``config`` code of :meth:`CooperativityModel.sample`)."""
+
+    NONE = 0
+    EXPOSURE_ONLY = 1
+    OUTCOME_ONLY = 2
+    PAIR = 3  # an exposure motif followed by an outcome motif
+
+
+# the sequences DeepMR mutates: those with an exposure motif
+WITH_EXPOSURE = (SequenceType.EXPOSURE_ONLY, SequenceType.PAIR)
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,7 @@ class CooperativityModel:
         """Draw ``n`` sequences with their labels.
 
         Returns a dict: ``X`` one-hot ``(n, 4, L)``, ``b_conf`` ``(n,)``, ``config``
-        (0 none, 1 exposure only, 2 outcome only, 3 both), ``sites`` (start of each
+        (the :class:`SequenceType` codes: 0 none, 1 exposure only, 2 outcome only, 3 both), ``sites`` (start of each
         embedded motif or -1: columns exposure, outcome, confounder), and noisy
         ``counts`` ``(n, 2)`` and their Anscombe transform ``y`` ``(n, 2)``, and the confounder
         TF's own ChIP signal ``y_confounder`` ``(n,)`` (Anscombe of Poisson counts; drawn after
@@ -137,9 +151,9 @@ class CooperativityModel:
         conf = self.sequence_dependent & (rng.random(n) < self.p_confounder_motif)
         for i in range(n):
             todo = []
-            if config[i] in (1, 3):
+            if config[i] in WITH_EXPOSURE:
                 todo.append(0)
-            if config[i] in (2, 3):
+            if config[i] in (SequenceType.OUTCOME_ONLY, SequenceType.PAIR):
                 todo.append(1)
             if conf[i]:
                 todo.append(2)
@@ -326,7 +340,7 @@ class CooperativityModel:
         :meth:`sequence_local_effects` (confounder averaged). Returns ``config`` and ``theta``; the
         population mean ``mu`` is ``theta.mean()`` (its Monte Carlo SE ``theta.std() / sqrt(len)``)."""
         d = self.sample(n, seed=seed)
-        keep = np.isin(d["config"], (1, 3))
+        keep = np.isin(d["config"], WITH_EXPOSURE)
         X = d["X"][keep]
         return pd.DataFrame({"config": d["config"][keep], "theta": self.sequence_local_effects(X)})
 

@@ -34,7 +34,7 @@ def test_oracle_table_noise_has_the_stated_se():
 def test_local_truth_is_the_studys_truth_without_a_confounder():
     gen = simulate.CooperativityModel()
     d = gen.sample(30, seed=2)
-    X = d["X"][np.isin(d["config"], (1, 3))]
+    X = d["X"][np.isin(d["config"], simulate.WITH_EXPOSURE)]
     t = ch.oracle_table(gen, X, se=0.1, rng=np.random.default_rng(1))
     inst = Selection(threshold=3).apply(t).instruments
     ours = ch.local_truth(inst).set_index("locus").theta
@@ -109,7 +109,7 @@ def test_pleiotropy_biases_ivw_more_than_the_mode():
 def test_inside_breaks_every_univariable_estimator_but_not_multivariable_mr():
     gen = ch.paralog_world(60.0)
     d = gen.sample(240, seed=6)
-    X = d["X"][np.isin(d["config"], (1, 3))][:60]
+    X = d["X"][np.isin(d["config"], simulate.WITH_EXPOSURE)][:60]
     inst = Selection(threshold=3).apply(ch.oracle_table(gen, X, se=0.2, rng=np.random.default_rng(2))).instruments
     univariable = ch.estimate(inst, ch.local_truth(inst), n_boot=50).set_index("estimator")
     rel = (univariable.estimate - univariable.truth) / univariable.truth
@@ -175,7 +175,7 @@ def test_multivariable_reports_conditional_f_and_a_strong_loci_sensitivity_row()
     of a second pooled row, beside the primary one on all loci."""
     gen = ch.paralog_world(60.0)
     d = gen.sample(240, seed=6)
-    X = d["X"][np.isin(d["config"], (1, 3))][:60]
+    X = d["X"][np.isin(d["config"], simulate.WITH_EXPOSURE)][:60]
     inst = Selection(threshold=3).apply(ch.oracle_table(gen, X, se=0.2, rng=np.random.default_rng(2))).instruments
     per_locus = ch._multivariable_per_locus(inst)
     ok = per_locus[per_locus.status == "ok"]

@@ -33,7 +33,7 @@ def test_fidelity_passes_the_oracle_and_fails_a_shrunken_model(scale, ok):
     gen = simulate.CooperativityModel(alpha=100, beta=300)
     test = gen.sample(150, seed=3)
     models = [_OracleMember(gen, e, scale) for e in (-0.02, 0.0, 0.02)]
-    mutated = np.flatnonzero(np.isin(test["config"], (1, 3)))
+    mutated = np.flatnonzero(np.isin(test["config"], simulate.WITH_EXPOSURE))
     table = pipeline.variant_effects(models, test["X"][mutated], exposure=0, outcome=1, progress=False,
                                      select=Selection(threshold=3.0), device="cpu")  # fmt: skip
     f = simulation_study.fidelity(gen, models, test, mutated, table)
@@ -51,7 +51,7 @@ def test_the_users_gate_reads_measured_variant_effects_without_the_oracle(scenar
     gen = simulate.CooperativityModel(alpha=100, beta=300).with_scenario(scenario)
     test = gen.sample(300, seed=4)
     models = [_OracleMember(gen, e, scale) for e in (-0.02, 0.0, 0.02)]
-    mutated = np.flatnonzero(np.isin(test["config"], (1, 3)))
+    mutated = np.flatnonzero(np.isin(test["config"], simulate.WITH_EXPOSURE))
     g = simulation_study.measured_effects_gate(gen, models, test, mutated, seed=1)
     assert g["user_gate_ok"] is ok and g["user_gate_pairs"] == mutated.size
     # halved effects: measured changes are twice the predicted ones
