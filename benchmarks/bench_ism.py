@@ -18,7 +18,7 @@ output 0, outcome = output 1, effects and SEs over members):
 
 * ``deepmr``      ``pipeline.variant_effects`` with the library's defaults (``deepmr-vmap``:
   all members in one ``torch.func.vmap`` call per block of mutants, ``ensemble="vmap"``;
-  ``deepmr-plain``: ``fast=False``);
+  ``deepmr-plain``: ``engine="plain"``);
 * ``naive``       per sequence, all 3L mutants built by tensor indexing, each member run in
   batches of ``--batch-size``, then the same post-processing;
 * ``tangermeme``  ``tangermeme.saturation_mutagenesis(raw_outputs=True, fast=True)`` once per
@@ -155,7 +155,7 @@ def run_model(key, args, device, methods):
         if name == "handwritten":
             t, tab = timed(lambda: post_process(handwritten_ism(models, X.to(device)), X))
         elif name.startswith("deepmr"):
-            kw = {"deepmr-plain": {"fast": False}, "deepmr-vmap": {"ensemble": "vmap"}}.get(name, {})
+            kw = {"deepmr-plain": {"engine": "plain"}, "deepmr-vmap": {"ensemble": "vmap"}}.get(name, {})
             t, tab = timed(
                 lambda: pipeline.variant_effects(
                     models,

@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--dask-defaults", action="store_true", help="start workers with Dask's default environment")
     args = ap.parse_args()
     # fixed path and batch size: the automatic choices are timed per process and could differ
-    opts = dict(chunk_size=args.chunk_size, fast=True, batch_size=256, progress=False)
+    opts = dict(chunk_size=args.chunk_size, engine="windowed", batch_size=256, progress=False)
     n_variants = args.sequences * args.length * 3
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"UnseenBPNet x {args.members} members, {args.sequences} sequences of {args.length} bp, "

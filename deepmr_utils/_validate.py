@@ -7,6 +7,9 @@ propagating a NaN into a book table.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from ._types import ArrayLike, Sequences
@@ -107,3 +110,26 @@ def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def renamed_keywords(**hints: str) -> Callable:
+    """Decorator: calling the function with a retired keyword raises a ``TypeError`` that names
+    its replacement (``hints``: old keyword -> what to write instead), not Python's bare
+    "unexpected keyword argument"."""
+
+    def wrap(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def inner(*args, **kwargs):
+            for old, hint in hints.items():
+                if old in kwargs:
+                    raise TypeError(f"{f.__name__}() no longer takes {old}=; {hint}")
+            return f(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+ENGINES = ("auto", "windowed", "plain")
+# the one hint for the retired ISM switch, shared by every function that had it
+FAST_HINT = "use engine='windowed' (was fast=True), 'plain' (fast=False) or 'auto' (fast=None)"

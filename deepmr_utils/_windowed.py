@@ -1,4 +1,4 @@
-"""Exact windowed ISM for any traceable PyTorch model (the engine behind ``fast=True``).
+"""Exact windowed ISM for any traceable PyTorch model (the engine behind ``engine="windowed"``).
 
 A single-base substitution changes a convolutional network only inside the
 receptive-field cone of the edited position. :class:`WindowedModel` captures a model
@@ -6,7 +6,7 @@ with ``torch.fx``, runs every reference once and keeps every intermediate activa
 then evaluates a batch of mutants that differ from their reference on one window of
 the input by carrying, through each operation, only the window where the mutants'
 activations can differ from the reference's (fastISM, Nair et al. 2022; tangermeme's
-``fast=True``):
+``engine="windowed"``):
 
 * **local** operations keep a window: convolutions and pooling along the length axis
   (any kernel, stride, dilation, padding) widen it by their cone; elementwise maps,

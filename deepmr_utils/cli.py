@@ -86,11 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="mutants per forward pass (default: chosen by measurement)")
     e.add_argument("--dtype", choices=list(DTYPES), default="float32", help="autocast dtype on a GPU")
     e.add_argument(
-        "--fast",
-        choices=["auto", "on", "off"],
+        "--engine",
+        choices=["auto", "windowed", "plain"],
         default="auto",
-        help="windowed exact ISM: auto (timed), on, off (the plain path)",
+        help="exact windowed ISM (windowed), every mutant through the whole model (plain), or by length (auto)",
     )
+    e.add_argument("--fast", help=argparse.SUPPRESS)  # retired: refused with a line naming --engine
     e.add_argument("--chunk-size", type=int, default=64, help="sequences per chunk file and per task (default 64)")
     e.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
     where = e.add_mutually_exclusive_group()
@@ -227,6 +228,8 @@ def _effects(args) -> None:
     from . import pipeline
     from .inputs import read_regions, read_sequences
 
+    if args.fast is not None:
+        raise ValueError("--fast is retired: use --engine windowed (was --fast on), plain (off) or auto")
     models = _models(args)
     if len(models) == 1 and args.mc_dropout < 2:
         raise ValueError("one model gives no standard errors: repeat --model once per ensemble member, "
@@ -252,7 +255,7 @@ def _effects(args) -> None:
         effect, _ = pipeline.effects(
             models, X, out=out, chunk_size=args.chunk_size, positions=window, device=args.device,
             batch_size=args.batch_size, mc_dropout=args.mc_dropout, seed=args.seed, dtype=DTYPES[args.dtype],
-            fast={"auto": None, "on": True, "off": False}[args.fast], rc_average=args.rc_average,
+            engine=args.engine, rc_average=args.rc_average,
             transform=args.transform, progress=not args.quiet, client=client,
         )  # fmt: skip
     finally:

@@ -35,6 +35,7 @@ from ._torch import (
     select_outputs,
 )
 from ._types import Device, Models, Positions, Sequences
+from ._validate import ENGINES, FAST_HINT, check_choice, renamed_keywords
 from ._windowed import StackedWindowedModel, TraceError, WindowedModel
 from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
@@ -128,7 +129,7 @@ def _cuda_batch_size(model_fn, x1: torch.Tensor, device: torch.device) -> int:
 def _cpu_batch_size(L: int) -> int:
     """Rows per forward pass on a CPU, from the sequence length alone: about 16 kb of sequence per
     batch, a power of two in [16, 1024] (100 bp: 128, 200 bp: 64, 1 kb: 16). Measured on 2 CPU cores
-    (3 members, fast=False): the best batch sizes were 128 at 100 bp, 64 at 200 bp and 16-32 at 1 kb,
+    (3 members, engine="plain"): the best batch sizes were 128 at 100 bp, 64 at 200 bp and 16-32 at 1 kb,
     where 128 rows ran 3x slower (the activations leave the caches). A rule, not a measurement at run
     time: a batch size chosen by timing changes the convolution kernels, so the numbers would depend
     on the machine's load."""
@@ -169,6 +170,7 @@ def _by_member(raw, outputs, n: int | None) -> torch.Tensor:
 # ----------------------------------------------------------------------------- main API
 
 
+@renamed_keywords(fast=FAST_HINT)
 def saturation_mutagenesis(
     models: Models,
     X: Sequences,
@@ -180,7 +182,7 @@ def saturation_mutagenesis(
     dtype: torch.dtype | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
-    fast: bool | None = None,
+    engine: str = "auto",
     ensemble: str = "auto",
     block: int = 12,
     rc_average: bool = False,
@@ -207,13 +209,14 @@ def saturation_mutagenesis(
     mc_dropout : number of MC-dropout passes (0 = off). Each pass draws one
         dropout mask per layer, shared by every reference and mutant in the pass;
         the passes fill the model axis. Requires exactly one model.
-    fast : recompute only the window a mutation can reach (exact: the plain path's numbers
-        to float32 round-off, with several times fewer FLOPs). ``True``: for any model
+    engine : ``"windowed"`` recomputes only the window a mutation can reach (exact: the plain
+        path's numbers to float32 round-off, with several times fewer FLOPs), for any model
         ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`); a model it cannot trace runs on
-        the plain path with a warning that says why. ``None`` (default): the same for sequences of
-        ``WINDOWED_MIN_LENGTH`` (256) bp or more, plain batches for shorter ones, where the engine's
-        nearly fixed cost per window loses (a rule of the shape, never a timing, so the path is the
-        same on every run). ``False``: the plain path.
+        the plain path with a warning that says why. ``"auto"`` (default): the windowed engine for
+        sequences of ``WINDOWED_MIN_LENGTH`` (256) bp or more, plain batches for shorter ones, where
+        the engine's nearly fixed cost per window loses (a rule of the shape, never a timing, so the
+        path is the same on every run). ``"plain"``: every mutant through the whole model. (The
+        retired ``fast=`` keyword raises a ``TypeError`` naming this one.)
     ensemble : ``"loop"`` (one call per member and batch) or ``"vmap"`` (stacked weights,
         one ``torch.func`` call for all members, on the plain path and on the generic windowed
         engine, where the engine then walks the graph once per block for all members).
@@ -239,7 +242,7 @@ def saturation_mutagenesis(
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     options = dict(outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout,
-                   seed=seed, fast=fast, ensemble=ensemble, block=block)  # fmt: skip
+                   seed=seed, engine=engine, ensemble=ensemble, block=block)  # fmt: skip
     if rc_average:
         X = as_one_hot(X)
         pos = resolve_positions(positions, X.shape[2])
@@ -259,17 +262,18 @@ def saturation_mutagenesis(
 
 TRANSFORMS = (None, "none", "logit", "log")
 _EPS = 1e-6
-# fast=None takes the windowed engine from this length on and plain batches below it (2 CPU cores, 3
+# engine="auto" takes the windowed engine from this length on and plain batches below it (2 CPU cores, 3
 # members, 8 sequences: PooledRegressor windowed/plain 1.24x slower at 100 bp, 1.40x at 200, 0.99x at 300,
 # 0.56x at 500; a narrow DeepSEA 0.76x at 200, 0.89x at 300)
 WINDOWED_MIN_LENGTH = 256
 
 
 def _saturation_mutagenesis(
-    models, X, *, outputs, positions, batch_size, device, dtype, mc_dropout, seed, fast, ensemble, block
+    models, X, *, outputs, positions, batch_size, device, dtype, mc_dropout, seed, engine, ensemble, block
 ) -> torch.Tensor:
     models = as_models(models)
     outputs = check_outputs(outputs)
+    check_choice(engine, "engine", ENGINES)
     if ensemble not in ("auto", "vmap", "loop"):
         raise ValueError(f"ensemble must be 'auto', 'vmap' or 'loop', got {ensemble!r}")
     if mc_dropout < 0 or int(mc_dropout) != mc_dropout:
@@ -290,10 +294,10 @@ def _saturation_mutagenesis(
     if ensemble == "vmap" and not same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     engines = None
-    # fast=None: short sequences run faster in plain batches than in windows (the engine's cost per window
+    # engine="auto": short sequences run faster in plain batches than in windows (the engine's cost per window
     # is nearly fixed); decided by the length, never by timing, so the path and its float round-off are the
     # same on every run, chunk and machine load. The engine is traced only when it will run.
-    if fast is True or (fast is None and L >= WINDOWED_MIN_LENGTH):
+    if engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH):
         captured = outputs if callable(outputs) else None
         try:
             engines = [WindowedModel(m, captured) for m in models]

@@ -43,6 +43,7 @@ from . import instruments
 from ._io import open_pinned, replace
 from ._torch import OutputSpec, as_models, check_outputs, selected_names
 from ._types import ArrayLike, Device, Models, Positions, Sequences
+from ._validate import FAST_HINT, renamed_keywords
 from .ism import resolve_positions, saturation_mutagenesis
 from .progress import show_progress
 from .sequence import as_one_hot
@@ -236,6 +237,7 @@ def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibratio
     }
 
 
+@renamed_keywords(fast=FAST_HINT)
 def variant_effects(
     models: Models,
     X: Sequences,
@@ -257,7 +259,7 @@ def variant_effects(
     mc_dropout: int = 0,
     seed: int = 0,
     dtype: torch.dtype | None = None,
-    fast: bool | None = None,
+    engine: str = "auto",
     ensemble: str = "auto",
     rc_average: bool = False,
     transform: str | None = None,
@@ -279,7 +281,7 @@ def variant_effects(
     :class:`~deepmr_utils.uncertainty.VarianceScaling` or
     :class:`~deepmr_utils.uncertainty.IsotonicCalibration`, applied to the member
     predictions before effects are computed. ``device``: ``None`` = CUDA when present.
-    ``mc_dropout``, ``seed``, ``dtype``, ``fast``, ``ensemble``, ``batch_size``, ``rc_average`` and
+    ``mc_dropout``, ``seed``, ``dtype``, ``engine``, ``ensemble``, ``batch_size``, ``rc_average`` and
     ``transform`` go to :func:`deepmr_utils.ism.saturation_mutagenesis`. ``client``: a ``dask.distributed.Client``
     to spread the chunks over its workers (see :func:`effects`).
     """
@@ -300,7 +302,7 @@ def variant_effects(
         {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "fast": fast, "ensemble": ensemble, "rc_average": rc_average,
+                   "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
                    "transform": transform}  # fmt: skip
 
     job = _Job(
@@ -310,6 +312,7 @@ def variant_effects(
     return select.apply(pd.concat(frames, ignore_index=True)).instruments
 
 
+@renamed_keywords(fast=FAST_HINT)
 def effects(
     models: Models,
     X: Sequences,
@@ -326,7 +329,7 @@ def effects(
     mc_dropout: int = 0,
     seed: int = 0,
     dtype: torch.dtype | None = None,
-    fast: bool | None = None,
+    engine: str = "auto",
     ensemble: str = "auto",
     rc_average: bool = False,
     transform: str | None = None,
@@ -346,7 +349,7 @@ def effects(
     ``client``: a ``dask.distributed.Client``. The models are sent to each worker once
     (``scatter``), every unfinished chunk becomes one task that writes its own chunk file as
     soon as it is done, and a task whose worker dies is rerun by Dask on another; finished
-    chunks are never recomputed. With the same ``batch_size`` and ``fast`` choice (not the
+    chunks are never recomputed. With the same ``batch_size`` and ``engine`` choice (not the
     timed automatic ones, which each process makes for itself) the result equals a
     single-process run's bit for bit on a CPU.
     """
@@ -368,7 +371,7 @@ def effects(
         },
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "fast": fast, "ensemble": ensemble, "rc_average": rc_average,
+                   "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
                    "transform": transform}  # fmt: skip
 
     job = _Job(X, loci, pos, outputs, calibration, ddof, ism_options, None)

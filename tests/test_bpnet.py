@@ -101,8 +101,8 @@ def test_h5_import_matches_numpy_reference(tmp_path):
         assert np.allclose(prof[n].detach().numpy(), ref_prof, atol=1e-4)
         assert np.allclose(cnt[n].detach().numpy(), ref_cnt, atol=1e-5)
     # the imported model runs through the windowed ISM path exactly
-    fast = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, fast=True)
-    plain = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, fast=False)
+    fast = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, engine="windowed")
+    plain = ism.saturation_mutagenesis(model, X[:1], outputs=bpnet.counts, engine="plain")
     assert (fast - plain).abs().max() < 1e-5
 
 

@@ -61,10 +61,10 @@ def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
     d, members = files
     run = tmp_path / "run"
     r = _run(["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences",
-              str(d / "seqs.fa"), "--out", str(run), "--fast", "off", "--batch-size", "64", "--quiet"])  # fmt: skip
+              str(d / "seqs.fa"), "--out", str(run), "--engine", "plain", "--batch-size", "64", "--quiet"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     names, X = read_sequences(d / "seqs.fa", LENGTH)
-    effect, se = pipeline.effects(members, X, fast=False, batch_size=64, progress=False)
+    effect, se = pipeline.effects(members, X, engine="plain", batch_size=64, progress=False)
     got, got_se = pipeline.read_effects(run)
     np.testing.assert_allclose(got, effect, atol=1e-5)
     np.testing.assert_allclose(got_se, se, atol=1e-5)
@@ -97,7 +97,7 @@ def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
 def test_factory_and_bed_inputs_give_the_same_run(files, tmp_path):
     d, members = files
     args = ["--model", "cli_models:factory", "--weights", str(d / "m1.state.pt"), "--model",
-            "cli_models:factory", "--weights", str(d / "m2.state.pt"), "--fast", "off", "--quiet"]  # fmt: skip
+            "cli_models:factory", "--weights", str(d / "m2.state.pt"), "--engine", "plain", "--quiet"]  # fmt: skip
     assert _run(["effects", *args, "--sequences", str(d / "seqs.fa"), "--out", str(tmp_path / "a")]).returncode == 0
     r = _run(["effects", *args, "--bed", str(d / "regions.bed"), "--genome", str(d / "genome.fa"), "--out",
               str(tmp_path / "b")])  # fmt: skip
@@ -116,6 +116,7 @@ def test_factory_and_bed_inputs_give_the_same_run(files, tmp_path):
         (["--model", "{d}/seqs.fa", "--model", "{d}/m1.pt"], "is not a TorchScript file"),
         (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--length", "100"], "shorter than the model's input of 100"),
         (["--model", "{d}/m1.pt", "--mc-dropout", "5", "--output-names", "{d}/three.txt"], "3 output names for a"),
+        (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--fast", "on"], "--fast is retired: use --engine"),
     ],
 )
 def test_bad_inputs_give_one_clear_line(files, tmp_path, args, message):
@@ -197,7 +198,7 @@ def _single_process_reference(members, X):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return pipeline.effects(members, X, chunk_size=3, fast=False, batch_size=64, progress=False)
+        return pipeline.effects(members, X, chunk_size=3, engine="plain", batch_size=64, progress=False)
     finally:
         torch.set_num_threads(threads)
 
@@ -207,7 +208,7 @@ def test_two_worker_run_equals_the_single_process_run(files, cluster, tmp_path):
     _, client = cluster
     _, X = read_sequences(d / "seqs.fa", LENGTH)
     scripted = [load_model(d / "m1.pt"), load_model(d / "m2.pt")]
-    got = pipeline.effects(scripted, X, out=tmp_path / "run", chunk_size=3, fast=False, batch_size=64,
+    got = pipeline.effects(scripted, X, out=tmp_path / "run", chunk_size=3, engine="plain", batch_size=64,
                            progress=False, client=client)  # fmt: skip
     ref = _single_process_reference(members, X)
     np.testing.assert_array_equal(got[0], ref[0])
@@ -256,7 +257,7 @@ def test_a_worker_killed_mid_run_changes_nothing(files, cluster, tmp_path):
     out, result = tmp_path / "run", {}
 
     def work():
-        result["value"] = pipeline.effects(slow, X, out=out, chunk_size=3, fast=False, batch_size=64,
+        result["value"] = pipeline.effects(slow, X, out=out, chunk_size=3, engine="plain", batch_size=64,
                                            progress=False, client=client)  # fmt: skip
 
     t = threading.Thread(target=work)

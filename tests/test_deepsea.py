@@ -149,6 +149,6 @@ def test_windowed_ism_on_deepsea(deepsea_file, rc_average):
     X = sq.random_sequences(2, SMALL["length"], seed=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback anywhere in the graph
-        fast = ism.saturation_mutagenesis(model, X, fast=True)
-    plain = ism.saturation_mutagenesis(model, X, fast=False)
+        fast = ism.saturation_mutagenesis(model, X, engine="windowed")
+    plain = ism.saturation_mutagenesis(model, X, engine="plain")
     assert (fast - plain).abs().max() < 2e-5

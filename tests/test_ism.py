@@ -79,11 +79,11 @@ def reference(dilated_ensemble, X):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"fast": False, "ensemble": "loop"},
-        {"fast": False, "ensemble": "vmap"},
-        {"fast": False, "ensemble": "vmap", "batch_size": 7},
-        {"fast": True},
-        {"fast": True, "block": 3},
+        {"engine": "plain", "ensemble": "loop"},
+        {"engine": "plain", "ensemble": "vmap"},
+        {"engine": "plain", "ensemble": "vmap", "batch_size": 7},
+        {"engine": "windowed"},
+        {"engine": "windowed", "block": 3},
     ],
 )
 def test_dilated_residual_bn_dropout_exact(dilated_ensemble, X, reference, kw):
@@ -110,14 +110,24 @@ def test_plain_model_with_batchnorm_and_dropout():
         out = ism.saturation_mutagenesis(models, X, outputs=[0, 2], ensemble=ens, batch_size=11)
         assert (out - ref).abs().max() < TOL
     # the generic windowed engine (tests/test_windowed.py) gives the same numbers
-    assert (ism.saturation_mutagenesis(models, X, outputs=[0, 2], fast=True) - ref).abs().max() < TOL
+    assert (ism.saturation_mutagenesis(models, X, outputs=[0, 2], engine="windowed") - ref).abs().max() < TOL
 
 
 def test_positions_window_and_list(dilated_ensemble, X, reference):
     out = ism.saturation_mutagenesis(dilated_ensemble, X, positions=(10, 20))
     assert (out - reference[:, :, 10:20]).abs().max() < TOL
-    out = ism.saturation_mutagenesis(dilated_ensemble, X, positions=[3, 50, 51], fast=True)
+    out = ism.saturation_mutagenesis(dilated_ensemble, X, positions=[3, 50, 51], engine="windowed")
     assert (out - reference[:, :, [3, 50, 51]]).abs().max() < TOL
+
+
+def test_the_retired_fast_keyword_names_its_replacement(dilated_ensemble, X):
+    from deepmr_utils import pipeline
+
+    for f in (ism.saturation_mutagenesis, pipeline.effects, pipeline.variant_effects):
+        with pytest.raises(TypeError, match=r"no longer takes fast=; use engine='windowed' \(was fast=True\)"):
+            f(dilated_ensemble, X, fast=True)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        ism.saturation_mutagenesis(dilated_ensemble, X, engine="fast")
 
 
 def test_modes_restored(dilated_ensemble, X):
@@ -221,7 +231,7 @@ def test_non_finite_predictions_raise(X):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    "kw", [{"fast": True}, {"fast": False, "ensemble": "vmap"}, {"fast": False, "ensemble": "loop"}]
+    "kw", [{"engine": "windowed"}, {"engine": "plain", "ensemble": "vmap"}, {"engine": "plain", "ensemble": "loop"}]
 )
 def test_cuda_matches_cpu(dilated_ensemble, X, reference, kw):
     """The same numbers on the GPU (TF32 off), and bf16 autocast stays close."""

@@ -1,4 +1,4 @@
-"""The generic windowed ISM engine (fast=True on any model) equals the plain path.
+"""The generic windowed ISM engine (engine="windowed" on any model) equals the plain path.
 
 The plain path is itself checked against a one-mutant-at-a-time loop in test_ism.py;
 here every architecture the engine claims to handle (and a few it must hand back)
@@ -116,8 +116,8 @@ class Branchy(nn.Module):
 def both(models, X, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fast = ism.saturation_mutagenesis(models, X, fast=True, **kw)
-    plain = ism.saturation_mutagenesis(models, X, fast=False, **kw)
+        fast = ism.saturation_mutagenesis(models, X, engine="windowed", **kw)
+    plain = ism.saturation_mutagenesis(models, X, engine="plain", **kw)
     return fast, plain, [str(w.message) for w in caught]
 
 
@@ -162,7 +162,7 @@ def test_windowed_on_positions_and_batched_references(stacked):
     models = [_randomize_bn(DenseHead()).eval() for _ in range(2)]
     X = sq.random_sequences(3, L, seed=2)
     pos = torch.tensor([0, 1, 5, 6, 20, 39])
-    plain = ism.saturation_mutagenesis(models, X, positions=pos, fast=False)
+    plain = ism.saturation_mutagenesis(models, X, positions=pos, engine="plain")
     engines = [StackedWindowedModel(models)] if stacked else [WindowedModel(m) for m in models]
     with torch.no_grad():
         for chunk, block in ((1, 4), (2, 8), (3, 40)):  # the GPU layout: several references per call
@@ -247,5 +247,5 @@ def test_default_times_both_paths_and_keeps_the_numbers():
     models = [PooledRegressor(2, n_filters=8, hidden=8).eval() for _ in range(2)]
     X = sq.random_sequences(16, 30, seed=8)
     auto = ism.saturation_mutagenesis(models, X)
-    plain = ism.saturation_mutagenesis(models, X, fast=False)
+    plain = ism.saturation_mutagenesis(models, X, engine="plain")
     assert auto.shape == plain.shape and (auto - plain).abs().max() < TOL
