@@ -4,6 +4,7 @@
     python tools/run_study.py --rounds 10 --scenarios none sequence-independent
     python tools/run_study.py --rounds 50 --scenarios none sequence-independent  # the committed study
     python tools/run_study.py --verify none:0     # rerun one committed round, compare with its rows
+    python tools/run_study.py --rounds 50 --resume-from book/data/simulation_rounds.csv   # extend it
 
 Rounds are written one by one under ``--out`` (default ``results/study``) and reused on a
 rerun, so an interrupted study resumes where it stopped; a longer study with the same seed
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", type=Path, default=ROOT / "book" / "data" / "simulation_study.csv")
     p.add_argument("--rounds-file", type=Path, default=ROOT / "book" / "data" / "simulation_rounds.csv")
     p.add_argument("--verify", metavar="SCENARIO:ROUND", help="rerun one round of --rounds-file and compare")
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        metavar="ROUNDS_CSV",
+        help="seed --out with the finished rounds of a rounds file (e.g. the committed one) and go on from there",
+    )
     args = p.parse_args(argv)
     if args.verify:
         return _verify(p, args)
@@ -108,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     n_jobs = args.n_jobs or (1 if cuda else max(1, os.cpu_count() or 1))
     sizes = config.sizes("simulation", args.scale).study
+    if args.resume_from:
+        prov = json.loads(args.resume_from.with_name("simulation_study.json").read_text())
+        mine = {"seed": args.seed, "calibration": args.calibration, "scale": args.scale}
+        differ = [k for k, v in mine.items() if prov.get(k) != v]
+        if differ:
+            p.error(f"{args.resume_from} comes from a study with other settings ({', '.join(differ)})")
+        n = simulation_study.seed_study_folder(
+            args.out, pd.read_csv(args.resume_from), seed=args.seed, sizes=sizes, calibration=args.calibration
+        )
+        print(f"seeded {args.out} with {n} finished round(s) from {args.resume_from}")
     commit = _commit()  # before the run: the code that computes the rounds
     start = time.time()
     rounds = simulation_study.run_study(

@@ -60,6 +60,7 @@ __all__ = [
     "effect_coverage",
     "fit_calibration",
     "run_study",
+    "seed_study_folder",
     "measured_effects_gate",
     "pool_loci",
     "summarize",
@@ -534,6 +535,35 @@ def _one_round(job: tuple) -> pd.DataFrame:
     return run_round(scenario, seed=seed, sizes=sizes, calibration=calibration)
 
 
+def _pins(seed: int, sizes: StudySizes, calibration: str) -> dict:
+    """What a study folder pins: the settings that change a round's numbers, and the round columns."""
+    return {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS}
+
+
+def seed_study_folder(
+    out: str | os.PathLike, rounds: pd.DataFrame, *, seed: int, sizes: StudySizes, calibration: str = "variance"
+) -> int:
+    """Write the finished rounds of ``rounds`` (a frame from :func:`run_study`, e.g. the committed rounds
+    file) into the study folder ``out`` as if :func:`run_study` had computed them there, so a longer
+    study resumes from them on a fresh clone. The folder is pinned to the given settings (a folder of
+    other settings is refused); rounds already in it are kept. Returns how many rounds were written."""
+    folder = open_pinned(
+        out,
+        "study.json",
+        _pins(seed, sizes, calibration),
+        {},
+        refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
+        unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
+    )
+    written = 0
+    for (scenario, r), frame in rounds.groupby(["scenario", "round"], sort=False):
+        path = folder / f"round_{scenario}_{int(r):03d}.csv"
+        if not path.exists():
+            write_atomic(path, frame.drop(columns="round").to_csv(index=False).encode())
+            written += 1
+    return written
+
+
 def run_study(
     rounds: int | Mapping[str, int],
     *,
@@ -571,7 +601,7 @@ def run_study(
     folder = open_pinned(
         out,
         "study.json",
-        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS},
+        _pins(seed, sizes, calibration),
         {},
         refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
         unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",

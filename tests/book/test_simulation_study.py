@@ -85,6 +85,13 @@ def test_run_study_resumes_round_by_round_and_refuses_other_settings(tmp_path, m
     monkeypatch.setattr(simulation_study, "run_round", boom)
     again = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=out, progress=False)
     pd.testing.assert_frame_equal(first, again, check_dtype=False)
+    # a fresh clone has only the committed rounds file: seeding a new folder with it resumes from there
+    fresh = tmp_path / "fresh"
+    assert simulation_study.seed_study_folder(fresh, first, seed=7, sizes=TINY) == 1
+    seeded = simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=fresh, progress=False)
+    pd.testing.assert_frame_equal(first, seeded, check_dtype=False)
+    with pytest.raises(ValueError, match="other settings"):
+        simulation_study.seed_study_folder(fresh, first, seed=8, sizes=TINY)
     mapped = simulation_study.run_study({"none": 1}, seed=7, sizes=TINY, out=out, progress=False)  # rounds per scenario
     pd.testing.assert_frame_equal(first, mapped, check_dtype=False)
     with pytest.raises(ValueError, match="integers >= 1"):
