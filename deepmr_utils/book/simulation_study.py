@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -535,9 +536,21 @@ def _one_round(job: tuple) -> pd.DataFrame:
     return run_round(scenario, seed=seed, sizes=sizes, calibration=calibration)
 
 
-def _pins(seed: int, sizes: StudySizes, calibration: str) -> dict:
-    """What a study folder pins: the settings that change a round's numbers, and the round columns."""
-    return {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS}
+def _open_folder(out, seed: int, sizes: StudySizes, calibration: str) -> Path | None:
+    """The study folder ``out`` (``None`` stays ``None``), pinned to the settings that change a round's
+    numbers and to the round columns; a folder of other settings is refused."""
+    return open_pinned(
+        out,
+        "study.json",
+        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS},
+        {},
+        refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
+        unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
+    )
+
+
+def _round_path(folder: Path, scenario: str, r: int) -> Path:
+    return folder / f"round_{scenario}_{int(r):03d}.csv"
 
 
 def seed_study_folder(
@@ -547,17 +560,10 @@ def seed_study_folder(
     file) into the study folder ``out`` as if :func:`run_study` had computed them there, so a longer
     study resumes from them on a fresh clone. The folder is pinned to the given settings (a folder of
     other settings is refused); rounds already in it are kept. Returns how many rounds were written."""
-    folder = open_pinned(
-        out,
-        "study.json",
-        _pins(seed, sizes, calibration),
-        {},
-        refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
-        unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
-    )
+    folder = _open_folder(out, seed, sizes, calibration)
     written = 0
     for (scenario, r), frame in rounds.groupby(["scenario", "round"], sort=False):
-        path = folder / f"round_{scenario}_{int(r):03d}.csv"
+        path = _round_path(folder, scenario, r)
         if not path.exists():
             write_atomic(path, frame.drop(columns="round").to_csv(index=False).encode())
             written += 1
@@ -598,18 +604,11 @@ def run_study(
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         raise ValueError(f"unknown scenarios {bad}; known: {SCENARIOS}")
-    folder = open_pinned(
-        out,
-        "study.json",
-        _pins(seed, sizes, calibration),
-        {},
-        refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
-        unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
-    )
+    folder = _open_folder(out, seed, sizes, calibration)
     jobs, done = [], {}
     for scenario in scenarios:
         for r in range(counts[scenario]):
-            path = folder / f"round_{scenario}_{r:03d}.csv" if folder else None
+            path = _round_path(folder, scenario, r) if folder else None
             if path is not None and path.exists():
                 done[(scenario, r)] = pd.read_csv(path)
             else:
