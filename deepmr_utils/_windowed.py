@@ -95,6 +95,8 @@ def _map(v, fn):
         return [_map(x, fn) for x in v]
     if isinstance(v, dict):
         return {k: _map(x, fn) for k, x in v.items()}
+    if isinstance(v, slice):  # crops computed from shapes (bpnet-lite, ChromBPNet) hold per-call values
+        return slice(_map(v.start, fn), _map(v.stop, fn), _map(v.step, fn))
     return fn(v)
 
 
@@ -644,6 +646,7 @@ class WindowedModel:
 
     def _crop(self, node, w: _Win, idx):
         nd = w.t.ndim
+        idx = _map(idx, lambda v: v.v if isinstance(v, _Dense) else v)  # a crop computed from shapes
         idx = idx if isinstance(idx, tuple) else (idx,)
         if Ellipsis in idx:
             i = idx.index(Ellipsis)

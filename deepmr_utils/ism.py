@@ -329,7 +329,19 @@ def _saturation_mutagenesis(
             def run_plain(Xs, ps=pos):
                 return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
 
-            out = run_windowed(X) if windowed else run_plain(X)
+            out = None
+            if windowed:
+                try:
+                    out = run_windowed(X)
+                except Exception as err:  # noqa: BLE001 -- an engine defect must not become the user's error:
+                    # the plain path decides (it raises what the model itself raises)
+                    warnings.warn(
+                        f"windowed ISM failed on {type(models[0]).__name__} ({type(err).__name__}: {err}); "
+                        "using the plain path (exact, slower)",
+                        stacklevel=3,
+                    )
+            if out is None:
+                out = run_plain(X)
     if not torch.isfinite(out).all():
         n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
         raise ValueError(
@@ -351,7 +363,12 @@ def resolve_positions(positions: Positions, L: int) -> torch.Tensor:
         if not 0 <= start < stop <= L:
             raise ValueError(f"positions window {positions} must satisfy 0 <= start < stop <= L={L}")
         return torch.arange(start, stop)
-    pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+    given = torch.as_tensor(positions).flatten()
+    if given.is_floating_point() and not torch.equal(given, given.round()):
+        raise ValueError(f"positions must be whole numbers, got {given[given != given.round()][0].item()}")
+    if given.dtype == torch.bool or given.is_complex():
+        raise TypeError(f"positions must be integers, got a {given.dtype} tensor")
+    pos = given.to(torch.long)
     if pos.numel() == 0:
         raise ValueError("positions is empty")
     if (pos < 0).any() or (pos >= L).any():

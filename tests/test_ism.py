@@ -205,6 +205,8 @@ def test_bad_inputs(dilated_ensemble, X):
         ism.saturation_mutagenesis([m, "model"], X)
     with pytest.raises(ValueError, match="positions window"):
         ism.saturation_mutagenesis(m, X, positions=(5, 500))
+    with pytest.raises(ValueError, match="whole numbers, got 1.5"):  # once truncated to position 1
+        ism.saturation_mutagenesis(m, X, positions=[1.5])
     with pytest.raises(ValueError, match="single model"):
         ism.saturation_mutagenesis(dilated_ensemble, X, mc_dropout=2)
 

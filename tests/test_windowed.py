@@ -5,7 +5,9 @@ here every architecture the engine claims to handle (and a few it must hand back
 is run both ways on random weights, with random BatchNorm statistics.
 """
 
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,3 +251,43 @@ def test_default_times_both_paths_and_keeps_the_numbers():
     auto = ism.saturation_mutagenesis(models, X)
     plain = ism.saturation_mutagenesis(models, X, engine="plain")
     assert auto.shape == plain.shape and (auto - plain).abs().max() < TOL
+
+
+# ---------------------------------------------------------------- architectures from the wild
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from wild_models import BassetLike, ChromBPNetLike, EnformerLike, chrombpnet_outputs  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "make, length, kw, full_length",
+    [
+        (lambda: BassetLike(80, 5, filters=(8, 6, 6), hidden=7, pools=(2, 2, 2)), 80, {}, False),
+        (lambda: ChromBPNetLike(8, 3, stem=7, profile_kernel=5), 64, {"outputs": chrombpnet_outputs}, False),
+        (lambda: EnformerLike(16, 1, 1, 2, 3, crop=2), 48, {}, True),
+    ],
+    ids=["basset", "chrombpnet-shape-crop", "enformer"],
+)
+@pytest.mark.parametrize("ensemble", ["loop", "vmap"])
+def test_models_from_the_wild_are_exact(make, length, kw, full_length, ensemble):
+    """Crops computed from shapes (bpnet-lite's ``crop = (a - b) // 2``) stay windows; attention pooling
+    and transformers get the full length with the one warning; never an exception."""
+    torch.manual_seed(0)
+    models = [_randomize_bn(make()).eval() for _ in range(2)]
+    X = sq.random_sequences(2, length, seed=9)
+    fast, plain, caught = both(models, X, ensemble=ensemble, **kw)
+    assert (fast - plain).abs().max() < TOL
+    caught = [w for w in caught if "batching rule" not in w]
+    assert len(caught) == int(full_length), caught
+    assert all("full length" in w for w in caught)
+
+
+def test_an_engine_failure_falls_back_to_the_plain_path(monkeypatch):
+    """Whatever the engine cannot do, the user gets the plain path's numbers and one warning, not its error."""
+
+    def broken(self, *args):
+        raise IndexError("an engine defect")
+
+    monkeypatch.setattr(WindowedModel, "mutants", broken)
+    fast, plain, caught = both(DenseHead(), sq.random_sequences(2, L, seed=4))
+    assert torch.equal(fast, plain)
+    assert len(caught) == 1 and "IndexError: an engine defect" in caught[0] and "plain path" in caught[0]
