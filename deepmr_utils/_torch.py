@@ -24,10 +24,26 @@ OutputSpec = Callable[[torch.Tensor], torch.Tensor] | Sequence[int] | int | None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The package's one device rule: ``device`` if given, else CUDA when visible, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The package's one device rule: ``device`` if given, else CUDA when visible, else the CPU.
+
+    A device that does not exist here (``"foo"``, ``"cuda"`` on a CPU-only build or machine,
+    ``"cuda:3"`` with two GPUs) raises a ``ValueError`` naming it, before any work starts."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', or a torch.device, not {type(device)}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a device name (use cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif dev.type not in ("cpu", "mps", "meta"):
+        raise ValueError(f"device {device!r} is not supported (use cpu, cuda or cuda:N)")
+    return dev
 
 
 def as_models(models: Models) -> list[nn.Module]:
@@ -105,8 +121,8 @@ def eval_mode(models: list[nn.Module]) -> Iterator[None]:
         yield
     finally:
         for group in saved:
-            for mod, flag in group:
-                mod.train(flag)
+            for mod, flag in group:  # the flag itself: train() would recurse, and some modules refuse it
+                mod.training = flag
 
 
 def check_outputs(outputs: OutputSpec) -> OutputSpec:

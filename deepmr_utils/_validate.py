@@ -65,6 +65,15 @@ def summary_stats(
     check_positive(arrays["bxse"], "bxse")
     check_positive(arrays["byse"], "byse")
     check_weights(arrays["byse"], "byse")
+    with np.errstate(over="ignore", invalid="ignore"):  # the estimators square ratios like these
+        scaled = np.concatenate([arrays["bx"] / arrays["byse"], arrays["by"] / arrays["byse"]]) ** 2
+    if not np.isfinite(scaled).all():
+        i = first_bad(~np.isfinite(scaled)) % arrays["bx"].size
+        raise ValueError(
+            f"the effects are too large for their SEs at index {i} (bx={arrays['bx'][i]:.3g}, "
+            f"by={arrays['by'][i]:.3g}, "
+            f"byse={arrays['byse'][i]:.3g}): their squared ratios overflow float64; rescale the effects"
+        )
     k = arrays["bx"].size
     if k < min_k:
         raise ValueError(f"{method} needs at least {min_k} instrument(s), got {k}")
@@ -133,3 +142,12 @@ def renamed_keywords(**hints: str) -> Callable:
 ENGINES = ("auto", "windowed", "plain")
 # the one hint for the retired ISM switch, shared by every function that had it
 FAST_HINT = "use engine='windowed' (was fast=True), 'plain' (fast=False) or 'auto' (fast=None)"
+
+
+def check_psi(psi: float) -> float:
+    """``psi``, the correlation of the exposure and outcome estimates, as a float in [-1, 1]."""
+    if isinstance(psi, bool) or not isinstance(psi, (int, float, np.integer, np.floating)):
+        raise TypeError(f"psi must be a number (a correlation), got {type(psi).__name__}")
+    if not -1 <= float(psi) <= 1:
+        raise ValueError(f"psi is a correlation and must lie in [-1, 1], got {psi}")
+    return float(psi)

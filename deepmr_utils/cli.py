@@ -14,8 +14,13 @@ the options. A bad input ends with one line naming the problem and exit status 2
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
+import os
+import pickle
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +29,8 @@ import pandas as pd
 import torch
 
 from . import mr
+from ._io import open_pinned, write_atomic
+from ._torch import resolve_device
 
 __all__ = ["main", "build_parser"]
 
@@ -34,9 +41,16 @@ RUN_FILE = "deepmr.json"
 SEQ_FILE = "sequences.npz"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the usage itself is one `--help` away) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``deepmr`` and its three subcommands."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="deepmr",
         description="Deep Mendelian randomization on your own model: which outputs of a sequence model "
         "cause which, read out of in-silico mutagenesis.",
@@ -57,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="M",
         help="a TorchScript file, a torch.export .pt2 file, or package.module:factory "
-        "(then give --weights); repeat once per ensemble member",
+        "(then give --weights); repeat once per ensemble member. A model file is code: use only trusted ones",
     )
     e.add_argument(
         "--weights",
@@ -74,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output-names", metavar="FILE", help="one output name per line (default: the model's names)")
     e.add_argument(
         "--transform",
-        choices=["none", "logit", "log"],
+        choices=["none", "logit", "log", "logit-clip", "log-clip"],
         default="none",
-        help="scale the effects are taken on: logit for probabilities, log for counts (default none)",
+        help="scale the effects are taken on: logit for probabilities, log for counts (default none); predictions "
+        "outside the domain are refused, exact 0 or 1 too unless the -clip variant is chosen",
     )
     e.add_argument("--rc-average", action="store_true", help="average each prediction with its reverse complement's")
     e.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="N MC-dropout passes of one model")
@@ -101,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="a local Dask cluster of N single-threaded worker processes (one per GPU when CUDA is visible)",
     )
-    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask scheduler, e.g. tcp://host:8786 (models and results travel as cloudpickle: "
+        "trust every machine of that cluster)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=_effects)
 
@@ -146,11 +166,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TypeError, KeyError, OSError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"deepmr {args.command}: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"deepmr {args.command}: interrupted; finished chunks are kept: rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except _INPUT_ERRORS as err:
+        print(f"deepmr {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 -- a defect of ours still ends in one line, and says how to see more
+        if os.environ.get("DEEPMR_TRACEBACK"):
+            raise
+        print(f"deepmr {args.command}: internal error: {type(err).__name__}: {_one_line(err)} "
+              "(set DEEPMR_TRACEBACK=1 to see where, and please report it)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+# what a bad input raises, from us or from the libraries that read it: torch (a model that does not fit
+# the data: RuntimeError), zip and pickle readers (truncated or foreign files), pyfaidx (a ragged genome)
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, EOFError, RuntimeError, zipfile.BadZipFile,
+                 pickle.UnpicklingError, UnicodeDecodeError)  # fmt: skip
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if type(err).__module__.startswith("pyfaidx"):
+        text = f"genome FASTA: {text}"
+    elif isinstance(err, RuntimeError) and not isinstance(err, (OSError,)):
+        text = f"the model failed on this input: {text}"
+    return text[:400]
 
 
 # ----------------------------------------------------------------------------- effects
@@ -168,18 +213,30 @@ def _models(args) -> list[torch.nn.Module]:
 
 
 def _length(args, model) -> int:
+    if args.length is not None and args.length < 1:
+        raise ValueError(f"--length must be >= 1, got {args.length}")
     length = args.length or getattr(model, "length", None)
     if not isinstance(length, int) or length < 1:
         raise ValueError("the model has no integer `length` attribute; pass --length")
     return length
 
 
-def _names(args, model, length: int) -> list[str]:
-    with torch.inference_mode():
-        out = model(torch.zeros(1, 4, length))
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ValueError(f"the model must return (batch, outputs); it returned {type(out).__name__}"
-                         + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""))  # fmt: skip
+def _names(args, models, length: int) -> list[str]:
+    counts = []
+    for k, model in enumerate(models):
+        try:
+            with torch.inference_mode():
+                out = model(torch.zeros(1, 4, length))
+        except (RuntimeError, AssertionError, IndexError) as err:  # a shape mismatch inside the model
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"model {args.model[k]} fails on a (1, 4, {length}) input: is --length right? "
+                             f"({first[:200]})") from err  # fmt: skip
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise ValueError(f"model {args.model[k]} must return (batch, outputs); it returned {type(out).__name__}"
+                             + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""))  # fmt: skip
+        counts.append(out.shape[1])
+    if len(set(counts)) > 1:
+        raise ValueError(f"the members return different numbers of outputs: {dict(zip(args.model, counts))}")
     if args.output_names:
         from .inputs import read_output_names
 
@@ -191,6 +248,31 @@ def _names(args, model, length: int) -> list[str]:
     return names
 
 
+def _pin_run(args, names: list[str], length: int, window) -> Path:
+    """The run folder, whose ``deepmr.json`` pins what the command adds to the library's run: the output
+    names (reordered names would relabel the effects), the window, the scale and the length."""
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; name a run folder")
+    pins = {
+        "output_names": names,
+        "window": list(window) if window else None,
+        "transform": args.transform,
+        "rc_average": args.rc_average,
+        "mc_dropout": args.mc_dropout,
+        "length": length,
+        "max_n": args.max_n,
+    }
+    return open_pinned(args.out, RUN_FILE, pins, {}, refusal="holds a run with other command options; use a new "
+                       "--out folder or delete it", unreadable="delete that file and rerun")  # fmt: skip
+
+
+def _check_workers(args) -> None:
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > (os.cpu_count() or 1):
+        raise ValueError(f"--workers {args.workers} is more than the {os.cpu_count()} CPU cores here")
+
+
 def _client(args):
     if args.scheduler:
         from distributed import Client
@@ -198,13 +280,12 @@ def _client(args):
         return Client(args.scheduler), None
     if not args.workers:
         return None, None
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if torch.cuda.is_available():
+    if resolve_device(args.device).type == "cuda":  # --device cpu keeps CPU workers even where CUDA is visible
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as err:
-            raise ValueError("CUDA is visible: install dask-cuda for one worker per GPU, or pass --device cpu") from err
+            raise ValueError("--workers on a GPU needs dask-cuda (pip install 'deepmr-utils[gpu]'), "
+                             "or pass --device cpu for CPU workers") from err  # fmt: skip
         import dask
 
         from .pipeline import dask_config
@@ -230,14 +311,23 @@ def _effects(args) -> None:
 
     if args.fast is not None:
         raise ValueError("--fast is retired: use --engine windowed (was --fast on), plain (off) or auto")
+    resolve_device(args.device)  # a device that does not exist here is refused before any work
+    if args.mc_dropout < 0 or args.max_n < 0:
+        raise ValueError(f"--{'mc-dropout' if args.mc_dropout < 0 else 'max-n'} must be >= 0")
+    if args.workers is not None:
+        _check_workers(args)
     models = _models(args)
     if len(models) == 1 and args.mc_dropout < 2:
         raise ValueError("one model gives no standard errors: repeat --model once per ensemble member, "
                          "or pass --mc-dropout N (N >= 2) for a model with dropout")  # fmt: skip
     if len(models) > 1 and args.mc_dropout:
         raise ValueError("--mc-dropout samples one model; pass a single --model with it")
+    if args.mc_dropout:
+        from .ism import check_mc_dropout
+
+        check_mc_dropout(models[0])
     length = _length(args, models[0])
-    names = _names(args, models[0], length)
+    names = _names(args, models, length)
     if args.bed:
         if not args.genome:
             raise ValueError("--bed needs --genome")
@@ -247,9 +337,21 @@ def _effects(args) -> None:
     window = None
     if args.window:
         start, _, stop = args.window.partition(":")
+        if not (start.strip().isdigit() and stop.strip().isdigit()):
+            raise ValueError(f"--window must be START:STOP with whole numbers, got {args.window!r}")
         window = (int(start), int(stop))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        if not 0 <= window[0] < window[1] <= length:
+            raise ValueError(f"--window {args.window} must satisfy 0 <= START < STOP <= {length} (the model's length)")
+    if args.transform != "none":  # a model that already returns logits is refused here, before a run folder exists
+        from .ism import on_scale
+
+        with torch.inference_mode():
+            on_scale(torch.as_tensor(models[0](X[:2]), dtype=torch.float32), args.transform)
+    for flag in ("chunk_size", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    out = _pin_run(args, names, length, window)
     client, cluster = _client(args)
     try:
         effect, _ = pipeline.effects(
@@ -263,11 +365,14 @@ def _effects(args) -> None:
             client.close()
         if cluster is not None:
             cluster.close()
-    np.savez_compressed(out / SEQ_FILE, X=X.numpy().astype(np.uint8), loci=np.array(loci))
-    info = {"output_names": names, "n_sequences": len(loci), "length": length, "models": args.model,
-            "transform": args.transform, "rc_average": args.rc_average, "mc_dropout": args.mc_dropout,
-            "window": window}  # fmt: skip
-    (out / RUN_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    # the sequences, then the record that ties them and the names to the chunks: each written whole or not at all
+    buf = io.BytesIO()
+    np.savez_compressed(buf, X=X.numpy().astype(np.uint8), loci=np.array(loci))
+    write_atomic(out / SEQ_FILE, buf.getvalue())
+    info = json.loads((out / RUN_FILE).read_text())
+    info.update(n_sequences=len(loci), models=args.model, sequences_sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
+                fingerprint=json.loads((out / "manifest.json").read_text())["fingerprint"])  # fmt: skip
+    write_atomic(out / RUN_FILE, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     print(f"{len(loci)} sequences x {effect.shape[1]} positions x {len(names)} outputs -> {out}")
 
 
@@ -280,11 +385,34 @@ def _run(folder: str):
     path = Path(folder)
     if not (path / RUN_FILE).is_file():
         raise ValueError(f"{path} is not a finished `deepmr effects` run (no {RUN_FILE})")
-    info = json.loads((path / RUN_FILE).read_text())
-    with np.load(path / SEQ_FILE) as f:
+    try:
+        info = json.loads((path / RUN_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / RUN_FILE} is unreadable ({err})") from None
+    manifest = path / "manifest.json"
+    stamp = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    if "fingerprint" not in info or "sequences_sha256" not in info:
+        raise ValueError(f"{path} is not a finished `deepmr effects` run; rerun the same effects command to finish it")
+    if info["fingerprint"] != stamp:
+        raise ValueError(f"{path}: {RUN_FILE} and manifest.json belong to different runs; rerun effects elsewhere")
+    if not (path / SEQ_FILE).is_file():
+        raise ValueError(f"{path} has no {SEQ_FILE}; rerun the same effects command")
+    data = (path / SEQ_FILE).read_bytes()
+    if hashlib.sha256(data).hexdigest() != info["sequences_sha256"]:
+        raise ValueError(f"{path / SEQ_FILE} was changed after the run; rerun the same effects command to rewrite it")
+    with np.load(io.BytesIO(data)) as f:
         X, loci = torch.from_numpy(f["X"].astype(np.float32)), f["loci"].tolist()
     effect, se = pipeline.read_effects(path)
+    if effect.shape[0] != X.shape[0] or len(loci) != X.shape[0]:
+        raise ValueError(f"{path}: the chunks hold {effect.shape[0]} sequences, {SEQ_FILE} {X.shape[0]}")
     return info, X, loci, effect, se
+
+
+def _check_selection(args) -> None:
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot must be >= 1, got {args.n_boot}")
+    if not args.threshold >= 0:  # NaN too
+        raise ValueError(f"--threshold must be >= 0, got {args.threshold}")
 
 
 def _analyse(args, pairs_):
@@ -293,7 +421,8 @@ def _analyse(args, pairs_):
 
     info, X, loci, effect, se = _run(args.run)
     glob, local = pairs.all_pairs(
-        effect, se, X, info["output_names"], pairs=pairs_, select=Selection(threshold=args.threshold),
+        effect, se, X, info["output_names"], positions=tuple(info["window"]) if info.get("window") else None,
+        pairs=pairs_, select=Selection(threshold=args.threshold),
         steiger=True if args.steiger else None, method=ESTIMATORS[args.estimator], n_boot=args.n_boot, seed=args.seed,
     )  # fmt: skip
     if len(local):
@@ -313,8 +442,11 @@ def _mr(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _check_selection(args)
     info, X, loci, effect, se = _run(args.run)  # checks the run before any work
     names = info["output_names"]
+    if args.exposure == args.outcome:
+        raise ValueError(f"--exposure and --outcome are both {args.exposure!r}; name two different outputs")
     pair = (_index(names, args.exposure, "exposure"), _index(names, args.outcome, "outcome"))
     info, glob, local = _analyse(args, [pair])
     run = Path(args.run)
@@ -370,6 +502,7 @@ def _pairs(args) -> None:
     from .pairs import to_matrix
     from .plots import effect_matrix
 
+    _check_selection(args)
     info, glob, _ = _analyse(args, None)
     run = Path(args.run)
     glob.to_csv(run / "pairs.csv", index=False)

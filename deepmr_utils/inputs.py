@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -65,10 +66,7 @@ def load_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None
     if weights is not None:
         raise ValueError(f"weights are only used with a 'package.module:factory' model, not with the file {path}")
     if path.suffix == ".pt2":
-        try:
-            return torch.export.load(str(path)).module()
-        except Exception as err:
-            raise ValueError(f"{path} is not a torch.export program (.pt2): {err}") from err
+        return _load_program(path)
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as err:
@@ -76,6 +74,98 @@ def load_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None
             f"{path} is not a TorchScript file (torch.jit.save); for a state dict pass "
             f"'package.module:factory' as the model and this file as its weights ({type(err).__name__})"
         ) from err
+
+
+class ExportedProgram(nn.Module):
+    """A ``torch.export`` program as a model: ``(N, 4, L)`` in, its outputs out, any batch size.
+
+    A program exported with a fixed batch ``batch`` runs in slices of that size (the last one
+    padded and cut back); one exported with a dynamic batch (``batch=None``) runs as is. The
+    program was captured in eval mode and cannot switch (torch refuses ``.eval()`` on it), so
+    ``train``/``eval`` only set this wrapper's flag.
+    """
+
+    def __init__(self, program: nn.Module, batch: int | None):
+        super().__init__()
+        self.program, self.batch = program, batch
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor):
+        if self.batch is None or x.shape[0] == self.batch:
+            return self.program(x)
+        n, parts = x.shape[0], []
+        for i in range(0, n, self.batch):
+            part = x[i : i + self.batch]
+            pad = self.batch - part.shape[0]
+            if pad:
+                part = torch.cat([part, part[:1].expand(pad, *part.shape[1:])])
+            parts.append(self.program(part))
+        out = _concat(parts)
+        return _map_tensors(out, lambda t: t[:n])
+
+
+def _concat(parts):
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], (tuple, list)):
+        return type(parts[0])(_concat([p[i] for p in parts]) for i in range(len(parts[0])))
+    if isinstance(parts[0], dict):
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+    raise TypeError(f"an exported program returned {type(parts[0]).__name__}; expected tensors")
+
+
+def _map_tensors(v, fn):
+    if isinstance(v, torch.Tensor):
+        return fn(v)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_map_tensors(x, fn) for x in v)
+    if isinstance(v, dict):
+        return {k: _map_tensors(x, fn) for k, x in v.items()}
+    return v
+
+
+class _RefusedPickle:
+    """Stands in for ``pickle`` inside torch's archive reader: an opaque pickled constant is code."""
+
+    @staticmethod
+    def loads(*args, **kwargs):
+        raise pickle.UnpicklingError("an opaque pickled object (unpickling it could run code)")
+
+
+def _load_program(path: Path) -> ExportedProgram:
+    """A ``.pt2`` file read with no unrestricted unpickler: torch's reader falls back to
+    ``torch.load(weights_only=False)`` for sample inputs and pickled weights and to ``pickle.loads``
+    for opaque constants, any of which runs code planted in the archive. While it reads, both are
+    restricted (``weights_only=True``; opaque objects refused), so such a file is refused instead."""
+    from torch.export.pt2_archive import _package
+
+    safe_load = torch.load
+
+    def restricted(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return safe_load(*args, **kwargs)
+
+    torch.load, real_pickle = restricted, _package.pickle
+    _package.pickle = _RefusedPickle
+    try:
+        program = torch.export.load(str(path))
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds pickled objects beyond tensors, which only an unrestricted unpickler reads; refused, "
+            f"because unpickling can run code ({str(err).splitlines()[0][:120]})"
+        ) from err
+    except Exception as err:
+        raise ValueError(f"{path} is not a torch.export program (.pt2): {str(err).splitlines()[0][:200]}") from err
+    finally:
+        torch.load, _package.pickle = safe_load, real_pickle
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    if len(inputs) != 1 or "val" not in inputs[0].meta:
+        raise ValueError(f"{path}: the program takes {len(inputs)} user inputs; a model takes one (the sequences)")
+    first = inputs[0].meta["val"].shape[0]
+    return ExportedProgram(program.module(), first if isinstance(first, int) else None).eval()
 
 
 def read_output_names(path: str | os.PathLike) -> list[str]:
@@ -129,7 +219,13 @@ def read_regions(
     whose window runs off its chromosome, or on a chromosome the genome lacks, is refused."""
     import pyfaidx  # only the BED route needs it
 
-    fasta = pyfaidx.Fasta(str(_existing(genome, "genome FASTA")), sequence_always_upper=True)
+    genome = _existing(genome, "genome FASTA")
+    try:
+        fasta = pyfaidx.Fasta(str(genome), sequence_always_upper=True)
+    except (pyfaidx.FastaIndexingError, pyfaidx.RegionError, UnicodeDecodeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"genome FASTA {genome} cannot be indexed (is it FASTA, with lines of one width?): "
+                         f"{reason}") from err  # fmt: skip
     names, seqs = [], []
     for line_no, line in enumerate(_existing(bed, "BED file").read_text().splitlines(), 1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
@@ -137,7 +233,18 @@ def read_regions(
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) < 3:
             raise ValueError(f"{bed}:{line_no}: a BED line needs chrom, start and end, got {line!r}")
-        chrom, start, end = fields[0], int(fields[1]), int(fields[2])
+        try:
+            chrom, start, end = fields[0], int(fields[1]), int(fields[2])
+        except ValueError:
+            got = f"{fields[1]!r}, {fields[2]!r}"
+            raise ValueError(f"{bed}:{line_no}: start and end must be integers, got {got}") from None
+        if not 0 <= start < end:
+            raise ValueError(f"{bed}:{line_no}: a region needs 0 <= start < end, got {start}, {end}")
+        if len(fields) > 5 and fields[5] == "-":  # read forward it would be the other strand's sequence
+            raise ValueError(
+                f"{bed}:{line_no}: minus-strand regions are not supported; the sequence would be read "
+                "forward. Drop the strand column, or reverse-complement the sequences yourself (FASTA)"
+            )
         name = fields[3] if len(fields) > 3 and fields[3] not in ("", ".") else f"{chrom}:{start}-{end}"
         if chrom not in fasta:
             raise ValueError(f"{bed}:{line_no}: {name} is on {chrom!r}, which the genome does not have")
@@ -148,8 +255,12 @@ def read_regions(
                 f"{bed}:{line_no}: {name} centred to {length} bp ({chrom}:{a}-{b}) runs off {chrom} "
                 f"(length {len(fasta[chrom])})"
             )
+        seq = str(fasta[chrom][a:b])
+        if len(seq) != length:  # a stale .fai (the genome replaced, its mtime kept) reads the wrong bytes
+            raise ValueError(f"{bed}:{line_no}: {name}: the genome returned {len(seq)} bp for {chrom}:{a}-{b}, not "
+                             f"{length}; is {genome}.fai stale? delete it to rebuild the index")  # fmt: skip
         names.append(name)
-        seqs.append(str(fasta[chrom][a:b]))
+        seqs.append(seq)
     if not names:
         raise ValueError(f"{bed} holds no regions")
     if len(set(names)) != len(names):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ._types import ArrayLike, Positions, Sequences
+from .ism import resolve_positions
 from .sequence import ALPHABET
 
 __all__ = ["variant_table", "Selection", "Selected", "select", "as_selection", "STRATEGIES"]
@@ -52,7 +53,16 @@ def variant_table(
     if exposure == outcome:
         raise ValueError("exposure and outcome must be different outputs")
     Xn = X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X)
-    pos = np.arange(Xn.shape[2]) if positions is None else np.asarray(positions)
+    if Xn.ndim != 3 or Xn.shape[1] != 4:
+        raise ValueError(f"X must be one-hot (N, 4, L), got shape {Xn.shape}")
+    if Xn.shape[0] != N:
+        raise ValueError(f"effect holds {N} sequences but X holds {Xn.shape[0]}; pass the X the effects came from")
+    pos = np.arange(Xn.shape[2]) if positions is None else resolve_positions(positions, Xn.shape[2]).numpy()
+    if pos.size != P:
+        raise ValueError(
+            f"effect covers {P} positions but {'X is' if positions is None else 'positions name'} {pos.size} "
+            "long; pass the positions (or window) the effects were computed on"
+        )
     loci = np.arange(N) if loci is None else np.asarray(loci)
     if loci.size != N:
         raise ValueError(f"loci has {loci.size} labels for {N} sequences")

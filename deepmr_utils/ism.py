@@ -45,6 +45,28 @@ __all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "Outpu
 # ----------------------------------------------------------------------------- helpers
 
 
+def check_mc_dropout(model: nn.Module) -> list[nn.Module]:
+    """The Dropout layers MC-dropout will mask, or a ``ValueError`` saying why it cannot: no Dropout,
+    all with p = 0, or a TorchScript model (its Dropout layers are compiled in: their masks cannot be
+    shared between a reference and its mutants from outside; load the model from its Python class)."""
+    mods = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if not mods:
+        scripted = [m for m in model.modules() if "Dropout" in str(getattr(m, "original_name", ""))]
+        if scripted:
+            raise ValueError(
+                f"mc_dropout: this TorchScript model has {len(scripted)} Dropout layers, but their masks are compiled "
+                "in and cannot be shared by a reference and its mutants; load the model from its Python class "
+                "(package.module:factory with its weights) or use an ensemble"
+            )
+        raise ValueError("mc_dropout needs a model with torch.nn.Dropout layers; this one has none")
+    if all(m.p == 0 for m in mods):
+        raise ValueError(
+            f"mc_dropout: all {len(mods)} Dropout layers of this model have p=0, so every "
+            "pass would be identical and every SE zero; rebuild it with p > 0 or use an ensemble"
+        )
+    return mods
+
+
 class _SharedDropout:
     """MC-dropout with one mask per pass, shared by a reference and all its mutants.
 
@@ -55,14 +77,7 @@ class _SharedDropout:
     """
 
     def __init__(self, model: nn.Module, seed: int):
-        self.mods = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        if not self.mods:
-            raise ValueError("mc_dropout needs a model with torch.nn.Dropout layers; this one has none")
-        if all(m.p == 0 for m in self.mods):
-            raise ValueError(
-                f"mc_dropout: all {len(self.mods)} Dropout layers of this model have p=0, so every "
-                "pass would be identical and every SE zero; rebuild it with p > 0 or use an ensemble"
-            )
+        self.mods = check_mc_dropout(model)
         self.seed = seed
         self.device = next((t.device for t in model.parameters()), torch.device("cpu"))
         self.pass_index = 0
@@ -230,9 +245,11 @@ def saturation_mutagenesis(
     rc_average : average each prediction with the model's prediction for the reverse complement
         of the same mutant (as Kipoi's DeepSEA does). Computed as a second ISM of the reverse
         complement, mapped back position by position and base by base, so the fast path serves both.
-    transform : applied to the (averaged) selected outputs: ``"logit"`` for probabilities
-        (clipped to [1e-6, 1 - 1e-6] first), ``"log"`` for counts or rates (clipped below at 1e-6),
-        ``None`` / ``"none"`` for nothing. Effects are then differences on that scale.
+    transform : applied to the (averaged) selected outputs: ``"logit"`` for probabilities,
+        ``"log"`` for counts or rates, ``None`` / ``"none"`` for nothing. Effects are then differences
+        on that scale. A prediction outside the domain raises ``ValueError`` with the share of such
+        predictions; one on its edge (exactly 0 or 1) too, unless ``"logit-clip"`` / ``"log-clip"``
+        asks to clip it to 1e-6 from the edge.
 
     Returns
     -------
@@ -253,14 +270,40 @@ def saturation_mutagenesis(
         out = (forward + reverse.flip(2).flip(3)) / 2
     else:
         out = _saturation_mutagenesis(models, X, positions=positions, **options)
-    if transform == "logit":
+    if transform in (None, "none"):
+        return out
+    return on_scale(out, transform)
+
+
+TRANSFORMS = (None, "none", "logit", "log", "logit-clip", "log-clip")
+
+
+def on_scale(out: torch.Tensor, transform: str) -> torch.Tensor:
+    """``out`` on the logit or log scale. Predictions outside the scale's domain ([0, 1] for logit,
+    >= 0 for log) are refused with their share: a model that already returns logits would otherwise
+    be clamped into exact-zero effects. The scale's edges (exact 0 or 1, where it is infinite) are
+    refused too, unless the ``-clip`` variant asks for them to be clipped to 1e-6 from the edge."""
+    logit = transform.startswith("logit")
+    outside = (out < 0) | (out > 1) if logit else out < 0
+    edge = (out == 0) | (out == 1) if logit else out == 0
+    what = "probabilities in [0, 1]" if logit else "non-negative counts or rates"
+    if outside.any():
+        raise ValueError(
+            f"transform={transform!r} needs {what}, but {outside.float().mean().item():.1%} of the predictions lie "
+            f"outside (from {out.min().item():.4g} to {out.max().item():.4g}); does the model already return "
+            f"{'logits' if logit else 'logs'}? Then use transform=None"
+        )
+    if edge.any() and not transform.endswith("-clip"):
+        raise ValueError(
+            f"transform={transform!r}: {edge.float().mean().item():.2%} of the predictions are exactly "
+            f"{'0 or 1' if logit else '0'}, where the {'logit' if logit else 'log'} is infinite; use "
+            f"transform={transform + '-clip'!r} to clip them to {_EPS:g} from the edge"
+        )
+    if logit:
         return torch.logit(out.clamp(_EPS, 1 - _EPS))
-    if transform == "log":
-        return torch.log(out.clamp_min(_EPS))
-    return out
+    return torch.log(out.clamp_min(_EPS))
 
 
-TRANSFORMS = (None, "none", "logit", "log")
 _EPS = 1e-6
 # engine="auto" takes the windowed engine from this length on and plain batches below it (2 CPU cores, 3
 # members, 8 sequences: PooledRegressor windowed/plain 1.24x slower at 100 bp, 1.40x at 200, 0.99x at 300,

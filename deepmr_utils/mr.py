@@ -29,6 +29,7 @@ from ._validate import (
     check_finite,
     check_nonzero_bx,
     check_positive,
+    check_psi,
     summary_stats,
     weights_finite,
 )
@@ -172,6 +173,7 @@ def wald_ratio(
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
     alpha = check_alpha(alpha)
+    psi = check_psi(psi)
     est = float(by[0] / bx[0])
     se = float(ratio_se(bx, bxse, by, byse, order, psi)[0])
     lo, hi, p = interval(est, se, alpha)
@@ -183,6 +185,7 @@ def ratio_se(
 ) -> np.ndarray:
     """SEs of the ratio estimates ``by / bx`` of many instruments: first-order (``byse / |bx|``)
     or second-order (delta method, also propagating ``bxse``; ``psi`` their correlation)."""
+    psi = check_psi(psi)
     if order == 1:
         return byse / np.abs(bx)
     return np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4 - 2 * psi * by * bxse * byse / bx**3)
@@ -215,6 +218,7 @@ def ivw(
     check_choice(weights, "weights", ("simple", "delta"))
     check_choice(distribution, "distribution", ("normal", "t"))
     alpha = check_alpha(alpha)
+    psi = check_psi(psi)
     bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=1, method="ivw")
     k = bx.size
     if distribution == "t" and k < 2:

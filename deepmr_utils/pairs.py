@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import instruments, meta, mr
-from ._types import ArrayLike, Sequences
+from ._types import ArrayLike, Positions, Sequences
 
 __all__ = ["all_pairs", "to_matrix"]
 
@@ -27,6 +27,7 @@ def all_pairs(
     X: Sequences,
     names: Sequence[str],
     *,
+    positions: Positions = None,
     loci: ArrayLike | None = None,
     select: instruments.Selection = instruments.Selection(),
     steiger: bool | Sequence[float] | None = None,
@@ -45,6 +46,8 @@ def all_pairs(
     effect, se : ``(N, P, 4, T)`` from :func:`deepmr_utils.uncertainty.paired_effects`.
     X : the one-hot ``(N, 4, L)`` sequences they came from.
     names : the ``T`` output names.
+    positions : the positions (or ``(start, stop)`` window) the effects were computed on;
+        ``None``: all ``L``.
     loci : ``None`` (every sequence for every pair) or a callable
         ``loci(exposure, outcome) -> indices`` of the sequences to analyse for that pair.
     select : an :class:`~deepmr_utils.instruments.Selection` (default: local ``|bx|/bxse >= 3``).
@@ -69,6 +72,9 @@ def all_pairs(
     if effect.ndim != 4 or effect.shape != se.shape:
         raise ValueError(f"effect and se must both be (N, P, 4, T), got {effect.shape} and {se.shape}")
     T = effect.shape[3]
+    n_x = len(X) if isinstance(X, (list, tuple)) else X.shape[0]
+    if n_x != effect.shape[0]:
+        raise ValueError(f"effect holds {effect.shape[0]} sequences but X holds {n_x}; pass the X of the effects")
     if len(names) != T:
         raise ValueError(f"names has {len(names)} entries for {T} outputs")
     scales = None
@@ -88,7 +94,14 @@ def all_pairs(
             rows.append(row)
             continue
         table = instruments.variant_table(
-            effect[keep], se[keep], X[keep], exposure=e, outcome=o, loci=keep, output_names=list(names)
+            effect[keep],
+            se[keep],
+            X[keep],
+            exposure=e,
+            outcome=o,
+            positions=positions,
+            loci=keep,
+            output_names=list(names),
         )
         direction = steiger if scales is None else (scales[e], scales[o])
         rule = select if direction is None else replace(select, steiger=direction)

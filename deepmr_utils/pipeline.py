@@ -123,36 +123,117 @@ def _digest(obj, h) -> None:
         h.update(_describe(obj, what="a calibration field").encode())
 
 
-def _fingerprint(X: torch.Tensor, models, payload: dict) -> str:
-    h = hashlib.sha256()
-    # the bases, not the float dtype they came in
-    h.update(f"X{tuple(X.shape)}".encode())
+def _fingerprint(X: torch.Tensor, models, payload: dict) -> dict:
+    """What pins a run, field by field (a refusal names the field that differs), and ``fingerprint``,
+    the hash of them all that every chunk carries:
+
+    * ``sequences``: the bases (not the float dtype they came in);
+    * ``weights``: every member's state dict;
+    * ``model_code``: what the weights run through (:func:`_model_code`): an edited ``forward``
+      with the same weights is another run;
+    * ``options``: positions, outputs, calibration, transform and everything else in ``payload``.
+
+    ``model_outputs`` (:func:`_probe`) is pinned beside them and compared with a tolerance.
+    """
+    parts = {}
+    h = hashlib.sha256(f"X{tuple(X.shape)}".encode())
     h.update((X != 0).cpu().numpy().tobytes())
+    parts["sequences"] = h.hexdigest()
+    h = hashlib.sha256()
     for m in models:
-        h.update(f"{type(m).__module__}.{type(m).__qualname__}".encode())
         for k, v in m.state_dict().items():
             h.update(k.encode())
             h.update(f"{tuple(v.shape)}{v.dtype}".encode())
             h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    parts["weights"] = h.hexdigest()
+    parts["model_code"] = hashlib.sha256("\n".join(_model_code(m) for m in models).encode()).hexdigest()
+    h = hashlib.sha256()
     _digest(payload, h)
-    return h.hexdigest()
+    parts["options"] = h.hexdigest()
+    return {"fingerprint": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), **parts}
+
+
+def _model_code(model: torch.nn.Module) -> str:
+    """The code a model's weights run through, as text: a TorchScript module's compiled code, an
+    exported program's graph, or the source of every Python class in it, with each submodule's plain
+    attributes (``DeepSEA(output="logit")`` and ``output="probability"`` share weights, not numbers)."""
+    import inspect
+
+    parts = [f"torch {torch.__version__.split('+')[0]}"]
+    for name, mod in model.named_modules():
+        cls = type(mod)
+        parts.append(f"{name}:{cls.__module__}.{cls.__qualname__}")
+        if isinstance(mod, torch.jit.ScriptModule):
+            try:
+                parts.append(mod.code)
+            except (RuntimeError, AttributeError):  # a module without a forward of its own
+                pass
+            continue
+        if isinstance(mod, torch.fx.GraphModule):
+            parts.append(mod.code)
+        elif not cls.__module__.startswith("torch."):  # torch's own layers are pinned by its version
+            try:
+                parts.append(inspect.getsource(cls))
+            except (OSError, TypeError):  # defined in a notebook or REPL: its attributes still count
+                parts.append("<source unavailable>")
+        plain = (bool, int, float, str, tuple, type(None))
+        attrs = {
+            k: v for k, v in vars(mod).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)
+        }
+        parts.append(repr(sorted(attrs.items())))
+    return "\n".join(parts)
+
+
+_PROBE_VALUES = 64
+
+
+@torch.no_grad()
+def _probe(models, X: torch.Tensor, outputs) -> list[list[float]]:
+    """Each member's selected outputs on two fixed random sequences of the run's length (eval mode),
+    up to ``_PROBE_VALUES`` numbers per member: the model's behaviour, compared with a tolerance
+    (float round-off differs between machines), so a changed model is caught even when its code
+    and weights read the same."""
+    from ._torch import eval_mode, model_device, select_outputs
+    from .sequence import random_sequences
+
+    x = random_sequences(2, X.shape[2], seed=20240607)
+    values = []
+    with eval_mode(models), torch.inference_mode():
+        for m in models:
+            y = select_outputs(m(x.to(model_device([m]))), outputs).float().flatten().cpu()
+            values.append(y[:: max(1, y.numel() // _PROBE_VALUES)][:_PROBE_VALUES].tolist())
+    return values
 
 
 # ----------------------------------------------------------------------------- the run folder
 
 
-def _open_run(out, fp: str, info: dict) -> Path | None:
-    """The run folder, with a manifest that pins the inputs; a different run there is refused."""
-    return open_pinned(
+def _open_run(out, pins: dict, info: dict, probe=None) -> Path | None:
+    """The run folder, with a manifest that pins the inputs; a different run there is refused, naming
+    what differs. ``probe``: a callable giving the models' outputs on the probe batch (run only when
+    there is a folder), pinned with a tolerance."""
+    if out is None:
+        return None
+    behaviour = probe()
+    folder = open_pinned(
         out,
         "manifest.json",
-        {"fingerprint": fp},
-        info,
+        pins,
+        {**info, "model_outputs": behaviour},
         refusal="holds a different run (other sequences, models, outputs or options); "
         "use a new out folder or delete it",
         unreadable="it was probably cut short by a crash. Delete that file and rerun: finished chunks carry their "
         "run's fingerprint, so only matching ones are reused",
     )
+    stored = json.loads((folder / "manifest.json").read_text()).get("model_outputs")
+    same = stored is not None and len(stored) == len(behaviour) and all(
+        len(a) == len(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(stored, behaviour))  # fmt: skip
+    if not same:
+        raise ValueError(
+            f"{folder} holds a run of models that behave differently: their outputs on the probe sequences differ "
+            "(it differs in: model_outputs); use a new out folder or delete it"
+        )
+    return folder
 
 
 def _write_chunk(path: Path, fp: str, index: int, value) -> None:
@@ -295,11 +376,13 @@ def variant_effects(
         rc_average=rc_average, transform=transform,
     )  # fmt: skip
     payload.update(exposure=ie, outcome=io, output_names=names)
-    fp = _fingerprint(X, models, payload)
+    pins = _fingerprint(X, models, payload)
+    fp = pins["fingerprint"]
     folder = _open_run(
         out,
-        fp,
+        pins,
         {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
+        lambda: _probe(models, X, outputs),
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
                    "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
@@ -359,16 +442,18 @@ def effects(
         "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
         rc_average=rc_average, transform=transform,
     )  # fmt: skip
-    fp = _fingerprint(X, models, payload)
+    pins = _fingerprint(X, models, payload)
+    fp = pins["fingerprint"]
     folder = _open_run(
         out,
-        fp,
+        pins,
         {
             "n_sequences": X.shape[0],
             "n_chunks": len(chunks),
             "kind": "effects",
             "output_names": selected_names(models, outputs),
         },
+        lambda: _probe(models, X, outputs),
     )
     ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
                    "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
@@ -536,7 +621,13 @@ def read_effects(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{folder}: {len(missing)} of {info['n_chunks']} chunks are not finished ({missing[:10]}); "
             "rerun the same effects command to resume"
         )
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    effect, se = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if effect.shape[0] != info.get("n_sequences"):
+        raise ValueError(
+            f"{manifest} says {info.get('n_sequences')} sequences in {info['n_chunks']} chunks, but the "
+            f"chunks hold {effect.shape[0]}: the manifest was edited; rerun effects in a new folder"
+        )
+    return effect, se
 
 
 def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options):

@@ -232,8 +232,12 @@ def read_fasta(path: str | Path) -> dict[str, str]:
     """Read a FASTA file into ``{name: sequence}`` (name = header up to the first space)."""
     records: dict[str, list[str]] = {}
     name = None
-    with open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
+    with open(path, encoding="ascii", errors="strict") as fh:
+        try:
+            lines = fh.readlines()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not a text FASTA file (byte {err.start} is not ASCII)") from None
+        for line_no, line in enumerate(lines, 1):
             line = line.strip()
             if not line:
                 continue

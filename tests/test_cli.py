@@ -115,7 +115,7 @@ def test_factory_and_bed_inputs_give_the_same_run(files, tmp_path):
         (["--model", "cli_models:factory"], "need as many --weights files"),
         (["--model", "{d}/seqs.fa", "--model", "{d}/m1.pt"], "is not a TorchScript file"),
         (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--length", "100"], "shorter than the model's input of 100"),
-        (["--model", "{d}/m1.pt", "--mc-dropout", "5", "--output-names", "{d}/three.txt"], "3 output names for a"),
+        (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--output-names", "{d}/three.txt"], "3 output names for a"),
         (["--model", "{d}/m1.pt", "--model", "{d}/m2.pt", "--fast", "on"], "--fast is retired: use --engine"),
     ],
 )
@@ -151,6 +151,96 @@ def test_a_torch_export_program_loads_and_predicts_like_the_model(files, tmp_pat
     torch.testing.assert_close(loaded(x), members[0](x))
     with pytest.raises(ValueError, match="only used with a 'package.module:factory' model"):
         load_model(tmp_path / "m.pt2", tmp_path / "m.pt2")
+
+
+class _Payload:
+    """Unpickling this touches a marker file: what a planted payload would do, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _plant(src: Path, dst: Path, member: str, payload: bytes, config_edit=None):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith(member):
+                data = payload
+            elif config_edit and info.filename.endswith(config_edit[0]):
+                data = config_edit[1](data)
+            zout.writestr(info, data)
+
+
+@pytest.mark.parametrize("route", ["sample-inputs", "pickled-weight", "opaque-constant", "torchscript-is-not-pickle"])
+def test_a_planted_payload_never_runs(files, tmp_path, route):
+    """torch.export.load would unpickle each of these without restriction; load_model refuses them and
+    the marker file is never created (TorchScript has no pickle fallback: torch.jit.load refuses it)."""
+    import io
+
+    _, members = files
+    marker = tmp_path / "PWNED"
+    buf = io.BytesIO()
+    torch.save(_Payload(marker), buf)
+    payload = buf.getvalue()
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(members[0], (torch.rand(2, 4, LENGTH),)), clean)
+    bad = tmp_path / "bad.pt2"
+    if route == "sample-inputs":
+        _plant(clean, bad, "sample_inputs/model.pt", payload)
+    elif route == "pickled-weight":
+        edit = ("model_weights_config.json", lambda b: b.replace(b'"use_pickle": false', b'"use_pickle": true', 1))
+        _plant(clean, bad, "data/weights/weight_0", payload, edit)
+    elif route == "opaque-constant":
+        evil = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+        edit = ("model_constants_config.json", lambda b: json.dumps({"config": {"evil": evil}}).encode())
+        _plant(clean, bad, "no such member", b"", edit)
+        import zipfile
+
+        with zipfile.ZipFile(bad, "a") as z:
+            z.writestr(f"{clean.stem}/data/constants/opaque_obj_0", __import__("pickle").dumps(_Payload(marker)))
+    else:
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(payload)
+    with pytest.raises(ValueError, match="refused, because unpickling can run code|is not a"):
+        load_model(bad)
+    assert not marker.exists(), f"the payload ran through the {route} route"
+    r = _run(["effects", "--model", str(bad), "--model", str(bad), "--sequences", "x.fa", "--out", str(tmp_path / "r")])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not marker.exists()
+
+
+def test_exported_programs_with_a_fixed_or_a_dynamic_batch_run_end_to_end(files, tmp_path):
+    """A static-batch export once failed the names probe (a guard on its batch), a dynamic one .eval()."""
+    d, members = files
+    x = torch.rand(3, 4, LENGTH)
+    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    paths = []
+    for k, (m, shapes) in enumerate([(members[0], None), (members[1], dynamic)]):
+        paths.append(tmp_path / f"m{k}.pt2")
+        torch.export.save(torch.export.export(m, (x,), dynamic_shapes=shapes), paths[-1])
+        loaded = load_model(paths[-1])
+        assert loaded.batch == (3 if shapes is None else None)
+        torch.testing.assert_close(loaded(torch.rand(7, 4, LENGTH)).shape, torch.Size([7, 2]))
+    run = tmp_path / "run"
+    names = str(_names_file(tmp_path))
+    r = _run(["effects", "--model", str(paths[0]), "--model", str(paths[1]), "--sequences", str(d / "seqs.fa"),
+              "--out", str(run), "--length", str(LENGTH), "--output-names", names, "--quiet"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "ref"
+    r = _run(["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences", str(d / "seqs.fa"),
+              "--out", str(ref), "--quiet"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(pipeline.read_effects(run)[0], pipeline.read_effects(ref)[0], atol=1e-5)
+
+
+def _names_file(tmp_path):
+    (tmp_path / "names.txt").write_text("tfA\ntfB\n")
+    return tmp_path / "names.txt"
 
 
 def test_checksum_and_format_errors_in_the_loaders(files, tmp_path):

@@ -280,3 +280,24 @@ def test_dtypes_lengths_and_outputs_are_checked(dilated_ensemble, X):
     for bad, err in (([], ValueError), ([0, 1.5], TypeError), ("0", TypeError)):
         with pytest.raises(err, match="outputs"):
             ism.saturation_mutagenesis(m, X[:1], outputs=bad)
+
+
+def test_a_transform_outside_its_domain_is_refused_with_the_share():
+    """Once clamped silently: a model that returns logits got a third of its effects set to exactly 0."""
+    torch.manual_seed(0)
+    logits = torch.nn.Sequential(torch.nn.Conv1d(4, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    X = sq.random_sequences(2, 12, seed=0)
+    logits(X)
+    with pytest.raises(ValueError, match=r"needs probabilities in \[0, 1\], but .*% of the predictions lie outside"):
+        ism.saturation_mutagenesis([logits, logits], X, transform="logit")
+    with pytest.raises(ValueError, match="needs non-negative counts"):
+        ism.saturation_mutagenesis([logits, logits], X, transform="log")
+    amplify = torch.nn.Conv1d(1, 1, 1, bias=False)
+    amplify.weight.data.fill_(100.0)
+    saturated = torch.nn.Sequential(
+        logits, torch.nn.Unflatten(1, (1, 2)), amplify, torch.nn.Flatten(), torch.nn.Hardsigmoid()
+    )  # exact 0 and 1, where the logit is infinite
+    with pytest.raises(ValueError, match="exactly 0 or 1.*logit-clip"):
+        ism.saturation_mutagenesis([saturated], X, transform="logit")
+    clipped = ism.saturation_mutagenesis([saturated], X, transform="logit-clip")
+    assert torch.isfinite(clipped).all() and clipped.abs().max() <= 14

@@ -460,6 +460,14 @@ def test_other_bad_input():
         mr.per_locus(pd.DataFrame({"locus": [1], "bx": [1.0]}))
     with pytest.raises(TypeError, match="DataFrame"):
         mr.per_locus({"locus": [1]})
+    # once: nan (SE inf) from an overflow, psi outside [-1, 1] used as given
+    with pytest.raises(ValueError, match="too large for their SEs at index 0"):
+        mr.ivw([1e200, 2e200, 3e200], [1, 1, 1], [1e200, 2e200, 3.1e200], [1, 1, 1])
+    for psi in (1.5, -2, float("nan")):
+        with pytest.raises(ValueError, match="psi is a correlation"):
+            mr.ivw(*GOOD, weights="delta", psi=psi)
+    with pytest.raises(TypeError, match="psi must be a number"):
+        mr.wald_ratio(1.0, 0.1, 2.0, 0.1, order=2, psi="0.5")
 
 
 def test_result_repr_is_one_line(lipids):

@@ -352,3 +352,95 @@ pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1
         models, X, exposure="a", outcome="b", chunk_size=1, progress=False, select=Selection("all")
     )
     pd.testing.assert_frame_equal(resumed, full, check_exact=True)
+
+
+# ---------------------------------------------------------------- the run folder pins behaviour, not only weights
+_MODEL_SOURCE = """
+import torch
+from torch import nn
+
+SCALE = {scale}
+
+
+class Edited(nn.Module):
+    def __init__(self, gain=1.0):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 2, 3, padding=1)
+        self.gain = gain
+
+    def forward(self, x):
+        return self.gain * SCALE * {body}
+"""
+
+
+def _module(tmp_path, name, scale="1.0", body="self.conv(x).mean(-1)"):
+    import importlib
+
+    (tmp_path / f"{name}.py").write_text(_MODEL_SOURCE.format(scale=scale, body=body))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def _members(mod, **kw):
+    torch.manual_seed(0)
+    members = [mod.Edited(**kw) for _ in range(2)]
+    state = [m.state_dict() for m in members]
+    return members, state
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"body": "self.conv(x).amax(-1)"}, "model_code"),  # forward edited in place, same weights
+        ({"gain": 2.0}, "model_code"),  # a plain attribute (DeepSEA(output='logit') vs 'probability')
+        ({"scale": "3.0"}, "model_outputs"),  # code and weights read the same; only the behaviour tells
+    ],
+)
+def test_a_changed_model_with_the_same_weights_is_refused(tmp_path, change, field):
+    """Once the same weights behind another forward got the old numbers back, with no error."""
+    X = sq.random_sequences(4, 30, seed=1)
+    old, state = _members(_module(tmp_path, "edited_a"))
+    out = tmp_path / "run"
+    pipeline.effects(old, X, chunk_size=2, out=out, progress=False)
+    source = {k: v for k, v in change.items() if k in ("body", "scale")}
+    mod = _module(tmp_path, "edited_a", **source) if source else _module(tmp_path, "edited_a")
+    if "scale" in change:  # same source text: the constant changes after import, as a config edit would
+        mod = _module(tmp_path, "edited_a")
+        mod.SCALE = float(change["scale"])
+    new = [mod.Edited(**{k: v for k, v in change.items() if k == "gain"}) for _ in state]
+    for m, sd in zip(new, state):
+        m.load_state_dict(sd)
+    with pytest.raises(ValueError, match=f"differs in: .*{field}|{field}"):
+        pipeline.effects(new, X, chunk_size=2, out=out, progress=False)
+
+
+class _ScriptA(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).mean(-1)
+
+
+class _ScriptB(_ScriptA):
+    def forward(self, x):
+        return self.conv(x).amax(-1)
+
+
+def test_torchscript_members_with_edited_code_are_refused(tmp_path):
+    """Re-exported TorchScript with the same weights: every member's class is RecursiveScriptModule."""
+    X = sq.random_sequences(4, 30, seed=1)
+    torch.manual_seed(0)
+    a = [_ScriptA() for _ in range(2)]
+    b = [_ScriptB() for _ in a]
+    for m, src in zip(b, a):
+        m.load_state_dict(src.state_dict())
+    out = tmp_path / "run"
+    pipeline.effects([torch.jit.script(m) for m in a], X, out=out, progress=False)
+    with pytest.raises(ValueError, match="model_code"):
+        pipeline.effects([torch.jit.script(m) for m in b], X, out=out, progress=False)
