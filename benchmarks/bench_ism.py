@@ -11,7 +11,12 @@ Models (random weights; each a 1 kb input):
   layer over the flattened 960 x 53 features), ``deepmr_utils.models.DeepSEA``;
 * ``book``          the book's ``DilatedResidualNet`` (same sizes as ``unseen-bpnet``), on the
   same engine; ``handwritten`` times the windowed ISM written by hand for it that the library
-  used until the engine matched it (``benchmarks/handwritten.py``).
+  used until the engine matched it (``benchmarks/handwritten.py``);
+* ``basset``, ``chrombpnet``, ``enformer``  architectures from the wild the library was not tuned for
+  (``benchmarks/wild_models.py``): Basset (BatchNorm, wide max-pools, a dense head), bpnet-lite /
+  ChromBPNet (valid dilated convolutions, skips cropped by a computed amount; counts and central
+  profile bins as outputs) and an Enformer-shaped toy (attention pooling and a transformer: global,
+  so every mutant needs the full length after the stem).
 
 Methods, each producing the same candidate variant table (every substitution, exposure =
 output 0, outcome = output 1, effects and SEs over members):
@@ -22,8 +27,12 @@ output 0, outcome = output 1, effects and SEs over members):
 * ``naive``       per sequence, all 3L mutants built by tensor indexing, each member run in
   batches of ``--batch-size``, then the same post-processing;
 * ``tangermeme``  ``tangermeme.saturation_mutagenesis(raw_outputs=True, fast=True)`` once per
-  member (``tangermeme-slow``: ``fast=False``), then the same post-processing.
-  A benchmark-only extra: ``pip install tangermeme==1.6.0``.
+  member, as shipped: tangermeme 1.6 silently runs its plain path when the whole job would take
+  under 30 s at the plain rate (``_FAST_MIN_SECONDS``) or when its ``torch.export`` fast path fails
+  its check; the row says which path ran (``path``: fast, plain (short job) or plain (refused: why)).
+  ``tangermeme-forced``: the same with ``_FAST_MIN_SECONDS = 0``, so its fast path is tried on any
+  job; ``tangermeme-slow``: ``fast=False``. The ratio that counts (``vs tangermeme best``) is against
+  the fastest of the tangermeme rows that ran. A benchmark-only extra: ``pip install tangermeme==1.6.0``.
 
 All methods run in the same process on the same inputs (``--repeat R``: R interleaved rounds,
 each method's best counts); the script checks that their tables agree and prints variants/s
@@ -43,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from handwritten import handwritten_ism
 from torch import nn
+from wild_models import BassetLike, ChromBPNetLike, EnformerLike, chrombpnet_outputs
 
 from deepmr_utils import instruments, pipeline, uncertainty
 from deepmr_utils import sequence as sq
@@ -67,10 +77,24 @@ class UnseenBPNet(nn.Module):
         return self.linear(X.mean(dim=2))
 
 
+class _Selected(nn.Module):
+    """``outputs(model(x))`` as one model, so every method sees the same ``(N, outputs)``."""
+
+    def __init__(self, model, outputs):
+        super().__init__()
+        self.model, self.outputs = model, outputs
+
+    def forward(self, x):
+        return self.outputs(self.model(x))
+
+
 MODELS = {
     "unseen-bpnet": (UnseenBPNet, 2),  # factory, sequences
     "deepsea": (lambda: DeepSEA(), 1),
     "book": (lambda: DilatedResidualNet(4, 64, 9, stem_kernel=25), 2),
+    "basset": (lambda: BassetLike(1000), 1),
+    "chrombpnet": (lambda: _Selected(ChromBPNetLike(), chrombpnet_outputs), 2),
+    "enformer": (lambda: EnformerLike(), 1),
 }
 
 
@@ -101,18 +125,42 @@ def naive(models, X, batch_size, device):
     return out
 
 
-def tangermeme_ism(models, X, batch_size, device, fast):
-    from tangermeme.saturation_mutagenesis import saturation_mutagenesis as tsm
+def tangermeme_ism(models, X, batch_size, device, fast, forced=False):
+    """tangermeme once per member; returns the predictions and the path it took (each member's, joined)."""
+    import tangermeme.saturation_mutagenesis as tsm_module
 
-    per_member = []
-    for m in models:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = tsm(m, X, batch_size=batch_size, raw_outputs=True, fast=fast, device=device, verbose=False)
-        # y_hat (N, 4, L, O); its identity edits already hold the reference prediction y0
-        pred = res.y_hat.permute(0, 2, 1, 3).clone()  # (N, L, 4, O)
-        per_member.append(pred)
-    return torch.stack(per_member, dim=1).float()
+    per_member, paths = [], []
+    shipped_min, shipped_choice = tsm_module._FAST_MIN_SECONDS, tsm_module._fast_path
+
+    def recording(*args, **kwargs):  # which path tangermeme chose, and why, without changing the choice
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fast_path, y_first, n_first = shipped_choice(*args, **kwargs)
+        refused = [str(w.message) for w in caught if "using fast=False because" in str(w.message)]
+        if fast_path is not None:
+            paths.append("fast")
+        elif refused:
+            paths.append("plain (refused: " + refused[0].split("because ")[1].split(". Pass")[0][:60] + ")")
+        else:
+            paths.append("plain (short job)")
+        return fast_path, y_first, n_first
+
+    tsm_module._fast_path = recording
+    if forced:
+        tsm_module._FAST_MIN_SECONDS = 0.0
+    try:
+        for m in models:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = tsm_module.saturation_mutagenesis(
+                    m, X, batch_size=batch_size, raw_outputs=True, fast=fast, device=device, verbose=False
+                )
+            # y_hat (N, 4, L, O); its identity edits already hold the reference prediction y0
+            per_member.append(res.y_hat.permute(0, 2, 1, 3).clone())  # (N, L, 4, O)
+    finally:
+        tsm_module._FAST_MIN_SECONDS, tsm_module._fast_path = shipped_min, shipped_choice
+    path = "plain" if not fast else ", ".join(sorted(set(paths))) or "plain"
+    return torch.stack(per_member, dim=1).float(), path
 
 
 def forward_ceiling(model, X, batch_size, device, seconds=5.0):
@@ -149,7 +197,7 @@ def run_model(key, args, device, methods):
     X = sq.random_sequences(n_seqs, args.length, seed=args.seed)
     n_mut = n_seqs * 3 * args.length
     print(f"\n== {key}: {n_seqs} sequences x {args.length} bp, {args.members} members, {n_mut} variants", flush=True)
-    tables, times = {}, {}
+    tables, times, paths = {}, {}, {}
     # each round runs every method once, so drifts of the machine hit all methods alike; the best round counts
     for name in [m for _ in range(args.repeat) for m in methods + (["handwritten"] if key == "book" else [])]:
         if name == "handwritten":
@@ -176,12 +224,17 @@ def run_model(key, args, device, methods):
             except ImportError:
                 print(f"  {name}: skipped (pip install tangermeme==1.6.0)")
                 continue
-            fast = not name.endswith("slow")
-            t, tab = timed(lambda: post_process(tangermeme_ism(models, X, args.batch_size, args.device, fast), X))  # noqa: B023
+            fast, forced = not name.endswith("slow"), name.endswith("forced")
+            t, (pred, paths[name]) = timed(
+                lambda: tangermeme_ism(models, X, args.batch_size, args.device, fast, forced)  # noqa: B023
+            )  # noqa: B023
+            t0 = time.perf_counter()
+            tab = post_process(pred, X)
+            t += time.perf_counter() - t0
         else:
             raise SystemExit(f"unknown method {name}")
         tables[name], times[name] = tab, min(t, times.get(name, t))
-        print(f"  {name:<16} {t:8.1f} s  {n_mut / t:8.0f} variants/s", flush=True)
+        print(f"  {name:<18} {t:8.1f} s  {n_mut / t:8.0f} variants/s  {paths.get(name, '')}", flush=True)
 
     ref = next(iter(tables.values()))
     for name, tab in tables.items():
@@ -191,7 +244,7 @@ def run_model(key, args, device, methods):
             assert gap <= 1e-3 * scale + 1e-6, f"{name} disagrees with {next(iter(tables))} on {col}: {gap}"
     ceiling = forward_ceiling(models[0], X, args.batch_size, device) / args.members
     print(f"  all methods produce the same variant table; plain-forward ceiling {ceiling:.0f} variants/s")
-    return {"times": times, "n_mut": n_mut, "ceiling": ceiling}
+    return {"times": times, "n_mut": n_mut, "ceiling": ceiling, "paths": paths}
 
 
 def main():
@@ -202,7 +255,8 @@ def main():
     ap.add_argument("--length", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=32, help="mutants per forward for naive/tangermeme/ceiling")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--methods", default="deepmr,naive,tangermeme")
+    ap.add_argument("--methods", default="deepmr,naive,tangermeme,tangermeme-forced,tangermeme-slow")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON (for generated tables)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="rounds of all methods; each method's best round counts")
     args = ap.parse_args()
@@ -218,8 +272,8 @@ def main():
     results = {key: run_model(key, args, device, args.methods.split(",")) for key in args.models.split(",")}
 
     print(
-        f"\n{'model':<14}{'method':<16}{'seconds':>9}{'variants/s':>12}{'vs naive':>10}"
-        f"{'vs tangermeme':>15}{'of ceiling':>12}"
+        f"\n{'model':<14}{'method':<19}{'seconds':>9}{'variants/s':>12}{'vs naive':>10}"
+        f"{'vs tangermeme best':>20}{'of ceiling':>12}  tangermeme path"
     )
     for key, r in results.items():
         times = r["times"]
@@ -228,7 +282,17 @@ def main():
             rate = r["n_mut"] / t
             vs_naive = f"{times['naive'] / t:.2f}x" if "naive" in times else "-"
             vs_tm = f"{min(tm) / t:.2f}x" if tm else "-"
-            print(f"{key:<14}{name:<16}{t:>9.1f}{rate:>12.0f}{vs_naive:>10}{vs_tm:>15}{rate / r['ceiling']:>11.0%}")
+            print(
+                f"{key:<14}{name:<19}{t:>9.1f}{rate:>12.0f}{vs_naive:>10}{vs_tm:>20}{rate / r['ceiling']:>11.0%}"
+                f"  {r['paths'].get(name, '')}"
+            )
+    if args.json:
+        import json
+
+        meta = {"device": str(device), "device_name": dev_name, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}  # fmt: skip
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "models": results}, fh, indent=1)
 
 
 if __name__ == "__main__":
