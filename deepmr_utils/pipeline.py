@@ -554,6 +554,10 @@ def _from_wire(item):
     return torch.jit.load(io.BytesIO(value), map_location="cpu") if kind == "torchscript" else value
 
 
+def _identity(value):
+    return value
+
+
 # per worker process: the models of the run it is working on (rebuilt once, not per task); one run at a time
 _WORKER_MODELS: dict[str, list] = {}
 
@@ -587,9 +591,12 @@ def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None)
         from distributed import as_completed
 
         # the models travel once per worker, not once per task (TorchScript modules as their saved bytes:
-        # they cannot be pickled), and each worker rebuilds them once per run
+        # they cannot be pickled), and each worker rebuilds them once per run. They are the result of a
+        # task, not scattered data: the scheduler keeps the task, so when every worker holding them has
+        # died it reruns it on a live one (scattered data would be lost, and every chunk after it)
         _check_worker_allocator(client)
-        shared = client.scatter([_to_wire(m) for m in models], broadcast=True, hash=False)
+        wire = [_to_wire(m) for m in models]
+        shared = client.submit(_identity, wire, key=f"deepmr-models-{fp[:16]}", pure=False)
         futures = {
             client.submit(
                 _remote_chunk_task, shared, *job.args(*chunks[c]), paths[c], fp, c, key=f"deepmr-{fp[:16]}-{c}"

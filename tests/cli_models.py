@@ -20,3 +20,13 @@ class TwoTrack(nn.Module):
 
 def factory() -> nn.Module:
     return TwoTrack()
+
+
+class SlowTwoTrack(TwoTrack):
+    """TwoTrack that takes 20 ms per forward pass: a Dask run long enough to kill its workers during it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02)
+        return super().forward(x)

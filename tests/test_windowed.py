@@ -5,6 +5,7 @@ here every architecture the engine claims to handle (and a few it must hand back
 is run both ways on random weights, with random BatchNorm statistics.
 """
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -115,7 +116,15 @@ class Branchy(nn.Module):
         return h.mean(-1)
 
 
+# tools/gpu_check.sh runs these tests on a GPU (DEEPMR_TEST_DEVICE=cuda, TF32 off): both paths there
+DEVICE = os.environ.get("DEEPMR_TEST_DEVICE") or None
+if DEVICE and DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def both(models, X, **kw):
+    kw.setdefault("device", DEVICE)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fast = ism.saturation_mutagenesis(models, X, engine="windowed", **kw)

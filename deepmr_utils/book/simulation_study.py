@@ -42,7 +42,7 @@ from ..instruments import Selection
 from ..models import PooledRegressor
 from ..predict import predict
 from ..progress import show_progress
-from ..simulate import CooperativityModel
+from ..simulate import CooperativityModel, slope_through_origin
 from ..uncertainty import IsotonicCalibration, VarianceScaling
 
 __all__ = [
@@ -323,15 +323,19 @@ def fit_calibration(calibration: str, models: Models, cal: dict) -> VarianceScal
     return calibrator.fit(members, cal["y"], ids=[f"cal{i}" for i in range(len(cal["y"]))])
 
 
-def _truth_frame(gen: CooperativityModel, X, table: pd.DataFrame, b_conf, config: np.ndarray) -> pd.DataFrame:
+def _truth_frame(
+    gen: CooperativityModel, X, table: pd.DataFrame, b_conf, config: np.ndarray, exact: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Per locus of ``table``: ``theta`` (the local truth on its own instruments, confounder averaged),
     ``theta_own`` (with the locus's own confounder coin flip), ``theta_seq`` (over all substitutions)
-    and ``config`` (the sequence class)."""
+    and ``config`` (the sequence class). ``exact``: the table's confounder-averaged
+    ``gen.variant_truth``, when the caller has it already."""
     if not len(table):
         return pd.DataFrame({"locus": [], "theta": [], "theta_own": [], "theta_seq": [], "config": []})
-    truth = gen.true_local_effects(X, table, "average").merge(
-        gen.true_local_effects(X, table, b_conf).rename(columns={"theta": "theta_own"}), on="locus"
-    )
+    if exact is None:
+        exact = gen.variant_truth(X, table, "average")
+    averaged = slope_through_origin(table["locus"].to_numpy(), exact.dx.to_numpy(), exact.dy_causal.to_numpy())
+    truth = averaged.merge(gen.true_local_effects(X, table, b_conf).rename(columns={"theta": "theta_own"}), on="locus")
     loci = truth.locus.to_numpy().astype(int)
     truth["theta_seq"] = gen.sequence_local_effects(X[loci])
     truth["config"] = config[loci]
@@ -435,7 +439,8 @@ def run_round(
         device=device,
     )
     config_m = test["config"][mutate]
-    truth = _truth_frame(gen, Xm, table, b_conf, config_m)
+    exact = gen.variant_truth(Xm, table, "average") if len(table) else None  # the oracle's, computed once
+    truth = _truth_frame(gen, Xm, table, b_conf, config_m, exact)
     fid = fidelity(gen, models, test, mutate, table, bar)
     user = measured_effects_gate(gen, models, test, mutate, seed=int(seeds_extra[0]), bar=bar)
     population = gen.population_effect(sizes.n_population, seed=int(seeds_extra[1]))
@@ -446,7 +451,6 @@ def run_round(
         # as weights (confounder averaged: what a perfect sequence model would predict): "exact" with the
         # oracle's total outcome change, "causal" with only its change through the exposure (crosstalk
         # removed). estimate - exact is the model's error, exact - causal the crosstalk's.
-        exact = gen.variant_truth(Xm, table, "average")
         controlled = {k: v for k, v in estimators.items() if k in CONTROLLED}
         controls = {
             "exact": table.assign(bx=exact.dx, by=exact.dy),
