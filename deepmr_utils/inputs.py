@@ -211,6 +211,31 @@ def read_sequences(path: str | os.PathLike, length: int, *, max_n: int = 0) -> t
     return names, _encode(names, seqs, max_n)
 
 
+def _check_index(genome: Path) -> None:
+    """Refuse a stale ``.fai``: pyfaidx rebuilds the index only when the genome is newer than it, and
+    copies that keep mtimes (``cp -p``, ``rsync -a``, ``tar``) can leave an index of another file, which
+    reads the wrong bases at the right length. The last record must end where the file ends."""
+    fai = Path(f"{genome}.fai")
+    if not fai.is_file():
+        return
+    end, slack = 0, 0
+    for line in fai.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 5:
+            continue
+        rlen, offset, lenc, lenb = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4])
+        lines = -(-rlen // lenc) if lenc else 0
+        stop = offset + rlen + lines * (lenb - lenc)
+        if stop >= end:
+            end, slack = stop, max(lenb - lenc, 1)
+    size = genome.stat().st_size
+    if not end - slack <= size <= end + 2:  # a missing or doubled newline at the very end is fine
+        raise ValueError(
+            f"genome FASTA {genome}: its index {fai} describes another file ({end} bytes, the file has {size}); "
+            "it is stale (the genome was replaced and kept an older date): delete it to rebuild it"
+        )
+
+
 def read_regions(
     bed: str | os.PathLike, genome: str | os.PathLike, length: int, *, max_n: int = 0
 ) -> tuple[list[str], torch.Tensor]:
@@ -226,6 +251,7 @@ def read_regions(
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"genome FASTA {genome} cannot be indexed (is it FASTA, with lines of one width?): "
                          f"{reason}") from err  # fmt: skip
+    _check_index(genome)
     names, seqs = [], []
     for line_no, line in enumerate(_existing(bed, "BED file").read_text().splitlines(), 1):
         if not line.strip() or line.startswith(("#", "track", "browser")):

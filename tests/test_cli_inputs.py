@@ -85,6 +85,16 @@ def d(tmp_path_factory):
     (d / "genome.fa").write_text(">chr1\n" + "\n".join(chrom[i : i + 60] for i in range(0, len(chrom), 60)) + "\n")
     (d / "ragged.fa").write_text(">chr1\n" + chrom[:50] + "\n" + chrom[50:120] + "\n" + chrom[120:170] + "\n")
     (d / "binary_genome.fa").write_bytes(b"\x00\xff" * 500)
+    # a stale index: indexed, then replaced by another genome that kept an older date (cp -p, rsync -a)
+    import os
+
+    import pyfaidx
+
+    (d / "stale.fa").write_text(">chr1\n" + "\n".join(chrom[i : i + 50] for i in range(0, len(chrom), 50)) + "\n")
+    pyfaidx.Fasta(str(d / "stale.fa")).close()
+    indexed = os.stat(d / "stale.fa.fai").st_mtime
+    (d / "stale.fa").write_text(">chr1\n" + chrom[::-1][:400] + "\n")
+    os.utime(d / "stale.fa", (indexed - 60, indexed - 60))
     bed = {
         "ok": "chr1\t0\t60\ts0\n",
         "reversed": "chr1\t60\t0\tr\n",
@@ -193,6 +203,7 @@ EFFECTS_CASES = [
     ([*TWO, "--bed", "{d}/duplicate.bed", "--genome", "{d}/genome.fa"], "region names must be unique"),
     ([*TWO, "--bed", "{d}/empty.bed", "--genome", "{d}/genome.fa"], "holds no regions"),
     ([*TWO, "--bed", "{d}/ok.bed", "--genome", "{d}/ragged.fa"], "cannot be indexed"),
+    ([*TWO, "--bed", "{d}/ok.bed", "--genome", "{d}/stale.fa"], "is stale"),  # once: wrong bases, exit 0
     ([*TWO, "--bed", "{d}/ok.bed", "--genome", "{d}/binary_genome.fa"], "genome FASTA"),
 ]
 USAGE_CASES = [  # argparse's own refusals, in one line too

@@ -3,6 +3,7 @@
     python tools/gpu_report.py --collect OUT          # after tools/gpu_check.sh: OUT/gpu_report.json and .md
     python tools/gpu_report.py --readme REPORT.json   # rewrite the README's GPU table (gpu-table markers)
     python tools/gpu_report.py --readme BENCH.json --block cpu   # the CPU table, from bench_ism.py --json
+    python tools/gpu_report.py --merge OUT.json A.json B.json    # bench runs of different models, on one machine
 
 The report holds the machine (card, torch, CUDA), each step's status, time and budget, the test counts,
 and every benchmark row (seconds, variants/s, the tangermeme path, the ratio against tangermeme's best row).
@@ -102,6 +103,15 @@ def readme(path: Path, block: str = "gpu") -> None:
     (ROOT / "README.md").write_text(head + begin + body + end + tail)
 
 
+def merge(out: Path, parts: list[Path]) -> None:
+    """One bench file from runs of different models (a later run's model replaces an earlier one's)."""
+    runs = [json.loads(p.read_text()) for p in parts]
+    merged = {"meta": runs[-1]["meta"] | {"runs": [r["meta"] for r in runs]}, "models": {}}
+    for r in runs:
+        merged["models"].update(r["models"])
+    out.write_text(json.dumps(merged, indent=1) + "\n")
+
+
 def _json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -111,9 +121,12 @@ if __name__ == "__main__":
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--collect", type=Path, metavar="OUT")
     g.add_argument("--readme", type=Path, metavar="REPORT")
+    g.add_argument("--merge", type=Path, nargs="+", metavar="FILE", help="OUT.json then the bench files to merge")
     ap.add_argument("--block", choices=["gpu", "cpu"], default="gpu", help="which README table --readme rewrites")
     a = ap.parse_args()
-    if a.collect:
+    if a.merge:
+        merge(a.merge[0], a.merge[1:])
+    elif a.collect:
         collect(a.collect)
     else:
         readme(a.readme.resolve(), a.block)
