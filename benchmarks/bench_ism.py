@@ -140,7 +140,7 @@ def tangermeme_ism(models, X, batch_size, device, fast, forced=False):
         if fast_path is not None:
             paths.append("fast")
         elif refused:
-            paths.append("plain (refused: " + refused[0].split("because ")[1].split(". Pass")[0][:60] + ")")
+            paths.append(f"plain (refused: {short_reason(refused[0])})")
         else:
             paths.append("plain (short job)")
         return fast_path, y_first, n_first
@@ -159,8 +159,19 @@ def tangermeme_ism(models, X, batch_size, device, fast, forced=False):
             per_member.append(res.y_hat.permute(0, 2, 1, 3).clone())  # (N, L, 4, O)
     finally:
         tsm_module._FAST_MIN_SECONDS, tsm_module._fast_path = shipped_min, shipped_choice
-    path = "plain" if not fast else ", ".join(sorted(set(paths))) or "plain"
-    return torch.stack(per_member, dim=1).float(), path
+    counts = {p: paths.count(p) for p in sorted(set(paths))}
+    path = "plain" if not fast else ", ".join(p if n == len(paths) else f"{p} x{n}" for p, n in counts.items())
+    return torch.stack(per_member, dim=1).float(), path or "plain"
+
+
+def short_reason(message: str) -> str:
+    """tangermeme's reason for refusing its fast path, without the timings that differ per member."""
+    reason = message.split("because ", 1)[-1]
+    if "took" in reason:
+        return "slower on its check batch"
+    if "differed" in reason:
+        return "not exact on its check batch"
+    return reason.split(".")[0][:50]
 
 
 def forward_ceiling(model, X, batch_size, device, seconds=5.0):

@@ -153,6 +153,16 @@ def _fingerprint(X: torch.Tensor, models, payload: dict) -> dict:
     return {"fingerprint": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), **parts}
 
 
+def _pins(out, X: torch.Tensor, models, payload: dict) -> dict:
+    """:func:`_fingerprint` for a run folder; without one, nothing is pinned (hashing a large ensemble's
+    weights costs about a second per gigabyte) and a fresh name only keeps the run's Dask tasks apart."""
+    if out is None:
+        import uuid
+
+        return {"fingerprint": uuid.uuid4().hex}
+    return _fingerprint(X, models, payload)
+
+
 def _model_code(model: torch.nn.Module) -> str:
     """The code a model's weights run through, as text: a TorchScript module's compiled code, an
     exported program's graph, or the source of every Python class in it, with each submodule's plain
@@ -376,7 +386,7 @@ def variant_effects(
         rc_average=rc_average, transform=transform,
     )  # fmt: skip
     payload.update(exposure=ie, outcome=io, output_names=names)
-    pins = _fingerprint(X, models, payload)
+    pins = _pins(out, X, models, payload)
     fp = pins["fingerprint"]
     folder = _open_run(
         out,
@@ -442,7 +452,7 @@ def effects(
         "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
         rc_average=rc_average, transform=transform,
     )  # fmt: skip
-    pins = _fingerprint(X, models, payload)
+    pins = _pins(out, X, models, payload)
     fp = pins["fingerprint"]
     folder = _open_run(
         out,
