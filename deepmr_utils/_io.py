@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def fsync_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` and flush it to disk."""
@@ -40,13 +42,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     replace(tmp, path)
 
 
-def open_pinned(out, manifest: str, pins: dict, info: dict, *, refusal: str, unreadable: str) -> Path | None:
+def open_pinned(
+    out, manifest: str, pins: dict, info: dict, *, refusal: str, unreadable: str, close: dict | None = None
+) -> Path | None:
     """The run folder ``out`` (``None`` stays ``None``), created if needed, whose ``manifest`` file pins
-    the run: written atomically with ``pins`` and ``info`` on first use; on a later use its ``pins``
-    must match, else ``ValueError`` naming the folder and ``refusal`` (a crash-truncated manifest:
-    ``unreadable``). ``info`` is recorded but not compared."""
+    the run: written atomically with ``pins``, ``close`` and ``info`` on first use; on a later use its
+    ``pins`` must match exactly and its ``close`` values (lists of lists of floats: model outputs, which
+    round off differently between machines) to rtol 1e-4, else ``ValueError`` naming the folder, the
+    fields that differ and ``refusal`` (a crash-truncated manifest: ``unreadable``). ``info`` is recorded
+    but not compared."""
     if out is None:
         return None
+    close = close or {}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / manifest
@@ -56,11 +63,20 @@ def open_pinned(out, manifest: str, pins: dict, info: dict, *, refusal: str, unr
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is unreadable ({exc}); {unreadable}") from None
         differ = [k for k, v in pins.items() if stored.get(k) != json.loads(json.dumps(v))]
+        differ += [k for k, v in close.items() if not _close(stored.get(k), v)]
         if differ:
             raise ValueError(f"{folder} {refusal} (it differs in: {', '.join(differ)})")
     else:
-        write_atomic(path, json.dumps({**pins, **info}, indent=1, sort_keys=True).encode())
+        write_atomic(path, json.dumps({**pins, **close, **info}, indent=1, sort_keys=True).encode())
     return folder
+
+
+def _close(stored, now) -> bool:
+    return (
+        stored is not None
+        and len(stored) == len(now)
+        and all(len(a) == len(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(stored, now))
+    )
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:

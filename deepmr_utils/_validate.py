@@ -151,3 +151,9 @@ def check_psi(psi: float) -> float:
     if not -1 <= float(psi) <= 1:
         raise ValueError(f"psi is a correlation and must lie in [-1, 1], got {psi}")
     return float(psi)
+
+
+def first_line(err: BaseException, limit: int = 400) -> str:
+    """An exception's first non-empty line (its type's name when it has no message), for one-line errors."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

@@ -31,6 +31,7 @@ import torch
 from . import mr
 from ._io import open_pinned, write_atomic
 from ._torch import resolve_device
+from ._validate import first_line
 
 __all__ = ["main", "build_parser"]
 
@@ -189,11 +190,10 @@ _INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, EOFError,
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    text = lines[0] if lines else type(err).__name__
+    text = first_line(err)
     if type(err).__module__.startswith("pyfaidx"):
         text = f"genome FASTA: {text}"
-    elif isinstance(err, RuntimeError) and not isinstance(err, (OSError,)):
+    elif isinstance(err, RuntimeError):
         text = f"the model failed on this input: {text}"
     return text[:400]
 
@@ -228,9 +228,8 @@ def _names(args, models, length: int) -> list[str]:
             with torch.inference_mode():
                 out = model(torch.zeros(1, 4, length))
         except (RuntimeError, AssertionError, IndexError) as err:  # a shape mismatch inside the model
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"model {args.model[k]} fails on a (1, 4, {length}) input: is --length right? "
-                             f"({first[:200]})") from err  # fmt: skip
+                             f"({first_line(err, 200)})") from err  # fmt: skip
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             raise ValueError(f"model {args.model[k]} must return (batch, outputs); it returned {type(out).__name__}"
                              + (f" of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else ""))  # fmt: skip
@@ -415,11 +414,12 @@ def _check_selection(args) -> None:
         raise ValueError(f"--threshold must be >= 0, got {args.threshold}")
 
 
-def _analyse(args, pairs_):
+def _analyse(args, pairs_, loaded: tuple):
+    """DeepMR for ``pairs_`` (``None``: every ordered pair) on ``loaded``, the folder as :func:`_run` read it."""
     from . import pairs
     from .instruments import Selection
 
-    info, X, loci, effect, se = _run(args.run)
+    info, X, loci, effect, se = loaded
     glob, local = pairs.all_pairs(
         effect, se, X, info["output_names"], positions=tuple(info["window"]) if info.get("window") else None,
         pairs=pairs_, select=Selection(threshold=args.threshold),
@@ -443,12 +443,12 @@ def _mr(args) -> None:
     import matplotlib.pyplot as plt
 
     _check_selection(args)
-    info, X, loci, effect, se = _run(args.run)  # checks the run before any work
-    names = info["output_names"]
+    loaded = _run(args.run)  # checks the run before any work, and is read once
+    names = loaded[0]["output_names"]
     if args.exposure == args.outcome:
         raise ValueError(f"--exposure and --outcome are both {args.exposure!r}; name two different outputs")
     pair = (_index(names, args.exposure, "exposure"), _index(names, args.outcome, "outcome"))
-    info, glob, local = _analyse(args, [pair])
+    info, glob, local = _analyse(args, [pair], loaded)
     run = Path(args.run)
     local.to_parquet(run / "local.parquet", index=False)
     glob.assign(estimator=args.estimator, threshold=args.threshold, steiger=args.steiger).to_csv(
@@ -503,7 +503,7 @@ def _pairs(args) -> None:
     from .plots import effect_matrix
 
     _check_selection(args)
-    info, glob, _ = _analyse(args, None)
+    info, glob, _ = _analyse(args, None, _run(args.run))
     run = Path(args.run)
     glob.to_csv(run / "pairs.csv", index=False)
     matrix = to_matrix(glob, names=info["output_names"]) if "estimate" in glob else pd.DataFrame()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._validate import first_line
 from .sequence import one_hot, read_fasta
 
 __all__ = ["load_model", "read_output_names", "read_sequences", "read_regions"]
@@ -60,7 +61,7 @@ def load_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"{path} does not fit {text}(): {str(err).splitlines()[0]}") from err
+            raise ValueError(f"{path} does not fit {text}(): {first_line(err)}") from err
         return model.eval()
     path = _existing(spec, "model file")
     if weights is not None:
@@ -155,10 +156,10 @@ def _load_program(path: Path) -> ExportedProgram:
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path} holds pickled objects beyond tensors, which only an unrestricted unpickler reads; refused, "
-            f"because unpickling can run code ({str(err).splitlines()[0][:120]})"
+            f"because unpickling can run code ({first_line(err, 120)})"
         ) from err
     except Exception as err:
-        raise ValueError(f"{path} is not a torch.export program (.pt2): {str(err).splitlines()[0][:200]}") from err
+        raise ValueError(f"{path} is not a torch.export program (.pt2): {first_line(err, 200)}") from err
     finally:
         torch.load, _package.pickle = safe_load, real_pickle
     inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
@@ -248,9 +249,8 @@ def read_regions(
     try:
         fasta = pyfaidx.Fasta(str(genome), sequence_always_upper=True)
     except (pyfaidx.FastaIndexingError, pyfaidx.RegionError, UnicodeDecodeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"genome FASTA {genome} cannot be indexed (is it FASTA, with lines of one width?): "
-                         f"{reason}") from err  # fmt: skip
+                         f"{first_line(err)}") from err  # fmt: skip
     _check_index(genome)
     names, seqs = [], []
     for line_no, line in enumerate(_existing(bed, "BED file").read_text().splitlines(), 1):

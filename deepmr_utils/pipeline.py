@@ -218,32 +218,23 @@ def _probe(models, X: torch.Tensor, outputs) -> list[list[float]]:
 # ----------------------------------------------------------------------------- the run folder
 
 
-def _open_run(out, pins: dict, info: dict, probe=None) -> Path | None:
+def _open_run(out, pins: dict, info: dict, probe) -> Path | None:
     """The run folder, with a manifest that pins the inputs; a different run there is refused, naming
     what differs. ``probe``: a callable giving the models' outputs on the probe batch (run only when
     there is a folder), pinned with a tolerance."""
     if out is None:
         return None
-    behaviour = probe()
-    folder = open_pinned(
+    return open_pinned(
         out,
         "manifest.json",
         pins,
-        {**info, "model_outputs": behaviour},
+        info,
+        close={"model_outputs": probe()},
         refusal="holds a different run (other sequences, models, outputs or options); "
         "use a new out folder or delete it",
         unreadable="it was probably cut short by a crash. Delete that file and rerun: finished chunks carry their "
         "run's fingerprint, so only matching ones are reused",
     )
-    stored = json.loads((folder / "manifest.json").read_text()).get("model_outputs")
-    same = stored is not None and len(stored) == len(behaviour) and all(
-        len(a) == len(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(stored, behaviour))  # fmt: skip
-    if not same:
-        raise ValueError(
-            f"{folder} holds a run of models that behave differently: their outputs on the probe sequences differ "
-            "(it differs in: model_outputs); use a new out folder or delete it"
-        )
-    return folder
 
 
 def _write_chunk(path: Path, fp: str, index: int, value) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -50,21 +49,9 @@ def bench_rows(bench: dict | None) -> list[dict]:
                 "model": model, "method": method, "seconds": round(t, 3), "variants_per_s": round(r["n_mut"] / t),
                 "vs_naive": round(times["naive"] / t, 2) if "naive" in times else None,
                 "vs_tangermeme_best": round(best_tm / t, 2) if best_tm else None,
-                "tangermeme_path": _short_path(r.get("paths", {}).get(method, "")),
+                "tangermeme_path": r.get("paths", {}).get(method, ""),
             })  # fmt: skip
     return rows
-
-
-def _short_path(path: str) -> str:
-    """One label per path with a count per member ("fast x1, plain (refused: slower on its check batch) x4"):
-    runs recorded before bench_ism.py counted them listed one refusal per member, timings included."""
-    parts = [p.strip() for p in re.split(r", (?=fast|plain)", path) if p.strip()]
-    labels = ["plain (refused: slower on its check batch)" if p.startswith("plain (refused") and "took" in p else p
-              for p in parts]  # fmt: skip
-    if len(labels) <= 1:
-        return labels[0] if labels else ""
-    counts = {p: labels.count(p) for p in dict.fromkeys(labels)}
-    return ", ".join(f"{p} x{n}" if n > 1 else p for p, n in counts.items())
 
 
 def markdown(report: dict) -> str:
