@@ -37,7 +37,7 @@ from .conmix import ConMixResult, conmix
 from .divw import DEGENERATE as DIVW_DEGENERATE
 from .divw import DIVWResult, divw, divw_sums
 from .presso import PRESSOResult, presso
-from .raps import RAPSResult, raps
+from .raps import RAPSResult, raps, raps_loci
 from .results import Estimate, interval
 
 __all__ = [
@@ -857,7 +857,8 @@ ESTIMATORS: dict[str, Estimator] = {
             scalar=lambda a, o: mbe(*a, weighting=o["weighting"], n_boot=o["n_boot"], seed=o["seed"], alpha=o["alpha"]),
             bootstrap=True,
         ),
-        Estimator("raps", "MR-RAPS", "raps", 3, scalar=lambda a, o: raps(*a, alpha=o["alpha"])),
+        # overdispersed, Huber loss (raps()'s defaults), solved for all loci at once by raps_loci
+        Estimator("raps", "MR-RAPS", "raps", 3, kernel="raps"),
         # n_boot is the number of simulated datasets here; the outlier-corrected estimate is pooled
         Estimator(
             "presso",
@@ -915,6 +916,8 @@ def per_locus(
         _egger_kernel(loci, out, distribution, alpha)
     elif spec.kernel == "divw":
         _divw_kernel(loci, out, alpha)
+    elif spec.kernel == "raps":
+        _raps_kernel(loci, out, alpha)
     else:
         options = {"distribution": distribution, "alpha": alpha, "weighting": weighting, "n_boot": n_boot, "seed": seed}
         _scalar_kernel(loci, out, lambda *a: spec.scalar(a, options))
@@ -1058,11 +1061,33 @@ def _divw_kernel(loci: _Loci, out: pd.DataFrame, alpha: float) -> None:
     _fill(out, loci.ok, estimate=est, se=se, ci_low=est - crit * se, ci_high=est + crit * se, pvalue=p)
 
 
+def _raps_kernel(loci: _Loci, out: pd.DataFrame, alpha: float) -> None:
+    """MR-RAPS (overdispersed, Huber loss) for every usable locus at once."""
+    use = loci.ok[loci.codes]
+    renumber = np.cumsum(loci.ok) - 1
+    rows = [a[use] for a in (loci.bx, loci.bxse, loci.by, loci.byse)]
+    fit = raps_loci(renumber[loci.codes[use]], int(loci.ok.sum()), *rows, alpha=alpha)
+    idx = np.flatnonzero(loci.ok)
+    failed = fit["status"] != "ok"
+    loci.status[idx[failed]] = [f"degenerate: {m}" for m in fit["status"][failed]]
+    m = np.zeros(loci.k.size, bool)
+    m[idx[~failed]] = True
+    columns = {c: np.full(loci.k.size, np.nan) for c in ("estimate", "se", "ci_low", "ci_high", "pvalue")}
+    for c, v in columns.items():
+        v[idx] = fit[c]
+    loci.ok &= m
+    _fill(out, m, **columns)
+
+
 def _scalar_kernel(loci: _Loci, out: pd.DataFrame, fn: Callable) -> None:
-    """Estimators without a closed form: one call per usable locus, a failed fit marks only its locus."""
+    """Estimators without a closed form: one call per usable locus, a failed fit marks only its locus.
+    Results are gathered in arrays and written once (a pandas cell write per value cost more than some fits)."""
     order = np.argsort(loci.codes, kind="stable")
     bounds = np.searchsorted(loci.codes[order], np.arange(loci.k.size + 1))
-    columns = ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse")
+    names = ("estimate", "se", "ci_low", "ci_high", "pvalue", "q", "q_pvalue", "rse", "intercept", "intercept_se")
+    names += ("intercept_pvalue", "q_df")
+    values = {c: np.full(loci.k.size, np.nan) for c in names}
+    m = np.zeros(loci.k.size, bool)
     for i in np.flatnonzero(loci.ok):
         idx = order[bounds[i] : bounds[i + 1]]
         try:
@@ -1074,10 +1099,13 @@ def _scalar_kernel(loci: _Loci, out: pd.DataFrame, fn: Callable) -> None:
             # e.g. every bootstrap draw gave the same mode: no usable uncertainty
             loci.status[i] = f"degenerate: SE is {res.se}"
             continue
-        for c in (*columns, "intercept", "intercept_se", "intercept_pvalue"):
-            out.loc[i, c] = getattr(res, c, np.nan)  # fields a method does not have stay NaN in the table
+        m[i] = True
+        for c in names[:-1]:
+            values[c][i] = getattr(res, c, np.nan)  # fields a method does not have stay NaN in the table
         if np.isfinite(getattr(res, "q", np.nan)):
-            out.loc[i, "q_df"] = res.q_df
+            values["q_df"][i] = res.q_df
+    loci.ok &= m
+    _fill(out, m, **values)
 
 
 def _flag_degenerate(out: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmr_utils import mr
+from deepmr_utils import mr, simulate
+from deepmr_utils.raps import raps_loci
 
 REF = json.loads((Path(__file__).parent / "data" / "raps_reference.json").read_text())
 # the package's mr.raps.mle, deterministic; robust + overdispersion is left out (see test below)
@@ -127,10 +128,79 @@ def test_per_locus_raps_equals_raps_per_locus_and_marks_bad_loci(data):
         bx, bxse, by, byse = data[name]
         frames.append(pd.DataFrame({"locus": i, "bx": bx, "bxse": bxse, "by": by, "byse": byse}))
     frames.append(pd.DataFrame({"locus": 2, "bx": [0.1, 0.2], "bxse": 0.01, "by": [0.1, 0.2], "byse": 0.01}))
+    frames.append(pd.DataFrame({"locus": 3, "bx": [0.1, 0.0, 0.3], "bxse": 0.01, "by": [0.1, 0.2, 0.3], "byse": 0.01}))
     out = mr.per_locus(pd.concat(frames), "raps")
     for i, name in enumerate(("ldlc_chd", "bmi_chd")):
         ref = mr.raps(*data[name])
         assert out.loc[i, "status"] == "ok"
-        assert out.loc[i, "estimate"] == pytest.approx(ref.estimate, rel=1e-12)
-        assert out.loc[i, "se"] == pytest.approx(ref.se, rel=1e-12)
+        # both solve the same equations; they differ only by their root-finding tolerance
+        assert out.loc[i, "estimate"] == pytest.approx(ref.estimate, rel=1e-7)
+        assert out.loc[i, "se"] == pytest.approx(ref.se, rel=1e-7)
+        assert out.loc[i, "ci_low"] == pytest.approx(ref.ci_low, rel=1e-7)
     assert out.loc[2, "status"].startswith("too few instruments (2 < 3)")
+    assert out.loc[3, "status"] == "degenerate: raps: bx is 0 at index 1 (its ratio by/bx is unbounded)"
+    assert out.loc[3, ["estimate", "se"]].isna().all()
+
+
+LOSSES = [(od, loss) for od in (True, False) for loss in ("l2", "huber", "tukey")]
+
+
+@pytest.mark.parametrize("od, loss", LOSSES, ids=[f"od={od}-{loss}" for od, loss in LOSSES])
+def test_raps_loci_matches_the_r_package_and_the_scalar_path(data, od, loss):
+    """All loci solved together give the R package's numbers where the package is reliable, and the
+    scalar path's everywhere, on the reference data and on 60 simulated loci with pleiotropy."""
+    names = ("ldlc_chd", "bmi_chd", "bmi_sbp")
+    sim, _ = simulate.summary_statistics(60, 25, effect=0.5, tau=0.1, pleiotropy_sd=0.02, seed=3)
+    cases = [data[n] for n in names] + [
+        tuple(g[c].to_numpy() for c in ("bx", "bxse", "by", "byse")) for _, g in sim.groupby("locus")
+    ]
+    codes = np.concatenate([np.full(len(c[0]), i) for i, c in enumerate(cases)])
+    arrays = [np.concatenate([c[j] for c in cases]) for j in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = raps_loci(codes, len(cases), *arrays, over_dispersion=od, loss=loss)
+        scalar = [mr.raps(*c, over_dispersion=od, loss=loss) for c in cases]
+    assert (fit["status"] == "ok").all() and not fit["scalar"].any()
+    for i, name in enumerate(names):
+        if (od, loss) in RELIABLE:
+            ref = REF[name][f"mr.raps.mle_overdispersion_{str(od).upper()}_{loss}"]
+            assert fit["estimate"][i] == pytest.approx(ref["beta.hat"], rel=1e-6), name
+            assert fit["se"][i] == pytest.approx(ref["beta.se"], rel=1e-5), name
+            assert fit["tau2"][i] == pytest.approx(ref["tau2.hat"] if od else 0.0, rel=1e-5, abs=1e-12), name
+    assert fit["estimate"] == pytest.approx([r.estimate for r in scalar], rel=1e-6)
+    assert fit["se"] == pytest.approx([r.se for r in scalar], rel=1e-6)
+    assert fit["tau2_se"] == pytest.approx([r.tau2_se for r in scalar], rel=1e-4, abs=1e-12)
+    # tau2 where it is positive; near 0 the scalar path's stopping rule leaves it a little off its root
+    assert fit["tau2"] == pytest.approx([r.tau2 for r in scalar], rel=1e-3, abs=1e-9)
+    assert fit["n_instruments"].tolist() == [r.n_instruments for r in scalar]
+
+
+def test_raps_loci_hands_loci_it_cannot_settle_to_the_scalar_path(data, monkeypatch):
+    """With one Newton step allowed nothing settles: every locus is solved by raps() itself, same numbers."""
+    from deepmr_utils import raps as raps_module
+
+    monkeypatch.setattr(raps_module, "_NEWTON_STEPS", 1)
+    bx, bxse, by, byse = data["ldlc_chd"]
+    codes = np.repeat([0, 1], [len(bx), 10])
+    arrays = [np.concatenate([a, a[:10]]) for a in (bx, bxse, by, byse)]
+    fit = raps_loci(codes, 2, *arrays)
+    assert fit["scalar"].all()
+    assert fit["estimate"][0] == mr.raps(bx, bxse, by, byse).estimate
+    assert fit["estimate"][1] == mr.raps(bx[:10], bxse[:10], by[:10], byse[:10]).estimate
+
+
+def test_raps_loci_prunes_like_raps_and_names_what_is_left_out():
+    rng = np.random.default_rng(1)
+    bx = rng.normal(0.2, 0.05, 12)
+    bxse = np.r_[np.full(10, 0.01), 0.5, 0.6]  # two exposure SEs above 10x the median
+    by, byse = 0.4 * bx + rng.normal(0, 0.01, 12), np.full(12, 0.01)
+    codes = np.r_[np.zeros(12, int), np.ones(3, int)]
+    arrays = [np.r_[bx, bx[:3]], np.r_[bxse, 0.01, 0.5, 0.5], np.r_[by, by[:3]], np.r_[byse, byse[:3]]]
+    fit = raps_loci(codes, 2, *arrays)
+    ref = mr.raps(bx, bxse, by, byse)
+    assert fit["n_pruned"].tolist() == [2, 0] and fit["n_instruments"][0] == ref.n_instruments == 10
+    assert fit["estimate"][0] == pytest.approx(ref.estimate, rel=1e-7)
+    # the median of (0.01, 0.5, 0.5) is 0.5: nothing pruned, three instruments fitted
+    assert fit["status"][1] == "ok" and fit["n_instruments"][1] == 3
+    with pytest.raises(ValueError, match="loss"):
+        raps_loci(codes, 2, *arrays, loss="cauchy")
