@@ -41,6 +41,7 @@ from ..simulate import WITH_EXPOSURE, CooperativityModel, SequenceType, slope_th
 from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, pool_loci, round_seed, run_round
 
 __all__ = [
+    "SWEEP_ESTIMATORS",
     "all_substitutions",
     "oracle_table",
     "local_truth",
@@ -96,6 +97,12 @@ def oracle_table(
     table["bx"], table["by"], table["bz"] = table.dx + noise[:, 0], table.dy + noise[:, 1], table.dz + noise[:, 2]
     table["bxse"] = table["byse"] = table["bzse"] = se
     return table
+
+
+# The chapter's tables: the simulation study's estimators (among them three of the original study's four:
+# IVW, robust MR-Egger, the mode), the fourth (MR-RAPS), and two newer ones where an experiment shows what
+# they add: MR-PRESSO's outlier removal under pleiotropy, dIVW's correction for noisy exposure effects.
+SWEEP_ESTIMATORS = {**ESTIMATORS, **{mr.ESTIMATORS[k].name: (k, {}) for k in ("raps", "presso", "divw")}}
 
 
 def local_truth(instruments: pd.DataFrame) -> pd.DataFrame:

@@ -187,3 +187,11 @@ def test_multivariable_reports_conditional_f_and_a_strong_loci_sensitivity_row()
     weak = int(((ok.cond_f_exposure < 10) | (ok.cond_f_confounder < 10)).sum())
     assert rows.loc["multivariable IVW", "n_weak"] == weak == rows.loc["multivariable IVW, strong loci", "n_weak"]
     assert rows.loc["multivariable IVW, strong loci", "n_loci"] == len(ok) - weak
+
+
+def test_the_chapters_estimators_include_the_original_studys_four_and_the_registrys_names():
+    names = set(ch.SWEEP_ESTIMATORS)
+    assert {"robust MR-Egger", "IVW", "mode", "MR-RAPS"} <= names  # Malina et al. 2022's set
+    assert {"MR-PRESSO", "dIVW", "weighted median"} <= names
+    for name, (key, _) in ch.SWEEP_ESTIMATORS.items():
+        assert mr.ESTIMATORS[key].name == name
