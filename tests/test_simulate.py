@@ -234,6 +234,34 @@ def test_chromatin_world_truth_is_the_causal_matrix():
         ChromatinModel(length=50)
 
 
+def test_chromatin_feedback_makes_chip_read_accessibility_and_keeps_the_truth():
+    """With feedback kappa every TF's output is binding + kappa * HepG2's accessibility (binding and
+    accessibility unchanged); the true local effect still is the causal coefficient."""
+    from deepmr_utils.instruments import variant_table
+    from deepmr_utils.simulate.chromatin import CELL_TYPES, EFFECTS, ChromatinModel
+
+    plain, fed = ChromatinModel(length=120), ChromatinModel(length=120, feedback=0.7)
+    X = plain.sample(50, seed=2)["X"]
+    b, a = plain.binding_and_access(X)
+    out = fed.oracle(X)
+    hepg2 = CELL_TYPES.index("HepG2")
+    assert np.allclose(out[:, :4], b + 0.7 * a[:, [hepg2]]) and np.allclose(out[:, 4:], a)
+    assert np.allclose(plain.oracle(X)[:, :4], b)  # no feedback: the signal is the binding
+    # REST's signal on mutations of a CTCF site: moved by 0.7 * 0.6 per unit of CTCF binding, not by REST
+    has = np.flatnonzero(plain.sample(50, seed=2)["sites"][:, 0] >= 0)[:3]
+    eff = np.ones((3, 120, 4, 7))
+    table = variant_table(eff, eff, X[has], exposure=2, outcome=4 + hepg2)
+    t = fed.variant_truth(X[has], table, 2, 4 + hepg2)
+    assert np.allclose(t.dy_causal, EFFECTS.loc["REST", "HepG2"] * t.dx_binding)
+    assert not np.allclose(t.dx, t.dx_binding)
+    truth = fed.true_local_effects(X[has], table, 2, 4 + hepg2).dropna()
+    assert np.allclose(truth.theta, EFFECTS.loc["REST", "HepG2"])
+    with pytest.raises(ValueError, match="chip_cell"):
+        ChromatinModel(length=120, chip_cell="liver")
+    with pytest.raises(ValueError, match="feedback"):
+        ChromatinModel(length=120, feedback=float("nan"))
+
+
 def test_an_empty_selection_has_an_empty_truth_in_every_world():
     """No instrument selected (an unlearned TF) is an empty answer, not an IndexError from float indices."""
     from deepmr_utils.instruments import COLUMNS

@@ -55,7 +55,11 @@ _SIZES = {
                 "n_population": 5000,
             },
         },
-        "default": {"rounds": 10, "n_jobs": 2, "study": {}},  # StudySizes' defaults
+        # 5 live rounds x 4 scenarios at default: the chapter took 29 min on 2 CPU cores (2026-12-06; one round
+        # takes about 105 s, so 10 rounds would take about twice as long); the
+        # committed study (book/data/simulation_rounds.csv, 50 rounds per scenario, same sizes and seeds) carries
+        # the coverage claims
+        "default": {"rounds": 5, "n_jobs": 2, "study": {}},  # StudySizes' defaults
         "paper": {
             "rounds": 50,
             "n_jobs": 1,
@@ -95,7 +99,8 @@ _SIZES = {
     },
     "deepsea": {
         # sequence length, a narrower DeepSEA (same architecture), ensemble and MC-dropout
-        # passes, data, mutated loci per TF, and training
+        # passes, data, mutated loci per TF, and training; the reverse-causation experiment's ChIP
+        # feedbacks (kappa) and its oracle's measurement SE
         "quick": {
             "length": 200,
             "widths": (64, 32, 32),
@@ -106,6 +111,8 @@ _SIZES = {
             "n_test": 600,
             "n_loci": 25,
             "train": {"max_epochs": 40, "patience": 8, "batch_size": 64, "lr": 0.002},
+            "feedbacks": (0.0, 1.0),
+            "oracle_se": 0.2,
         },
         "default": {
             "length": 300,
@@ -117,6 +124,8 @@ _SIZES = {
             "n_test": 1200,
             "n_loci": 60,
             "train": {"max_epochs": 50, "patience": 8, "batch_size": 64, "lr": 0.002},
+            "feedbacks": (0.0, 0.5, 1.0),
+            "oracle_se": 0.2,
         },
         "paper": {
             "length": 1000,
@@ -128,6 +137,8 @@ _SIZES = {
             "n_test": 5000,
             "n_loci": 200,
             "train": {"max_epochs": 100, "patience": 10, "batch_size": 256, "lr": 0.001},
+            "feedbacks": (0.0, 0.25, 0.5, 1.0),
+            "oracle_se": 0.2,
         },
     },
     "challenges": {
@@ -227,7 +238,8 @@ class BPNetSizes:
 @dataclass(frozen=True)
 class DeepSEASizes:
     """The DeepSEA chapter: sequence length, model widths, ensemble and MC-dropout passes,
-    training and test sequences, mutated loci per TF, and training."""
+    training and test sequences, mutated loci per TF, and training; the ChIP feedbacks (kappa) of
+    the reverse-causation experiment and its oracle's measurement SE."""
 
     scale: str
     length: int
@@ -239,6 +251,8 @@ class DeepSEASizes:
     n_test: int
     n_loci: int
     train: TrainConfig
+    feedbacks: tuple
+    oracle_se: float
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,13 @@ MA0148.5) that raises every TF's binding *and* accessibility directly: a
 sequence-dependent confounder whose motif variants are pleiotropic instruments.
 Labels are Bernoulli draws of the logits' probabilities, as ChIP-seq and DNase peaks
 are binary in DeepSEA's training data.
+
+``feedback=kappa`` adds **reverse causation** to what is measured: every TF's ChIP signal logit is its
+binding logit plus ``kappa`` times the accessibility logit of ``chip_cell`` (ChIP reads crosslinked
+DNA, and open chromatin gives more of it). Binding still drives accessibility exactly as above, so
+the causal matrix is unchanged, but a mutation that opens chromatin (a CTCF site's, say) now also
+raises the measured "binding" of every TF, repressors included. The TF outputs are these ChIP
+signals; :meth:`ChromatinModel.variant_truth` keeps the true binding change apart.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class ChromatinModel:
     ``p_pioneer`` when ``confounded``. ``mu``: the site energy offset (as in
     :func:`deepmr_utils.motifs.occupancy`); ``a``, ``s``: binding logit = ``a + s * affinity``;
     ``g_binding`` / ``g_access``: the pioneer's effect on binding and on accessibility.
+    ``feedback``: kappa, the weight of ``chip_cell``'s accessibility logit in every TF's measured
+    ChIP signal (0: the signal is the binding itself).
     """
 
     length: int = 200
@@ -77,11 +86,17 @@ class ChromatinModel:
     g_binding: float = 1.5
     g_access: float = 1.5
     pseudocount: float = 1e-3
+    feedback: float = 0.0
+    chip_cell: str = "HepG2"
 
     def __post_init__(self):
         for name in ("p_embed", "p_pioneer"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not np.isfinite(self.feedback):
+            raise ValueError(f"feedback must be finite, got {self.feedback}")
+        if self.chip_cell not in CELL_TYPES:
+            raise ValueError(f"chip_cell must be one of {CELL_TYPES}, got {self.chip_cell!r}")
         width = sum(self.pwm(m).shape[0] for m in TFS + (PIONEER,))
         if width + 2 > self.length:
             raise ValueError(f"length {self.length} is too short for all five motifs ({width} bp)")
@@ -134,31 +149,46 @@ class ChromatinModel:
         return np.stack(q + [pioneer], axis=1)
 
     def oracle(self, X: Sequences, *, q: np.ndarray | None = None) -> np.ndarray:
-        """True logits ``(n, 7)``: binding of each TF, then DNase per cell type."""
+        """True logits ``(n, 7)``: each TF's ChIP signal (its binding, plus ``feedback`` times
+        ``chip_cell``'s accessibility), then DNase per cell type."""
+        return self.outputs_from(*self.binding_and_access(X, q=q))
+
+    def outputs_from(self, binding: np.ndarray, access: np.ndarray) -> np.ndarray:
+        """The outputs ``(n, 7)`` given true binding ``(n, 4)`` and accessibility ``(n, 3)`` logits."""
+        chip = binding + self.feedback * access[:, [CELL_TYPES.index(self.chip_cell)]]
+        return np.concatenate([chip, access], axis=1)
+
+    def binding_and_access(self, X: Sequences, *, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The true binding logits ``(n, 4)`` and accessibility logits ``(n, 3)``."""
         q = self.affinities(X) if q is None else q
         binding = self.a + self.s * q[:, : len(TFS)] + self.g_binding * q[:, [-1]]
         access = self.d + binding @ EFFECTS.to_numpy() + self.g_access * q[:, [-1]]
-        return np.concatenate([binding, access], axis=1)
+        return binding, access
 
     def variant_truth(self, X: Sequences, table: pd.DataFrame, exposure: int, outcome: int) -> pd.DataFrame:
         """Oracle changes per variant of ``table`` (``locus, position, alt``): ``dx`` (exposure
-        logit), ``dy`` (outcome logit, total) and ``dy_causal`` (the part that flows through
-        the exposure: its coefficient times ``dx``; zero unless ``outcome`` is a DNase track
-        and ``exposure`` a TF)."""
+        output's logit: a TF's ChIP signal), ``dy`` (outcome logit, total), ``dx_binding`` (the
+        exposure TF's true binding change; ``dx`` itself for a DNase exposure) and ``dy_causal``
+        (the part of ``dy`` that flows through the exposure: its coefficient times ``dx_binding``;
+        zero unless ``outcome`` is a DNase track and ``exposure`` a TF). Without ``feedback``,
+        ``dx_binding == dx``."""
         Xn = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         loc = table["locus"].to_numpy().astype(int)
         alt = base_indices(table["alt"])
-        ref = self.oracle(Xn[loc])
-        mut = self.oracle(substitute(Xn[loc], table["position"].to_numpy().astype(int), alt))
+        mutants = substitute(Xn[loc], table["position"].to_numpy().astype(int), alt)
+        (b0, a0), (b1, a1) = self.binding_and_access(Xn[loc]), self.binding_and_access(mutants)
+        ref, mut = self.outputs_from(b0, a0), self.outputs_from(b1, a1)
         dx = mut[:, exposure] - ref[:, exposure]
         T = len(TFS)
+        dx_binding = b1[:, exposure] - b0[:, exposure] if exposure < T else dx
         coef = EFFECTS.to_numpy()[exposure, outcome - T] if exposure < T <= outcome else 0.0
-        return pd.DataFrame(
-            {"dx": dx, "dy": mut[:, outcome] - ref[:, outcome], "dy_causal": coef * dx}, index=table.index
-        )
+        dy = mut[:, outcome] - ref[:, outcome]
+        columns = {"dx": dx, "dy": dy, "dx_binding": dx_binding, "dy_causal": coef * dx_binding}
+        return pd.DataFrame(columns, index=table.index)
 
     def true_local_effects(self, X: Sequences, table: pd.DataFrame, exposure: int, outcome: int) -> pd.DataFrame:
-        """True local effect per locus on exactly the given instruments (``locus, theta``):
-        the slope through the origin of the causal outcome change on the exposure change."""
+        """True local effect per locus on exactly the given instruments (``locus, theta``): the slope
+        through the origin of the causal outcome change on the exposure TF's binding change (the
+        coefficient itself, at every locus; with ``feedback`` the ChIP signal is not the binding)."""
         t = self.variant_truth(X, table, exposure, outcome)
-        return slope_through_origin(table["locus"].to_numpy(), t.dx.to_numpy(), t.dy_causal.to_numpy())
+        return slope_through_origin(table["locus"].to_numpy(), t.dx_binding.to_numpy(), t.dy_causal.to_numpy())

@@ -32,7 +32,8 @@ def test_sizes_are_typed_and_read_only():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.n_boot = 1
     sim = config.sizes("simulation", "default")
-    assert isinstance(sim.study, simulation_study.StudySizes) and sim.rounds >= 10
+    assert isinstance(sim.study, simulation_study.StudySizes)
+    assert 5 <= sim.rounds < config.sizes("simulation", "paper").rounds
     assert sim.study == simulation_study.StudySizes()  # the default scale is the study's defaults
     bp = config.sizes("bpnet", "quick")
     assert isinstance(bp.train, train.TrainConfig) and bp.train.max_epochs == 25
