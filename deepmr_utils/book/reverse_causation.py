@@ -90,12 +90,23 @@ def _pooled(local: pd.DataFrame, truth: float) -> dict:
     return row
 
 
-def _univariable(table: pd.DataFrame, x: str, y: str, se: float, threshold: float, scales=None) -> pd.DataFrame:
+def _univariable(table: pd.DataFrame, x: str, y: str, se: float, threshold: float, scales=None):
+    """The instruments for ``x`` -> ``y`` (``locus, bx, bxse, by, byse``) and the boolean row mask that chose them."""
     frame = pd.DataFrame({"locus": table.locus, "bx": table[f"b_{x}"], "by": table[f"b_{y}"], "bxse": se, "byse": se})
     keep = frame.bx.abs() / se >= threshold
     if scales is not None:  # Steiger: the exposure moves more than the outcome on the common scale
         keep &= frame.bx.abs() / scales[x] > frame.by.abs() / scales[y]
-    return frame[keep], int(keep.sum())
+    return frame[keep], keep
+
+
+def _leaks(table: pd.DataFrame, keep: pd.Series, tf: str) -> dict:
+    """Of the chosen instruments of ``tf``'s signal, the share that move it mostly through accessibility
+    (their true binding change under half their signal change) and their share of sum(bx^2), which within
+    a sequence is their share of the IVW weight (every SE is the same)."""
+    chosen = table[keep]
+    leak = chosen[f"binding_{tf}"].abs() < chosen[f"d_{tf}"].abs() / 2
+    w = chosen[f"b_{tf}"] ** 2
+    return {"leak_share": float(leak.mean()), "leak_weight": float(w[leak].sum() / w.sum())} if len(chosen) else {}
 
 
 def experiment(
@@ -112,7 +123,9 @@ def experiment(
     """DeepMR for ``tf``'s ChIP signal -> DNase in ``cell``, on the oracle, with each of :data:`REMEDIES`.
 
     One row per remedy: ``remedy, estimate, se, ci_low, ci_high, tau, n_loci, n_instruments, truth,
-    covered, sign_recovered`` plus ``tf, cell_type``, ``selection`` (``select``) and ``feedback``.
+    covered, sign_recovered`` plus ``tf, cell_type``, ``selection`` (``select``) and ``feedback``; for
+    ``none`` and ``steiger`` also ``leak_share`` and ``leak_weight`` (the chosen instruments that move the
+    signal mostly through accessibility, and their share of the IVW weight).
     ``bidirectional`` answers the reverse question (DNase -> ChIP signal; truth ``feedback`` when ``cell``
     is the ChIP's cell type, else 0: no TF's binding reads accessibility here)."""
     if tf not in TFS:
@@ -129,11 +142,13 @@ def experiment(
     rows = []
     for remedy in REMEDIES:
         if remedy in ("none", "steiger"):
-            inst, n_inst = _univariable(table, x, y, se, threshold, scales if remedy == "steiger" else None)
+            inst, keep = _univariable(table, x, y, se, threshold, scales if remedy == "steiger" else None)
+            n_inst = int(keep.sum())
             local = mr.per_locus(inst, "ivw") if n_inst else pd.DataFrame(columns=["status"])
-            row = _pooled(local, beta)
+            row = {**_pooled(local, beta), **_leaks(table, keep, tf)}
         elif remedy == "bidirectional":
-            inst, n_inst = _univariable(table, y, x, se, threshold)
+            inst, keep = _univariable(table, y, x, se, threshold)
+            n_inst = int(keep.sum())
             local = mr.per_locus(inst, "ivw") if n_inst else pd.DataFrame(columns=["status"])
             row = _pooled(local, world.feedback if cell == world.chip_cell else 0.0)
         else:

@@ -28,6 +28,9 @@ def test_feedback_turns_the_repressor_positive_and_multivariable_mr_restores_its
     assert plain.loc["none", "ci_high"] < 0 and plain.loc["none", "covered"]
     assert fed.loc["none", "ci_low"] > 0  # the original study's puzzle, from the measurement alone
     assert fed.loc["multivariable", "ci_high"] < 0
+    # without feedback no chosen instrument moves REST's signal through accessibility; with it many do
+    assert plain.loc["none", "leak_share"] == 0 and fed.loc["none", "leak_share"] > 0.2
+    assert 0 <= fed.loc["none", "leak_weight"] <= 1
     assert fed.loc["bidirectional", "truth"] == 1.0 and plain.loc["bidirectional", "truth"] == 0.0
     assert set(fed.columns) >= {"estimate", "ci_low", "ci_high", "truth", "n_loci", "n_instruments", "sign_recovered"}
 
