@@ -86,6 +86,28 @@ def _constants(loss: str) -> tuple[float, float, float, float]:
     return delta, c1, c2, c3
 
 
+def _sandwich_se(total, bx, bxse, by, byse, b, t2, loss: str, over_dispersion: bool):
+    """The sandwich SEs ``(se of beta, se of tau2)`` of the estimating equations at ``(b, t2)`` (per row,
+    or scalars). ``total`` sums a per-row quantity: ``np.sum`` for one locus, a segment sum for many
+    (then the results are per locus). Without overdispersion, the SE of beta alone at tau2 = 0."""
+    delta, c1, c2, c3 = _constants(loss)
+    s, e = bxse**2, t2 + byse**2
+    v = e + s * b * b
+    core = (bx**2 - s) * e + (by**2 - e) * s
+    m1 = c1 * total((core + s * e) / v**2)
+    a = -delta * total(core / v**2)
+    if not over_dispersion:
+        return np.sqrt(m1) / np.abs(a), 0.0 * a
+    m2 = c2 / 2 * total(2 * s * s / v**2)
+    off = -delta * total(s * b / v**2)
+    d = -(delta + c3) / 2 * total(s / v**2)
+    # the bread is upper triangular, inv = [[1/a, -off/(a d)], [0, 1/d]]; the meat is diagonal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_b = m1 / a**2 + (off / (a * d)) ** 2 * m2
+        var_t = m2 / d**2
+    return np.sqrt(var_b), np.sqrt(np.maximum(var_t, 0.0))
+
+
 def _argmin(f, bound: float) -> float:
     """The minimiser of ``f`` on ``[-bound, bound]``, doubling the range while it sits at an edge."""
     for _ in range(_ITERATIONS + 1):
@@ -100,12 +122,8 @@ def _simple(bx, bxse, by, byse, loss):
     """No overdispersion: beta minimising sum rho(t), with the package's SE and its chi-square statistic."""
     bound = 2 * float(np.quantile(np.abs(by / bx), 0.95))
     beta = _argmin(lambda b: float(np.sum(_rho((by - b * bx) / np.sqrt(byse**2 + b * b * bxse**2), loss))), bound)
-    delta, c1, _, _ = _constants(loss)
-    d2 = (byse**2 + beta**2 * bxse**2) ** 2
-    core = (bx**2 - bxse**2) * byse**2 + (by**2 - byse**2) * bxse**2
-    score_var = c1 * np.sum((core + bxse**2 * byse**2) / d2)
-    info = delta * np.sum(core / d2)
-    return beta, 0.0, math.sqrt(score_var / info**2), 0.0
+    se, _ = _sandwich_se(np.sum, bx, bxse, by, byse, beta, 0.0, loss, False)
+    return beta, 0.0, float(se), 0.0
 
 
 def _tau2_bound(byse):
@@ -129,11 +147,8 @@ def _overdispersed_l2(bx, bxse, by, byse):
         beta = _argmin(lambda b, t2=tau2: float(np.sum((by - bx * b) ** 2 / (t2 + byse**2 + bxse**2 * b * b))), bound_b)
         if _converged(old, beta, tau2):
             break
-    v = tau2 + byse**2 + bxse**2 * beta**2
-    core = (bx**2 - bxse**2) * (tau2 + byse**2) + (by**2 - tau2 - byse**2) * bxse**2
-    meat = np.diag([np.sum((core + bxse**2 * (tau2 + byse**2)) / v**2), np.sum(2 * bxse**4 / v**2)])
-    bread = np.array([[-np.sum(core / v**2), -np.sum(bxse**2 * beta / v**2)], [0.0, -np.sum(bxse**2 / v**2)]])
-    return beta, tau2, *_sandwich(bread, meat)
+    se, tau2_se = _sandwich_se(np.sum, bx, bxse, by, byse, beta, tau2, "l2", True)
+    return beta, tau2, float(se), float(tau2_se)
 
 
 def _overdispersed_robust(bx, bxse, by, byse, loss):
@@ -145,7 +160,7 @@ def _overdispersed_robust(bx, bxse, by, byse, loss):
     what its equations say; this is the elementwise intent, so its robust overdispersed numbers differ
     from the package's (``tests/test_raps.py`` says by how much on the lipid example)."""
     beta, tau2, _, _ = _overdispersed_l2(bx, bxse, by, byse)
-    delta, c1, c2, c3 = _constants(loss)
+    delta = _constants(loss)[0]
     bound_b, bound_t = 10 * float(np.quantile(np.abs(by / bx), 0.95)), _tau2_bound(byse)
 
     def t_of(b, t2):
@@ -171,16 +186,8 @@ def _overdispersed_robust(bx, bxse, by, byse, loss):
             beta = _argmin(objective, 2 * bound_b)
         if _converged(old, beta, tau2):
             break
-    v = tau2 + byse**2 + bxse**2 * beta**2
-    core = (bx**2 - bxse**2) * (tau2 + byse**2) + (by**2 - tau2 - byse**2) * bxse**2
-    meat = np.diag([c1 * np.sum((core + bxse**2 * (tau2 + byse**2)) / v**2), c2 / 2 * np.sum(2 * bxse**4 / v**2)])
-    bread = np.array(
-        [
-            [-delta * np.sum(core / v**2), -delta * np.sum(bxse**2 * beta / v**2)],
-            [0.0, -(delta + c3) / 2 * np.sum(bxse**2 / v**2)],
-        ]
-    )
-    return beta, tau2, *_sandwich(bread, meat)
+    se, tau2_se = _sandwich_se(np.sum, bx, bxse, by, byse, beta, tau2, loss, True)
+    return beta, tau2, float(se), float(tau2_se)
 
 
 def _tau2_root(f, bound: float) -> float:
@@ -199,12 +206,6 @@ def _tau2_root(f, bound: float) -> float:
 
 def _converged(old, beta, tau2) -> bool:
     return abs(old[0] - beta) / abs(beta + 1e-10) + abs(old[1] - tau2) / abs(tau2 + 1e-10) <= _TOL
-
-
-def _sandwich(bread: np.ndarray, meat: np.ndarray) -> tuple[float, float]:
-    inv = np.linalg.inv(bread)
-    var = inv @ meat @ inv.T
-    return math.sqrt(var[0, 0]), math.sqrt(max(var[1, 1], 0.0))
 
 
 def raps(
@@ -549,32 +550,15 @@ def _solve(rows: _Rows, over_dispersion: bool, loss: str) -> dict[str, np.ndarra
     zeros = np.zeros(n)
     b, settled = _minimise(rows, start, zeros, "l2" if over_dispersion else loss, 2 * ratio95)
     unsure = ~settled | (np.abs(b) > 0.95 * 2 * ratio95)
-    delta, c1, c2, c3 = _constants(loss)
-    s = rows.bxse**2
     if not over_dispersion:
-        bb = b[rows.codes]
-        d2 = (rows.byse**2 + bb**2 * s) ** 2
-        core = (rows.bx**2 - s) * rows.byse**2 + (rows.by**2 - rows.byse**2) * s
-        se = np.sqrt(c1 * rows.sum((core + s * rows.byse**2) / d2)) / np.abs(delta * rows.sum(core / d2))
+        se, _ = _sandwich_se(rows.sum, *rows.arrays, b[rows.codes], 0.0, loss, False)
         return {"estimate": b, "se": se, "tau2": zeros, "tau2_se": zeros, "unsure": unsure}
     bound_b, bound_t = 10 * ratio95, 100 * rows.quantile(rows.byse**2, 0.95)
     t2 = zeros.copy()
     b, t2, more = _alternate(rows, b, t2, "l2", 1.0, bound_b, bound_t)
     unsure |= more
     if loss != "l2":
-        b, t2, more = _alternate(rows, b, t2, loss, delta, bound_b, bound_t)
+        b, t2, more = _alternate(rows, b, t2, loss, _constants(loss)[0], bound_b, bound_t)
         unsure |= more
-    bb, tt = b[rows.codes], t2[rows.codes]
-    v = tt + rows.byse**2 + s * bb * bb
-    core = (rows.bx**2 - s) * (tt + rows.byse**2) + (rows.by**2 - tt - rows.byse**2) * s
-    m1 = c1 * rows.sum((core + s * (tt + rows.byse**2)) / v**2)
-    m2 = c2 / 2 * rows.sum(2 * s * s / v**2)
-    a = -delta * rows.sum(core / v**2)
-    off = -delta * rows.sum(s * bb / v**2)
-    d = -(delta + c3) / 2 * rows.sum(s / v**2)
-    # the sandwich of an upper-triangular bread: inv = [[1/a, -off/(a d)], [0, 1/d]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var_b = m1 / a**2 + (off / (a * d)) ** 2 * m2
-        var_t = m2 / d**2
-    tau2_se = np.sqrt(np.maximum(var_t, 0.0))
-    return {"estimate": b, "se": np.sqrt(var_b), "tau2": t2, "tau2_se": tau2_se, "unsure": unsure}
+    se, tau2_se = _sandwich_se(rows.sum, *rows.arrays, b[rows.codes], t2[rows.codes], loss, True)
+    return {"estimate": b, "se": se, "tau2": t2, "tau2_se": tau2_se, "unsure": unsure}
