@@ -85,9 +85,14 @@ def _pooled(local: pd.DataFrame, truth: float) -> dict:
         return row
     g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
     row.update(g.to_dict("estimate", "se", "ci_low", "ci_high", "tau"))
-    row["covered"] = bool(g.ci_low <= truth <= g.ci_high)
-    row["sign_recovered"] = bool(g.ci_low > 0) if truth > 0 else bool(g.ci_high < 0) if truth < 0 else np.nan
-    return row
+    return {**row, **_judged(g.ci_low, g.ci_high, truth)}
+
+
+def _judged(lo: float, hi: float, truth: float) -> dict:
+    """Whether the interval ``(lo, hi)`` covers ``truth``, and whether it recovers the truth's sign (it
+    excludes 0 on that side; NaN for a truth of 0)."""
+    sign = bool(lo > 0) if truth > 0 else bool(hi < 0) if truth < 0 else np.nan
+    return {"covered": bool(lo <= truth <= hi), "sign_recovered": sign}
 
 
 def _univariable(table: pd.DataFrame, x: str, y: str, se: float, threshold: float, scales=None):
@@ -186,6 +191,4 @@ def _multivariable(table, world, tf, cell, se, threshold) -> tuple[dict, int]:
     i = TFS.index(tf)
     lo, hi = float(res.ci_low[i]), float(res.ci_high[i])
     row.update(estimate=float(res.estimate[i]), se=float(res.se[i]), ci_low=lo, ci_high=hi, tau=np.nan)
-    row["covered"] = bool(lo <= truth <= hi)
-    row["sign_recovered"] = bool(lo > 0) if truth > 0 else bool(hi < 0) if truth < 0 else np.nan
-    return row, int(keep.sum())
+    return {**row, **_judged(lo, hi, truth)}, int(keep.sum())
