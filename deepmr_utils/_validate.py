@@ -144,10 +144,25 @@ ENGINES = ("auto", "windowed", "plain")
 FAST_HINT = "use engine='windowed' (was fast=True), 'plain' (fast=False) or 'auto' (fast=None)"
 
 
-def check_psi(psi: float) -> float:
-    """``psi``, the correlation of the exposure and outcome estimates, as a float in [-1, 1]."""
+def check_psi(psi, k: int | None = None):
+    """``psi``, the correlation of the exposure and outcome estimates: a float in [-1, 1], or, when
+    ``k`` is given, also one value per instrument (a 1-D array of ``k`` values in [-1, 1]), as an
+    ensemble's members give for each variant."""
+    if k is not None and not np.isscalar(psi) and not isinstance(psi, bool):
+        arr = np.asarray(psi)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"psi must be numbers (correlations), got dtype {arr.dtype}")
+        arr = arr.astype(np.float64).ravel()
+        if arr.size != k:
+            raise ValueError(f"psi has {arr.size} values for {k} instruments (one per instrument, or one number)")
+        bad = ~((arr >= -1) & (arr <= 1))  # NaN fails too
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"psi is a correlation and must lie in [-1, 1], got {arr[i]} at index {i}")
+        return arr
     if isinstance(psi, bool) or not isinstance(psi, (int, float, np.integer, np.floating)):
-        raise TypeError(f"psi must be a number (a correlation), got {type(psi).__name__}")
+        what = "a number (a correlation)" if k is None else "a number or one correlation per instrument"
+        raise TypeError(f"psi must be {what}, got {type(psi).__name__}")
     if not -1 <= float(psi) <= 1:
         raise ValueError(f"psi is a correlation and must lie in [-1, 1], got {psi}")
     return float(psi)

@@ -17,7 +17,7 @@ from ._types import ArrayLike, Positions, Sequences
 from .ism import resolve_positions
 from .sequence import ALPHABET
 
-__all__ = ["variant_table", "Selection", "Selected", "select", "as_selection", "STRATEGIES"]
+__all__ = ["variant_table", "Selection", "Selected", "select", "two_sample", "as_selection", "STRATEGIES"]
 
 STRATEGIES = ("local_z", "global_z", "top_k", "all")
 
@@ -35,11 +35,14 @@ def variant_table(
     positions: Positions = None,
     loci: ArrayLike | None = None,
     output_names: Sequence[str] | None = None,
+    psi: ArrayLike | None = None,
 ) -> pd.DataFrame:
     """Long table of all substitutions from :func:`deepmr_utils.uncertainty.paired_effects` output.
 
     ``effect``/``se``: ``(N, P, 4, O)``; ``X``: one-hot ``(N, 4, L)``; ``exposure`` and
-    ``outcome``: output indices; ``loci``: N locus labels (default ``0..N-1``).
+    ``outcome``: output indices; ``loci``: N locus labels (default ``0..N-1``); ``psi``: optional
+    ``(N, P, 4)`` correlations of the exposure and outcome errors
+    (:func:`deepmr_utils.uncertainty.paired_correlation`), kept as a column ``psi``.
     Positions whose reference column is all zero get ``ref = "N"`` and four rows, one per
     base, each measured against the unmutated sequence (see ``paired_effects``).
     """
@@ -75,7 +78,11 @@ def variant_table(
             f"output_names has {len(names)} names for the {O} outputs of effect (name the selected "
             "outputs, e.g. with deepmr_utils.predict.output_names(models, outputs))"
         )
-    return pd.DataFrame(
+    if psi is not None:
+        psi = np.asarray(psi, dtype=np.float64)
+        if psi.shape != (N, P, 4):
+            raise ValueError(f"psi must be (N, P, 4) = {(N, P, 4)} like the effects, got {psi.shape}")
+    table = pd.DataFrame(
         {
             "locus": loci[n],
             "position": pos[p],
@@ -89,6 +96,9 @@ def variant_table(
             "byse": se[n, p, b, outcome],
         }
     )
+    if psi is not None:
+        table["psi"] = psi[n, p, b]
+    return table
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,49 @@ def select(
 ) -> pd.DataFrame:
     """The instruments of ``table``: ``Selection(...).apply(table).instruments`` (see :class:`Selection`)."""
     return Selection(strategy, threshold, k, one_per_position, steiger).apply(table).instruments
+
+
+_VARIANT_KEYS = ["locus", "position", "alt"]
+
+
+def two_sample(
+    selection_table: pd.DataFrame, estimation_table: pd.DataFrame, select: Selection = Selection()
+) -> pd.DataFrame:
+    """Two-sample instruments: chosen in one variant table, measured in another.
+
+    ``selection_table`` and ``estimation_table`` hold the same candidate variants (``locus, position,
+    alt``) measured by two ensembles whose errors are independent, e.g. trained on disjoint halves of
+    the training data (a split of *one* ensemble's members is not enough: members trained on the same
+    data share their errors). ``select`` chooses the instruments in ``selection_table``; the rows of
+    ``estimation_table`` at those variants are returned, with the selection's own ``bx, bxse`` as
+    ``bx_selection, bxse_selection``. Selecting on the numbers that are also used to estimate favours
+    variants whose errors happened to push ``|bx|`` up (the winner's curse); here the estimate's
+    numbers never took part in the choice. A chosen variant missing from ``estimation_table`` or with
+    a zero SE there raises, naming it.
+    """
+    select = as_selection(select)
+    for name, t in (("selection_table", selection_table), ("estimation_table", estimation_table)):
+        if not isinstance(t, pd.DataFrame):
+            raise TypeError(f"{name} must be a variant table (a pandas DataFrame), got {type(t).__name__}")
+        missing = [c for c in (*_VARIANT_KEYS, "bx", "bxse", "by", "byse") if c not in t.columns]
+        if missing:
+            raise ValueError(f"{name} is missing column(s) {missing}")
+    if estimation_table.duplicated(_VARIANT_KEYS).any():
+        raise ValueError("estimation_table has more than one row for a variant (locus, position, alt)")
+    chosen = select.apply(selection_table).instruments
+    picked = chosen[_VARIANT_KEYS].assign(bx_selection=chosen.bx.to_numpy(), bxse_selection=chosen.bxse.to_numpy())
+    drop = [c for c in ("n_candidates", "n_kept") if c in estimation_table.columns]
+    out = estimation_table.drop(columns=drop).merge(picked, on=_VARIANT_KEYS, how="right", indicator=True)
+    bad = (out._merge != "both") | ~((out.bxse > 0) & (out.byse > 0))
+    if bad.any():
+        r = out[bad].iloc[0]
+        raise ValueError(
+            f"{int(bad.sum())} chosen variant(s) have no usable measurement in estimation_table, e.g. locus "
+            f"{r.locus}, position {r.position}, alt {r.alt}: measure the same candidates with both ensembles"
+        )
+    out = out.drop(columns="_merge")
+    out["n_kept"] = out.groupby("locus", sort=False).locus.transform("size").to_numpy()
+    return out.sort_values(_VARIANT_KEYS, kind="stable").reset_index(drop=True)
 
 
 def as_selection(select: object, where: str = "select") -> Selection:

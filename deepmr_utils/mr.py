@@ -181,11 +181,12 @@ def wald_ratio(
 
 
 def ratio_se(
-    bx: ArrayLike, bxse: ArrayLike, by: ArrayLike, byse: ArrayLike, order: int = 1, psi: float = 0.0
+    bx: ArrayLike, bxse: ArrayLike, by: ArrayLike, byse: ArrayLike, order: int = 1, psi: float | ArrayLike = 0.0
 ) -> np.ndarray:
     """SEs of the ratio estimates ``by / bx`` of many instruments: first-order (``byse / |bx|``)
-    or second-order (delta method, also propagating ``bxse``; ``psi`` their correlation)."""
-    psi = check_psi(psi)
+    or second-order (delta method, also propagating ``bxse``; ``psi`` their correlation, one number
+    or one per instrument)."""
+    psi = check_psi(psi, np.size(bx))
     if order == 1:
         return byse / np.abs(bx)
     return np.sqrt(byse**2 / bx**2 + by**2 * bxse**2 / bx**4 - 2 * psi * by * bxse * byse / bx**3)
@@ -204,7 +205,7 @@ def ivw(
     weights: str = "simple",
     distribution: str = "normal",
     alpha: float = 0.05,
-    psi: float = 0.0,
+    psi: float | ArrayLike = 0.0,
 ) -> MRResult:
     """Inverse-variance weighted estimate (regression of ``by`` on ``bx`` through 0).
 
@@ -213,13 +214,17 @@ def ivw(
     instruments, random otherwise (MendelianRandomization's rule).
     ``weights``: ``"simple"`` (w = byse^-2) or ``"delta"`` (second-order weights;
     Q then uses them too). ``distribution="t"`` takes CI and p from t(K-1).
+    ``psi``: the correlation of each instrument's ``bx`` and ``by`` errors, one number or one per
+    instrument (e.g. the per-variant correlation of an ensemble's members, the ``psi`` column of
+    :func:`deepmr_utils.pipeline.variant_effects` with ``member_correlation=True``); the second-order
+    weights use it, the simple ones do not (MendelianRandomization's ``psi`` is one number).
     """
     check_choice(model, "model", ("default", "fixed", "random"))
     check_choice(weights, "weights", ("simple", "delta"))
     check_choice(distribution, "distribution", ("normal", "t"))
     alpha = check_alpha(alpha)
-    psi = check_psi(psi)
     bx, bxse, by, byse = summary_stats(bx, bxse, by, byse, min_k=1, method="ivw")
+    psi = check_psi(psi, bx.size)
     k = bx.size
     if distribution == "t" and k < 2:
         raise ValueError("ivw with distribution='t' needs at least 2 instruments (df = K-1)")
@@ -884,6 +889,8 @@ def per_locus(
     weighting: str = "weighted",
     n_boot: int = 10000,
     seed: int | None = None,
+    weights: str = "simple",
+    psi: float | str = 0.0,
 ) -> pd.DataFrame:
     """MR for every locus of a variant table in one pass.
 
@@ -900,13 +907,23 @@ def per_locus(
     (``model`` applies to IVW, ``distribution`` to both). The others (``"egger_robust"``,
     ``"weighted_median"``, ``"mbe"``, ``"raps"``: overdispersed, Huber loss) run the scalar
     estimator per locus, with ``weighting``, ``n_boot`` and ``seed`` for the bootstrap ones.
+
+    ``weights="delta"`` (IVW only) uses :func:`ivw`'s second-order weights, with ``psi`` the
+    correlation of each instrument's ``bx`` and ``by`` errors: one number, or the name of a column
+    of ``frame`` holding one per instrument (``"psi"`` from
+    :func:`deepmr_utils.pipeline.variant_effects` with ``member_correlation=True``).
     """
     check_choice(method, "method", tuple(ESTIMATORS))
     spec = ESTIMATORS[method]
     check_choice(model, "model", ("default", "fixed", "random"))
     check_choice(distribution, "distribution", ("normal", "t"))
+    check_choice(weights, "weights", ("simple", "delta"))
+    if weights == "delta" and spec.kernel != "ivw":
+        raise ValueError(f"weights='delta' is IVW's second-order weighting; method {method!r} does not take it")
     alpha = check_alpha(alpha)
     loci = _Loci.from_frame(frame, locus, max(spec.min_instruments, min_instruments or 0))
+    if weights == "delta":
+        loci.delta_weights(_psi_rows(frame, psi))
     out = pd.DataFrame({locus: loci.labels, "method": method, "n_instruments": loci.k})
     for c in _PER_LOCUS_COLUMNS[3:-1]:
         out[c] = np.nan
@@ -938,6 +955,7 @@ class _Loci:
     byse: np.ndarray
     status: np.ndarray
     ok: np.ndarray
+    var: np.ndarray | None = None  # the weights' variances when not byse^2 (delta_weights)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, locus: str, min_k: int) -> _Loci:
@@ -988,12 +1006,41 @@ class _Loci:
         return np.bincount(self.codes, weights=v, minlength=self.k.size)
 
     def usable_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``bx, by`` and the IVW weights ``1/byse^2``, zero on rows of failed loci (they add nothing to sums)."""
+        """``bx, by`` and the IVW weights (``1/byse^2``, or the second-order ones after
+        :meth:`delta_weights`), zero on rows of failed loci (they add nothing to sums)."""
+        var = self.byse * self.byse if self.var is None else self.var
         if self.ok.all():
-            return self.bx, self.by, 1.0 / (self.byse * self.byse)
+            return self.bx, self.by, 1.0 / var
         use = self.ok[self.codes]
-        w = np.where(use, 1.0 / np.where(use, self.byse * self.byse, 1.0), 0.0)
+        w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
         return np.where(use, self.bx, 0.0), np.where(use, self.by, 0.0), w
+
+    def delta_weights(self, psi: np.ndarray | float) -> None:
+        """Use :func:`ivw`'s second-order variances ``byse^2 + (by bxse / bx)^2 - 2 psi by bxse byse / bx``;
+        a locus with a zero ``bx`` or a variance that is not positive has no estimate, said why."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = self.by * self.bxse / self.bx
+            var = self.byse * self.byse + r * r - 2 * psi * r * self.byse
+        for mask, text in (
+            (self.bx == 0, "bx is zero (second-order weights divide by it)"),
+            (~(np.isfinite(var) & (var > 0)), "second-order variance not positive"),
+        ):
+            bad = mask & self.ok[self.codes]
+            if bad.any():
+                first = np.full(self.k.size, -1)
+                rows = np.flatnonzero(bad)[::-1]
+                first[self.codes[rows]] = rows
+                self.fail(first >= 0, [f"{text} (row {r})" for r in first[first >= 0]])
+        self.var = np.where(np.isfinite(var) & (var > 0), var, 1.0)
+
+
+def _psi_rows(frame: pd.DataFrame, psi: float | str) -> np.ndarray | float:
+    """``psi`` for :meth:`_Loci.delta_weights`: a number, or a column of ``frame`` checked row by row."""
+    if isinstance(psi, str):
+        if psi not in frame.columns:
+            raise ValueError(f"psi names column {psi!r}, which frame does not have")
+        return check_psi(frame[psi].to_numpy(dtype=np.float64, na_value=np.nan), len(frame))
+    return check_psi(psi)
 
 
 def _fill(out: pd.DataFrame, m: np.ndarray, **columns: np.ndarray) -> None:

@@ -47,9 +47,9 @@ from ._validate import FAST_HINT, renamed_keywords
 from .ism import resolve_positions, saturation_mutagenesis
 from .progress import show_progress
 from .sequence import as_one_hot
-from .uncertainty import IsotonicCalibration, VarianceScaling, paired_effects
+from .uncertainty import IsotonicCalibration, VarianceScaling, paired_correlation, paired_effects
 
-__all__ = ["variant_effects", "effects", "read_effects", "dask_config", "WORKER_MALLOC"]
+__all__ = ["variant_effects", "two_sample_effects", "effects", "read_effects", "dask_config", "WORKER_MALLOC"]
 
 _FP_KEY = b"deepmr_fingerprint"
 _CHUNK_KEY = b"deepmr_chunk"
@@ -347,6 +347,7 @@ def variant_effects(
     transform: str | None = None,
     progress: bool | None = None,
     client: object | None = None,
+    member_correlation: bool = False,
 ) -> pd.DataFrame:
     """Variant table of the selected instruments for every sequence of ``X``.
 
@@ -366,15 +367,22 @@ def variant_effects(
     ``mc_dropout``, ``seed``, ``dtype``, ``engine``, ``ensemble``, ``batch_size``, ``rc_average`` and
     ``transform`` go to :func:`deepmr_utils.ism.saturation_mutagenesis`. ``client``: a ``dask.distributed.Client``
     to spread the chunks over its workers (see :func:`effects`).
+
+    ``member_correlation=True`` adds a column ``psi``: per variant, the correlation across members
+    of the exposure's and the outcome's paired differences
+    (:func:`deepmr_utils.uncertainty.paired_correlation`), for IVW's second-order weights
+    (``mr.per_locus(table, "ivw", weights="delta", psi="psi")``) when one ensemble measures both.
     """
     select = instruments.as_selection(select)  # before any work, so an old-style argument fails fast
+    if not isinstance(member_correlation, bool):
+        raise TypeError(f"member_correlation must be True or False, got {type(member_correlation).__name__}")
     models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, positions)
     outputs = check_outputs(outputs)
     names = selected_names(models, outputs, output_names)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
     payload = _payload(
         "variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
-        rc_average=rc_average, transform=transform,
+        rc_average=rc_average, transform=transform, member_correlation=member_correlation,
     )  # fmt: skip
     payload.update(exposure=ie, outcome=io, output_names=names)
     pins = _pins(out, X, models, payload)
@@ -390,10 +398,51 @@ def variant_effects(
                    "transform": transform}  # fmt: skip
 
     job = _Job(
-        X, loci, pos, outputs, calibration, ddof, ism_options, {"exposure": ie, "outcome": io, "output_names": names}
-    )
+        X, loci, pos, outputs, calibration, ddof, ism_options, {"exposure": ie, "outcome": io, "output_names": names},
+        member_correlation,
+    )  # fmt: skip
     frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", models, job, progress, client)
     return select.apply(pd.concat(frames, ignore_index=True)).instruments
+
+
+def two_sample_effects(
+    selection_models: Models,
+    estimation_models: Models,
+    X: Sequences,
+    *,
+    exposure: str | int,
+    outcome: str | int,
+    select: instruments.Selection = instruments.Selection(),
+    selection_calibration: VarianceScaling | IsotonicCalibration | None = None,
+    calibration: VarianceScaling | IsotonicCalibration | None = None,
+    out: str | os.PathLike | None = None,
+    **options,
+) -> pd.DataFrame:
+    """Two-sample DeepMR: instruments chosen by one ensemble, their effects measured by another.
+
+    Every candidate of ``X`` is measured by both ensembles (:func:`variant_effects` with
+    ``Selection("all")``); ``select`` picks the instruments in the ``selection_models``' table and the
+    ``estimation_models``' rows at those variants are returned (:func:`deepmr_utils.instruments.two_sample`:
+    the estimation table's columns plus ``bx_selection, bxse_selection``). The two ensembles should
+    have independent errors, e.g. members trained on disjoint halves of the training data; members of
+    one ensemble share theirs. Each ensemble has its own ``calibration``, fitted on held-out labels
+    for its members. ``out``: a folder for the two resumable runs (``out/selection``,
+    ``out/estimation``). ``options`` go to :func:`variant_effects` for both.
+    """
+    select = instruments.as_selection(select)
+    for bad in ("select", "calibration", "out", "loci"):
+        if bad in options:
+            raise TypeError(f"two_sample_effects got {bad!r} among the options for both ensembles")
+    tables = {}
+    for name, models, cal in (
+        ("selection", selection_models, selection_calibration),
+        ("estimation", estimation_models, calibration),
+    ):
+        tables[name] = variant_effects(
+            models, X, exposure=exposure, outcome=outcome, select=instruments.Selection("all"), calibration=cal,
+            out=None if out is None else Path(out) / name, **options,
+        )  # fmt: skip
+    return instruments.two_sample(tables["selection"], tables["estimation"], select)
 
 
 @renamed_keywords(fast=FAST_HINT)
@@ -478,20 +527,26 @@ class _Job:
     ddof: int
     ism_options: dict
     variants: dict | None
+    member_correlation: bool = False
 
     def args(self, a: int, b: int) -> tuple:
         """This chunk's arguments of :func:`_chunk_task`, after the models."""
+        variants = self.variants if not self.member_correlation else {**self.variants, "psi": True}
         return (self.X[a:b], self.loci[a:b], self.pos, self.outputs, self.calibration, self.ddof,
-                self.ism_options, self.variants)  # fmt: skip
+                self.ism_options, variants)  # fmt: skip
 
 
 def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
     """One chunk, start to finish: ISM, effects (and the variant table), written to ``path``. The same
     function runs in this process or as a Dask task; a task writes its own file, so a finished chunk
-    survives whatever happens to the driver."""
-    effect, se = _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options)
+    survives whatever happens to the driver. ``variants["psi"]``: add the members' correlation."""
+    pair = None
+    if variants is not None and variants.get("psi"):
+        variants = {k: v for k, v in variants.items() if k != "psi"}
+        pair = (variants["exposure"], variants["outcome"])
+    effect, se, psi = _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options, pair)
     value = (effect, se) if variants is None else instruments.variant_table(
-        effect, se, X, positions=pos, loci=ids, **variants
+        effect, se, X, positions=pos, loci=ids, psi=psi, **variants
     )  # fmt: skip
     if path is not None:
         _write_chunk(path, fp, index, value)
@@ -638,11 +693,14 @@ def read_effects(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return effect, se
 
 
-def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options):
+def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options, pair=None):
+    """Effects and SEs of a chunk, and the members' correlation of the outputs in ``pair`` (or ``None``)."""
     pred = saturation_mutagenesis(models, X, outputs=outputs, positions=pos, **ism_options)
     if calibration is not None:
         pred = calibration.transform_members(pred, axis=1, ids=ids)
-    return paired_effects(pred, X, pos, ddof=ddof)
+    effect, se = paired_effects(pred, X, pos, ddof=ddof)
+    psi = None if pair is None else paired_correlation(pred, X, pos, exposure=pair[0], outcome=pair[1])
+    return effect, se, psi
 
 
 def _setup(models, X, loci, chunk_size, positions):

@@ -38,7 +38,14 @@ from scipy.optimize import isotonic_regression
 
 from ._types import ArrayLike, Positions, Sequences
 
-__all__ = ["paired_effects", "VarianceScaling", "IsotonicCalibration", "coverage_curve", "miscalibration_area"]
+__all__ = [
+    "paired_effects",
+    "paired_correlation",
+    "VarianceScaling",
+    "IsotonicCalibration",
+    "coverage_curve",
+    "miscalibration_area",
+]
 
 # float32 predictions agree to about 1e-7 of their size when they are the same computation
 _ROUND_OFF = 1e-6
@@ -67,14 +74,55 @@ def paired_effects(
     Returns ``(effect, se)``, each ``(N, P, 4, O)`` float64 arrays with NaN in the
     reference base's slot.
     """
+    d, is_ref = _paired_differences(pred, X, positions, reference)
+    M = d.shape[1]
+    if not 0 <= ddof < M:
+        raise ValueError(f"ddof must lie in [0, {M - 1}], got {ddof}")
+    effect = np.where(is_ref, np.nan, d.mean(axis=1))
+    se = np.where(is_ref, np.nan, d.std(axis=1, ddof=ddof))
+    return effect, se
+
+
+def paired_correlation(
+    pred: ArrayLike,
+    X: Sequences,
+    positions: Positions = None,
+    *,
+    exposure: int,
+    outcome: int,
+    reference: ArrayLike | None = None,
+) -> np.ndarray:
+    """Per substitution, the correlation across members of the exposure's and the outcome's paired
+    differences: the ``psi`` of IVW's second-order weights (:func:`deepmr_utils.mr.ivw`) when both
+    effects come from the same ensemble, whose members share their errors.
+
+    Arguments as for :func:`paired_effects`; ``exposure``, ``outcome``: output indices. Returns
+    ``(N, P, 4)`` float64 with NaN in the reference base's slot, and 0 where either output does not
+    vary across members (its SE is 0 and the variant cannot be an instrument). With ``M`` members
+    each value is a sample correlation of ``M`` pairs (SE about ``1/sqrt(M - 3)`` near 0): noisy for a
+    small ensemble, exactly +-1 for two members.
+    """
+    d, is_ref = _paired_differences(pred, X, positions, reference)
+    O = d.shape[-1]
+    for name, idx in (("exposure", exposure), ("outcome", outcome)):
+        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or not 0 <= idx < O:
+            raise ValueError(f"{name} must be an output index in [0, {O}), got {idx!r}")
+    a = d[..., exposure] - d[..., exposure].mean(axis=1, keepdims=True)
+    b = d[..., outcome] - d[..., outcome].mean(axis=1, keepdims=True)
+    sab, saa, sbb = (a * b).sum(axis=1), (a * a).sum(axis=1), (b * b).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where((saa > 0) & (sbb > 0), sab / np.sqrt(saa * sbb), 0.0)
+    return np.where(is_ref[..., 0], np.nan, np.clip(rho, -1.0, 1.0))
+
+
+def _paired_differences(pred, X, positions, reference) -> tuple[np.ndarray, np.ndarray]:
+    """``d = pred - reference prediction``, ``(N, M, P, 4, O)``, and the reference slots ``(N, P, 4, 1)``."""
     pred = _np(pred).astype(np.float64)
     if pred.ndim != 5 or pred.shape[3] != 4:
         raise ValueError(f"pred must have shape (N, M, P, 4, O), got {pred.shape}")
     N, M, P, _, O = pred.shape
     if M < 2:
         raise ValueError(f"standard errors need at least 2 ensemble members or MC passes, got {M}")
-    if not 0 <= ddof < M:
-        raise ValueError(f"ddof must lie in [0, {M - 1}], got {ddof}")
     Xn = _np(X)
     if Xn.ndim != 3 or Xn.shape[0] != N or Xn.shape[1] != 4:
         raise ValueError(f"X must be (N={N}, 4, L), got {Xn.shape}")
@@ -99,12 +147,7 @@ def paired_effects(
         base = ref_oh[np.arange(N), first].argmax(axis=1)
         ref_pred = pred[np.arange(N), :, first, base, :]  # (N, M, O)
     d = pred - ref_pred[:, :, None, None, :]
-    effect = d.mean(axis=1)
-    se = d.std(axis=1, ddof=ddof)
-    is_ref = (ref_oh == 1)[..., None]
-    effect = np.where(is_ref, np.nan, effect)
-    se = np.where(is_ref, np.nan, se)
-    return effect, se
+    return d, (ref_oh == 1)[..., None]
 
 
 def _mu_sigma(members: np.ndarray, ddof: int):

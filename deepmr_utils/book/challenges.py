@@ -31,14 +31,22 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import meta, mr, pipeline, train
+from .. import instruments, meta, mr, pipeline, train
 from .._types import ArrayLike, Device, Sequences
 from ..instruments import Selection
 from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
 from ..simulate import WITH_EXPOSURE, CooperativityModel, SequenceType, slope_through_origin
-from .simulation_study import ESTIMATORS, StudySizes, fit_calibration, pool_loci, round_seed, run_round
+from .simulation_study import (
+    ESTIMATORS,
+    StudySizes,
+    coverage_interval,
+    fit_calibration,
+    pool_loci,
+    round_seed,
+    run_round,
+)
 
 __all__ = [
     "SWEEP_ESTIMATORS",
@@ -48,9 +56,12 @@ __all__ = [
     "estimate",
     "oracle_replicate",
     "assumption_sweep",
+    "pleiotropy_world",
     "summarize",
     "linearity",
     "variants",
+    "disjoint_ensembles",
+    "CURSE_DESIGNS",
     "winners_curse",
     "se_calibration",
     "train_dropout_model",
@@ -196,7 +207,11 @@ def oracle_replicate(
     motif, every substitution measured by :func:`oracle_table`, instruments at
     ``|bx|/se >= threshold``, then :func:`estimate`. Adds ``frac_invalid``: the share of the
     instruments that move the exposure mostly through the confounder (``|dx_causal| <
-    |dx| / 2``) or move the outcome directly (``|dy - dy_causal| > |dy_causal|``)."""
+    |dx| / 2``) or move the outcome directly (``|dy - dy_causal| > |dy_causal|``), and of those
+    two kinds the second alone, ``frac_direct``: in a world with no designed pleiotropy these are
+    mutations that change the outcome TF's own occupancy (motif crosstalk), measured, not assumed away;
+    ``inside_r2``: the squared correlation of the instruments' direct effects ``dy - dy_causal`` with
+    their exposure effects ``dx`` (near 0 when InSIDE holds, near 1 when pleiotropy follows strength)."""
     rng = np.random.default_rng(seed)
     data = _exposure_loci(gen, n_loci, int(rng.integers(2**31 - 1)))
     table = oracle_table(gen, data["X"], se=se, rng=rng, b_conf=data["b_conf"])
@@ -205,8 +220,21 @@ def oracle_replicate(
     direct = (inst.dy - inst.dy_causal).abs() > inst.dy_causal.abs()
     invalid = (inst.dx_causal.abs() < inst.dx.abs() / 2) | direct
     out["frac_invalid"] = float(invalid.mean()) if len(inst) else np.nan
+    out["frac_direct"] = float(direct.mean()) if len(inst) else np.nan
+    # InSIDE holds when the direct effects do not follow the exposure effects: their squared correlation
+    alpha = (inst.dy - inst.dy_causal).to_numpy()
+    ok = len(inst) > 2 and alpha.std() > 0 and inst.dx.std() > 0
+    out["inside_r2"] = float(np.corrcoef(inst.dx.to_numpy(), alpha)[0, 1] ** 2) if ok else np.nan
     out["n_instruments"] = len(inst)
     return out
+
+
+def _replicate_job(job: tuple) -> pd.DataFrame:
+    world, value, setting, r, kw, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    f = oracle_replicate(world(value), **kw)
+    return _tagged(f, setting=setting, value=value, replicate=r)
 
 
 def assumption_sweep(
@@ -221,45 +249,63 @@ def assumption_sweep(
     threshold: float = 3.0,
     estimators: dict = ESTIMATORS,
     n_boot: int = 200,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """:func:`oracle_replicate` ``replicates`` times for each value of ``setting``; ``world(value)``
-    builds the simulator. Returns all rows with ``setting, value, replicate`` first."""
-    frames = []
-    for i, value in enumerate(values):
-        gen = world(value)
-        for r in range(replicates):
-            f = oracle_replicate(
-                gen,
-                n_loci=n_loci,
-                se=se,
-                seed=seed + 1000 * i + r,
-                threshold=threshold,
-                estimators=estimators,
-                n_boot=n_boot,
-            )
-            f.insert(0, "setting", setting)
-            f.insert(1, "value", value)
-            f.insert(2, "replicate", r)
-            frames.append(f)
+    builds the simulator. Returns all rows with ``setting, value, replicate`` first. Replicate ``r`` of
+    value ``i`` has seed ``seed + 1000 i + r`` whatever ``n_jobs`` (processes with one thread each; the
+    ``world`` must then be picklable: a module-level function or a ``functools.partial`` of one)."""
+    common = {"n_loci": n_loci, "se": se, "threshold": threshold, "estimators": estimators, "n_boot": n_boot}
+    jobs = [
+        (world, value, setting, r, {**common, "seed": seed + 1000 * i + r}, 1 if n_jobs > 1 else 0)
+        for i, value in enumerate(values)
+        for r in range(replicates)
+    ]
+    if n_jobs == 1:
+        frames = [_replicate_job(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
+            frames = list(ex.map(_replicate_job, jobs))
     return pd.concat(frames, ignore_index=True)
 
 
+def pleiotropy_world(strength: float, base: CooperativityModel | None = None) -> CooperativityModel:
+    """The exclusion-restriction world: a SOX2 motif in half of the sequences, read by both TFs, adding
+    ``20 strength`` to the exposure's and ``30 strength`` to the outcome's input (``eta``, ``nu``)."""
+    base = CooperativityModel() if base is None else base
+    return replace(base, sequence_dependent=True, p_confounder_motif=0.5, eta=20 * strength, nu=30 * strength)
+
+
 def summarize(rows: pd.DataFrame, by: Sequence[str] = ("setting", "value", "estimator")) -> pd.DataFrame:
-    """Per group: replicates, mean estimate and truth, bias, relative bias, RMSE and the
-    coverage of the global 95 % CI across replicates (plus the mean ``frac_invalid`` when present)."""
+    """Per group: replicates, mean estimate and truth, bias, relative bias, RMSE, ``z_sd`` (the SD of
+    ``(estimate - truth) / cond_se``: 1 for honest SEs) and the coverage of the conditional 95 % CI
+    across replicates with its exact (Clopper-Pearson) interval (``coverage_low``, ``coverage_high``:
+    with a few replicates it is wide, and the table says so) and both tails (``miss_below``: the CI lies
+    below the truth; ``miss_above``), plus the means of ``frac_invalid``, ``frac_direct`` and ``inside_r2``
+    when present."""
     r = rows.dropna(subset=["estimate", "truth"]).assign(err=lambda d: d.estimate - d.truth)
+    r = r.assign(z=r.err / r.cond_se, below=r.cond_ci_high < r.truth, above=r.cond_ci_low > r.truth)
     agg = {
         "replicates": ("err", "size"),
         "estimate": ("estimate", "mean"),
         "truth": ("truth", "mean"),
         "bias": ("err", "mean"),
         "rmse": ("err", lambda e: float(np.sqrt((e**2).mean()))),
+        "z_sd": ("z", lambda z: float(z.std(ddof=1)) if len(z) > 1 else np.nan),
         "coverage": ("covered", "mean"),
+        "miss_below": ("below", "mean"),
+        "miss_above": ("above", "mean"),
     }
-    if "frac_invalid" in r:
-        agg["frac_invalid"] = ("frac_invalid", "mean")
-    out = r.groupby(list(by), sort=False).agg(**agg).reset_index()
+    for col in ("frac_invalid", "frac_direct", "inside_r2"):
+        if col in r:
+            agg[col] = (col, "mean")
+    groups = r.groupby(list(by), sort=False)
+    out = groups.agg(**agg).reset_index()
     out.insert(out.columns.get_loc("bias") + 1, "rel_bias", out.bias / out.truth)
+    exact = np.array([coverage_interval(g.covered)[1:] for _, g in groups]).reshape(-1, 2)
+    at = out.columns.get_loc("coverage") + 1
+    out.insert(at, "coverage_low", exact[:, 0])
+    out.insert(at + 1, "coverage_high", exact[:, 1])
     return out
 
 
@@ -326,9 +372,11 @@ def variants(
     models: list[nn.Module] | None = None,
     mc_dropout: int = 0,
     seed: int = 0,
+    member_correlation: bool = False,
 ) -> pd.DataFrame:
     """Every candidate variant of a round's mutated test sequences, measured by a subset of its
-    ensemble, with the oracle's columns alongside.
+    ensemble, with the oracle's columns alongside (and the members' per-variant correlation of the
+    exposure and outcome errors, ``psi``, with ``member_correlation``).
 
     ``details``: the second value of ``simulation_study.run_round(..., details=True)``;
     ``members``: indices into its ensemble (default all), or ``models`` to measure with other
@@ -354,6 +402,7 @@ def variants(
         mc_dropout=mc_dropout,
         seed=seed,
         progress=False,
+        member_correlation=member_correlation,
     )
     table = table[(table.bxse > 0) & (table.byse > 0)].reset_index(drop=True)
     return pd.concat([table, gen.variant_truth(Xm, table, b_conf)], axis=1)
@@ -365,42 +414,113 @@ def _tagged(frame: pd.DataFrame, **tags) -> pd.DataFrame:
     return frame
 
 
+def disjoint_ensembles(details: dict, *, seed: int = 0, device: Device = None) -> tuple[list, list]:
+    """Two ensembles of the round's size, architecture and training, each trained on its own half of
+    the round's training sequences (augmented from that half only), so that their errors are as
+    independent as two samples': the two-sample design of :func:`winners_curse`."""
+    s, tr, gen = details["sizes"], details["train"], details["generator"]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(tr["y"]))
+    cfg = train.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"])
+    out = []
+    for idx in (np.sort(order[: order.size // 2]), np.sort(order[order.size // 2 :])):
+        half = {k: v[idx] for k, v in tr.items() if k in ("X", "y", "config", "sites", "b_conf", "counts")}
+        X, y = half["X"], half["y"]
+        if s["augment"]:
+            aug = gen.augment_variants(half, s["augment"], seed=int(rng.integers(2**31 - 1)))
+            X, y = torch.cat([X, aug["X"]]), np.concatenate([y, aug["y"]])
+        models, _ = train.train_ensemble(
+            lambda: PooledRegressor(
+                2, n_filters=s["n_filters"], hidden=s["hidden"], output_names=["exposure", "outcome"]
+            ),
+            X,
+            y,
+            s["n_members"],
+            config=cfg,
+            seed=int(rng.integers(2**31 - 1)),
+            device=device,
+            progress=False,
+        )
+        out.append(models)
+    return out[0], out[1]
+
+
+# the designs of :func:`winners_curse`, in the order its table shows them
+CURSE_DESIGNS = (
+    "one sample",
+    "one sample, psi-aware IVW",
+    "same half",
+    "split members",
+    "one sample, half data",
+    "two-sample",
+)
+
+
 def winners_curse(
     details: dict,
     *,
     thresholds: Sequence[float] = (2.0, 3.0, 5.0),
     estimators: dict = ESTIMATORS,
+    disjoint: tuple[list, list] | None = None,
     n_boot: int = 200,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Instrument strength and the winner's curse, measured on a trained ensemble.
+    """Instrument strength and the winner's curse, measured on trained ensembles.
 
-    For each selection ``threshold``: instruments chosen and estimated with the whole ensemble
-    (``"all members"``); chosen and estimated with its first half (``"same half"``); chosen with
-    the second half and estimated with the first (``"split halves"``, whose selection noise is
-    independent of the estimates, like two-sample MR). Rows of :func:`estimate` with
-    ``threshold, design`` and the number of instruments.
+    For each selection ``threshold``, instruments chosen by ``|bx|/bxse`` and estimated under each of
+    :data:`CURSE_DESIGNS`:
+
+    * ``"one sample"``: chosen and estimated with the whole ensemble;
+    * ``"one sample, psi-aware IVW"``: the same instruments, IVW with second-order weights that take
+      each variant's correlation of its exposure and outcome errors across members (``psi``), the
+      one-sample correction of the MR literature (IVW rows only);
+    * ``"same half"``: chosen and estimated with the first half of the members;
+    * ``"split members"``: chosen with the second half, estimated with the first. The members share
+      their training data, so their errors are shared too: this is *not* two independent samples;
+    * ``"one sample, half data"`` and ``"two-sample"`` (with ``disjoint``, the two ensembles of
+      :func:`disjoint_ensembles`): chosen and estimated with the first, and chosen with the second
+      and estimated with the first (:func:`deepmr_utils.instruments.two_sample`). The pair compares
+      like with like: the same estimation ensemble, with and without selection on its own numbers.
+
+    Rows of :func:`estimate` with ``threshold, design``, the number of instruments, ``z`` (the
+    estimate's distance from the truth in conditional SEs: the curse's size against its noise) and
+    ``psi_selected`` (the mean member correlation of the chosen instruments' errors, one-sample rows).
     """
     m = len(details["models"])
     if m < 4:
         raise ValueError(f"winners_curse needs an ensemble of at least 4 members to halve, got {m}")
-    full = variants(details)
+    full = variants(details, member_correlation=True)
     first, second = variants(details, range(m // 2)), variants(details, range(m // 2, m))
+    if disjoint is not None:
+        est_models, sel_models = disjoint
+        half_a, half_b = variants(details, models=est_models), variants(details, models=sel_models)
     keys = ["locus", "position", "alt"]
+    # the one-sample correction: IVW's second-order weights with each variant's member correlation
+    delta = {"weights": "delta", "psi": "psi"}
+    psi_aware = {n: ("ivw", {**kw, **delta}) for n, (method, kw) in estimators.items() if method == "ivw"}
     frames = []
     for t in thresholds:
         sel = Selection(threshold=t)
-        chosen = sel.apply(second).instruments[keys]
+        one = sel.apply(full).instruments
         designs = {
-            "all members": sel.apply(full).instruments,
-            "same half": sel.apply(first).instruments,
-            "split halves": first.merge(chosen, on=keys),
+            "one sample": (one, estimators),
+            "one sample, psi-aware IVW": (one, psi_aware),
+            "same half": (sel.apply(first).instruments, estimators),
+            "split members": (first.merge(sel.apply(second).instruments[keys], on=keys), estimators),
         }
-        for design, inst in designs.items():
-            f = estimate(inst, local_truth(inst), estimators=estimators, n_boot=n_boot, seed=seed)
+        if disjoint is not None:
+            designs["one sample, half data"] = (sel.apply(half_a).instruments, estimators)
+            designs["two-sample"] = (instruments.two_sample(half_b, half_a, sel), estimators)
+        for design, (inst, est) in designs.items():
+            f = estimate(inst, local_truth(inst), estimators=est, n_boot=n_boot, seed=seed)
             f["n_instruments"] = len(inst)
+            if design.startswith("one sample") and "psi" in inst:
+                f["psi_selected"] = float(inst.psi.mean()) if len(inst) else np.nan
             frames.append(_tagged(f, threshold=t, design=design))
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    if {"estimate", "truth", "cond_se"} <= set(out.columns):
+        out["z"] = (out.estimate - out.truth) / out.cond_se
+    return out
 
 
 def _interval_coverage(b: pd.Series, se: pd.Series, truth: pd.Series) -> float:
@@ -606,7 +726,10 @@ def _univariable_vs_multivariable(inst: pd.DataFrame) -> pd.DataFrame:
         {**_pooled("multivariable IVW, strong loci", strong, truth), "n_weak": int(weak.sum())},
     ]
     ok = mv[mv.status == "ok"]
-    rows[1]["median_cond_f_exposure"] = float(ok.cond_f_exposure.median()) if len(ok) else np.nan
+    # the distribution of the exposure's conditional F over loci (quartiles), not only its median
+    for q, name in ((0.25, "q25"), (0.5, "median"), (0.75, "q75")):
+        rows[1][f"{name}_cond_f_exposure"] = float(ok.cond_f_exposure.quantile(q)) if len(ok) else np.nan
+    rows[1]["median_cond_f_confounder"] = float(ok.cond_f_confounder.median()) if len(ok) else np.nan
     rows[1]["n_weak"] = int(weak.sum())
     return pd.DataFrame(rows)
 

@@ -167,7 +167,7 @@ _SIZES = {
         },
         "default": {
             "n_loci": 80,
-            "replicates": 12,
+            "replicates": 20,
             "se": 0.2,
             "n_boot": 200,
             "pleiotropy": (0.0, 0.5, 1.0, 2.0, 3.0),

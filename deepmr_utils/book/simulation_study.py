@@ -64,6 +64,7 @@ __all__ = [
     "seed_study_folder",
     "measured_effects_gate",
     "pool_loci",
+    "coverage_interval",
     "summarize",
     "scoring_change",
 ]
@@ -659,8 +660,8 @@ STEPS = {
 }
 
 
-def _coverage(inside: pd.Series) -> tuple[float, float, float]:
-    """Share of True and its exact (Clopper-Pearson) 95 % interval; NaNs for none."""
+def coverage_interval(inside: pd.Series) -> tuple[float, float, float]:
+    """Share of True (a coverage) and its exact (Clopper-Pearson) 95 % interval; NaNs for none."""
     from scipy.stats import binomtest
 
     inside = inside.dropna().astype(bool)
@@ -736,8 +737,8 @@ def summarize(rounds: pd.DataFrame, *, analyses: Sequence[str] = ANALYSES) -> pd
 
     def agg(g, excluded):
         n, mbar = len(g), g.truth_population.mean()
-        cov, lo, hi = _coverage(g.in_ci)
-        c_s, c_s_lo, c_s_hi = _coverage(g.cond_in_sample)
+        cov, lo, hi = coverage_interval(g.in_ci)
+        c_s, c_s_lo, c_s_hi = coverage_interval(g.cond_in_sample)
         out = {
             "rounds": n,
             "rounds_excluded": excluded,

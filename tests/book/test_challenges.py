@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deepmr_utils import mr, simulate
+from deepmr_utils import instruments, mr, simulate
 from deepmr_utils.book import challenges as ch
 from deepmr_utils.book import config, simulation_study
 from deepmr_utils.instruments import Selection
@@ -146,8 +146,13 @@ def small_round():
 def test_model_experiments_run_and_report_their_settings(small_round):
     fast = {"IVW": ("ivw", {})}
     w = ch.winners_curse(small_round, thresholds=(3.0,), estimators=fast)
-    assert set(w.design) == {"all members", "same half", "split halves"}
+    assert set(w.design) == set(ch.CURSE_DESIGNS[:4])
     assert (w.truth.notna() == (w.n_loci >= 2)).all() and (w.n_loci >= 2).any()
+    one = w[w.design.str.startswith("one sample")].set_index("design")
+    # the same instruments, weighed with each variant's member correlation: a different IVW, and psi in [-1, 1]
+    assert one.n_instruments.nunique() == 1 and one.estimate.nunique() == 2
+    assert -1 <= one.psi_selected.iloc[0] <= 1
+    assert np.allclose(w.z, (w.estimate - w.truth) / w.cond_se, equal_nan=True)
     c = ch.se_calibration(small_round, sizes=(2, 4), calibrations=("none", "variance"), estimators=fast)
     assert len(c) == 4 and c[["cov_bx_selected", "cov_bx_all"]].notna().all().all()
     d = ch.direction(small_round, estimators=fast)
@@ -195,3 +200,30 @@ def test_the_chapters_estimators_include_the_original_studys_four_and_the_regist
     assert {"MR-PRESSO", "dIVW", "weighted median"} <= names
     for name, (key, _) in ch.SWEEP_ESTIMATORS.items():
         assert mr.ESTIMATORS[key].name == name
+
+
+def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_design(small_round, monkeypatch):
+    from deepmr_utils import train
+
+    seen = []
+    real = train.train_ensemble
+
+    def spy(factory, X, y, n, **kw):
+        seen.append(X[:, :, :].flatten(1).numpy())
+        return real(factory, X, y, n, **kw)
+
+    monkeypatch.setattr(train, "train_ensemble", spy)
+    a, b = ch.disjoint_ensembles(small_round, seed=1)
+    assert len(a) == len(b) == len(small_round["models"]) and a[0] is not b[0]
+    n = len(small_round["train"]["y"])
+    # each half's own sequences (before augmentation) are distinct from the other half's
+    rows_a = {r.tobytes() for r in seen[0][: n // 2]}
+    rows_b = {r.tobytes() for r in seen[1][: n - n // 2]}
+    assert not rows_a & rows_b
+    w = ch.winners_curse(small_round, thresholds=(3.0,), estimators={"IVW": ("ivw", {})}, disjoint=(a, b))
+    assert set(w.design) == set(ch.CURSE_DESIGNS)
+    # the two-sample rows: chosen by the second ensemble, measured by the first
+    want = instruments.two_sample(ch.variants(small_round, models=b), ch.variants(small_round, models=a),
+                                  Selection(threshold=3.0))  # fmt: skip
+    two = w[w.design == "two-sample"].iloc[0]
+    assert two.n_instruments == len(want) > 0
