@@ -163,6 +163,7 @@ class _Calibration:
     ddof: int = 1
     fitted_ids: frozenset = field(default_factory=frozenset)
     per_output: list | None = None
+    n_flat: int = 0  # held-out examples left out of the fit: their members agreed to round-off
 
     def fit(self, members, y, *, ids):
         """Fit on held-out predictions ``members`` ``(n, M)`` or ``(n, M, O)`` and labels ``y`` ``(n,)`` / ``(n, O)``.
@@ -178,6 +179,7 @@ class _Calibration:
             )
         members = _np(members).astype(np.float64)
         y = _np(y).astype(np.float64)
+        self.n_flat = 0
         if members.ndim == 3:
             if y.ndim != 2 or y.shape[1] != members.shape[2]:
                 raise ValueError(f"y must be (n, {members.shape[2]}) for members of shape {members.shape}")
@@ -205,15 +207,18 @@ class _Calibration:
         if not (np.isfinite(members).all() and np.isfinite(y).all()):
             raise ValueError("members and y must be finite")
         mu, sigma = _mu_sigma(members, self.ddof)
-        # members agreeing to float32 round-off (1e-6 of the predictions' scale) do not disagree: whether
+        # members agreeing to float32 round-off (1e-6 of the example's own scale) do not disagree: whether
         # their spread is exactly 0 or a few ulps depends on the CPU's kernels, so the test is relative
-        flat = sigma <= _ROUND_OFF * np.abs(members).max()
-        if flat.any():
+        flat = sigma <= _ROUND_OFF * np.abs(members).max(axis=1)
+        if flat.mean() > 0.5:  # a degenerate ensemble (copies of one model, dropout that drops nothing)
             raise ValueError(
-                f"example {int(np.flatnonzero(flat)[0])} has zero ensemble spread (at most {_ROUND_OFF:g} of the "
-                "predictions' scale); calibration needs members that disagree"
+                f"{int(flat.sum())} of {flat.size} examples (first: example {int(np.flatnonzero(flat)[0])}) have zero "
+                f"ensemble spread (at most {_ROUND_OFF:g} of their scale); calibration needs members that disagree"
             )
-        return mu, sigma, y
+        # a few examples on which real members happen to agree (two members, many examples) carry no
+        # information on how their spread relates to their error: left out of the fit and counted
+        self.n_flat += int(flat.sum())
+        return mu[~flat], sigma[~flat], y[~flat]
 
     def _check_ids(self, ids):
         if ids is None:

@@ -159,8 +159,26 @@ def test_members_agreeing_to_round_off_have_no_spread_whatever_the_kernels():
     y = np.linspace(1.0, 2.0, 20) + 0.1
     for ulps in (0.0, 1e-12, 1e-8):
         jitter = members + ulps * np.array([1.0, -1.0, 0.5, -0.5])
-        with pytest.raises(ValueError, match="example 0 has zero ensemble spread"):
+        with pytest.raises(ValueError, match="20 of 20 examples .first: example 0. have zero ensemble spread"):
             uncertainty.VarianceScaling().fit(jitter, y, ids=np.arange(20))
-    uncertainty.VarianceScaling().fit(
-        members + 1e-3 * np.array([1.0, -1.0, 0.5, -0.5]), y, ids=np.arange(20)
-    )  # real spread
+    real = members + 1e-3 * np.array([1.0, -1.0, 0.5, -0.5])
+    assert uncertainty.VarianceScaling().fit(real, y, ids=np.arange(20)).n_flat == 0
+
+
+def test_a_few_members_that_happen_to_agree_are_left_out_and_counted():
+    # two real members agree to 5 digits on one example of many (seen at default scale: 3.38496 vs 3.38499,
+    # flagged by a rule relative to the largest prediction, 32): the fit goes on without that example
+    rng = np.random.default_rng(0)
+    n = 400
+    mu, sigma = rng.normal(5, 2, n), rng.uniform(0.05, 0.3, n)
+    members = mu[:, None] + sigma[:, None] * rng.normal(0, 1, (n, 2))
+    y = mu + 1.5 * sigma * rng.normal(0, 1, n) + rng.normal(0, 0.1, n)
+    members[4] = [3.3849602, 3.384986]  # 1.8e-5 apart: a real, small disagreement, kept
+    members[7] = [2.0, 2.0 + 1e-7]  # round-off: left out
+    cal = uncertainty.VarianceScaling().fit(members, y, ids=np.arange(n))
+    assert cal.n_flat == 1
+    keep = np.arange(n) != 7
+    ref = uncertainty.VarianceScaling().fit(members[keep], y[keep], ids=np.arange(n - 1))
+    assert cal.lam == ref.lam and cal.noise_var_hat == ref.noise_var_hat
+    iso = uncertainty.IsotonicCalibration().fit(members, y, ids=np.arange(n))
+    assert iso.n_flat == 1

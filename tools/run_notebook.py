@@ -16,6 +16,14 @@ if __name__ == "__main__":
     src, dst = Path(sys.argv[1]), Path(sys.argv[2])
     nb = nbformat.read(src, as_version=4)
     t = time.time()
-    NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}).execute()
+    try:
+        NotebookClient(
+            nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
+        ).execute()
+    except Exception:
+        # a long run that fails late keeps what it computed: the cells executed so far, with their outputs
+        nbformat.write(nb, dst)
+        print(f"{src} failed after {time.time() - t:.0f} s; the cells run so far are in {dst}", file=sys.stderr)
+        raise
     nbformat.write(nb, dst)
     print(f"executed {src} in {time.time() - t:.0f} s -> {dst}")

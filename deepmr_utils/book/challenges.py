@@ -483,8 +483,10 @@ def winners_curse(
       like with like: the same estimation ensemble, with and without selection on its own numbers.
 
     Rows of :func:`estimate` with ``threshold, design``, the number of instruments, ``z`` (the
-    estimate's distance from the truth in conditional SEs: the curse's size against its noise) and
-    ``psi_selected`` (the mean member correlation of the chosen instruments' errors, one-sample rows).
+    estimate's distance from the truth in conditional SEs: the curse's size against its noise),
+    ``psi_selected`` (the mean member correlation of the chosen instruments' errors, one-sample rows)
+    and ``exact_ivw``: IVW on the same instruments with the oracle's exact effects, the control that
+    splits an error into the model's effects (estimate minus control) and the method (control minus truth).
     """
     m = len(details["models"])
     if m < 4:
@@ -512,8 +514,13 @@ def winners_curse(
             designs["one sample, half data"] = (sel.apply(half_a).instruments, estimators)
             designs["two-sample"] = (instruments.two_sample(half_b, half_a, sel), estimators)
         for design, (inst, est) in designs.items():
-            f = estimate(inst, local_truth(inst), estimators=est, n_boot=n_boot, seed=seed)
+            truth = local_truth(inst)
+            f = estimate(inst, truth, estimators=est, n_boot=n_boot, seed=seed)
             f["n_instruments"] = len(inst)
+            # the exact-effects control: the same instruments and SEs with the oracle's effects, IVW; what
+            # separates it from the estimate is the model's effects, what separates it from the truth the method
+            exact = estimate(inst.assign(bx=inst.dx, by=inst.dy), truth, estimators={"IVW": ("ivw", {})})
+            f["exact_ivw"] = float(exact.estimate.iloc[0]) if "estimate" in exact else np.nan
             if design.startswith("one sample") and "psi" in inst:
                 f["psi_selected"] = float(inst.psi.mean()) if len(inst) else np.nan
             frames.append(_tagged(f, threshold=t, design=design))

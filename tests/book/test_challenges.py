@@ -153,6 +153,9 @@ def test_model_experiments_run_and_report_their_settings(small_round):
     assert one.n_instruments.nunique() == 1 and one.estimate.nunique() == 2
     assert -1 <= one.psi_selected.iloc[0] <= 1
     assert np.allclose(w.z, (w.estimate - w.truth) / w.cond_se, equal_nan=True)
+    # the exact-effects control exists wherever an estimate does, and (oracle effects) differs from the model's
+    est = w[w.n_loci >= 2]
+    assert est.exact_ivw.notna().all() and (est.exact_ivw != est.estimate).all()
     c = ch.se_calibration(small_round, sizes=(2, 4), calibrations=("none", "variance"), estimators=fast)
     assert len(c) == 4 and c[["cov_bx_selected", "cov_bx_all"]].notna().all().all()
     d = ch.direction(small_round, estimators=fast)
