@@ -68,13 +68,25 @@ def _verify(p: argparse.ArgumentParser, args) -> int:
     start = time.time()
     new = simulation_study.run_round(scenario, seed=seed, sizes=sizes, calibration=args.calibration)
     cols = ["estimate", "se", "truth_population", "truth_sample", "exact_estimate"]
-    diff = (new[cols] - old[cols]).abs().max()
-    both = {"committed": old.set_index("estimator").estimate, "rerun": new.set_index("estimator").estimate}
-    print(pd.DataFrame(both))
+    # rows are matched by estimator, never by position: an estimator added since (or dropped) is named
+    only = {
+        "committed rows only": set(old.estimator) - set(new.estimator),
+        "rerun only": set(new.estimator) - set(old.estimator),
+    }
+    for where, names in only.items():
+        if names:
+            print(f"{where}: {', '.join(sorted(names))} (not compared)")
+    both = old[cols + ["estimator"]].merge(new[cols + ["estimator"]], on="estimator", suffixes=("_committed", "_rerun"))
+    if both.empty:
+        print("no estimator in common: nothing to compare")
+        return 1
+    diff = pd.Series({c: (both[f"{c}_rerun"] - both[f"{c}_committed"]).abs().max() for c in cols})
+    print(both.set_index("estimator")[["estimate_committed", "estimate_rerun"]])
     print(f"round {r} of {scenario} (seed {seed}) rerun in {time.time() - start:.0f} s; largest differences:")
     print(diff.to_string())
     # same seed, same numbers up to float reduction order (threads, CPU): 1e-6 relative on the estimates
-    return 0 if bool(((new.estimate - old.estimate).abs() <= 1e-6 * old.estimate.abs().clip(lower=1)).all()) else 1
+    gap = (both.estimate_rerun - both.estimate_committed).abs()
+    return 0 if bool((gap <= 1e-6 * both.estimate_committed.abs().clip(lower=1)).all()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -544,10 +544,19 @@ def _one_round(job: tuple) -> pd.DataFrame:
 def _open_folder(out, seed: int, sizes: StudySizes, calibration: str) -> Path | None:
     """The study folder ``out`` (``None`` stays ``None``), pinned to the settings that change a round's
     numbers and to the round columns; a folder of other settings is refused."""
+    # the estimator set is pinned too: a study that gains an estimator (MR-RAPS) must not mix rounds with and
+    # without it, which a summary would average over different sets of rounds
+    estimators = {name: [method, kw] for name, (method, kw) in ESTIMATORS.items()}
     return open_pinned(
         out,
         "study.json",
-        {"seed": seed, "sizes": asdict(sizes), "calibration": calibration, "round_columns": _ROUND_COLUMNS},
+        {
+            "seed": seed,
+            "sizes": asdict(sizes),
+            "calibration": calibration,
+            "round_columns": _ROUND_COLUMNS,
+            "estimators": estimators,
+        },
         {},
         refusal="holds rounds of a study with other settings (study.json); use a new folder or delete it",
         unreadable="it was probably cut short by a crash. Delete that file and rerun: the finished rounds are reused",
@@ -564,7 +573,15 @@ def seed_study_folder(
     """Write the finished rounds of ``rounds`` (a frame from :func:`run_study`, e.g. the committed rounds
     file) into the study folder ``out`` as if :func:`run_study` had computed them there, so a longer
     study resumes from them on a fresh clone. The folder is pinned to the given settings (a folder of
-    other settings is refused); rounds already in it are kept. Returns how many rounds were written."""
+    other settings is refused); rounds already in it are kept. Returns how many rounds were written.
+    Rounds computed with another set of estimators than :data:`ESTIMATORS` are refused, naming the difference."""
+    held = set(rounds.estimator) - {NAIVE}
+    if held != set(ESTIMATORS):
+        raise ValueError(
+            f"the rounds hold estimators {sorted(held)}, this code runs {sorted(ESTIMATORS)} "
+            f"(missing: {sorted(set(ESTIMATORS) - held)}; extra: {sorted(held - set(ESTIMATORS))}): "
+            "those rounds must be recomputed, not resumed"
+        )
     folder = _open_folder(out, seed, sizes, calibration)
     written = 0
     for (scenario, r), frame in rounds.groupby(["scenario", "round"], sort=False):

@@ -1,5 +1,7 @@
 """The simulation study: fidelity against the oracle, rounds that resume, and honest summaries."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -236,3 +238,46 @@ def test_a_round_counts_members_still_improving_instead_of_warning(monkeypatch):
         out = simulation_study.run_round("none", seed=2, sizes=TINY)
     assert not [w for w in caught if issubclass(w.category, train.ConvergenceWarning)]
     assert (out.still_improving == TINY.n_members).all()
+
+
+def _run_study_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "run_study_tool", Path(__file__).parents[2] / "tools" / "run_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_verify_matches_rows_by_estimator_and_names_the_ones_added(tmp_path, monkeypatch, capsys):
+    tool = _run_study_tool()
+    monkeypatch.setattr(tool.torch, "set_num_threads", lambda n: None)  # the tool's own process setting
+    cols = ["estimate", "se", "truth_population", "truth_sample", "exact_estimate"]
+    committed = pd.DataFrame({"scenario": "none", "round": 0, "estimator": ["IVW", "MR-Egger", "mode"]})
+    for i, c in enumerate(cols):
+        committed[c] = [0.5 + i, 0.7 + i, 0.9 + i]
+    path = tmp_path / "rounds.csv"
+    committed.to_csv(path, index=False)
+    # the rerun lists its estimators in another order and has one more: compared by name, the extra one named
+    rerun = pd.concat([committed.iloc[::-1], committed.iloc[:1].assign(estimator="MR-RAPS")]).drop(columns="round")
+    monkeypatch.setattr(tool.simulation_study, "run_round", lambda *a, **k: rerun.reset_index(drop=True))
+    assert tool.main(["--verify", "none:0", "--rounds-file", str(path), "--scale", "quick"]) == 0
+    assert "rerun only: MR-RAPS (not compared)" in capsys.readouterr().out
+    moved = rerun.assign(estimate=lambda d: d.estimate.where(d.estimator != "mode", 9.0))
+    monkeypatch.setattr(tool.simulation_study, "run_round", lambda *a, **k: moved.reset_index(drop=True))
+    assert tool.main(["--verify", "none:0", "--rounds-file", str(path), "--scale", "quick"]) == 1
+
+
+def test_a_study_folder_pins_its_estimators(tmp_path, monkeypatch):
+    rounds = pd.DataFrame(
+        {"scenario": "none", "round": 0, "estimator": [*simulation_study.ESTIMATORS, simulation_study.NAIVE]}
+    )
+    assert simulation_study.seed_study_folder(tmp_path / "a", rounds, seed=7, sizes=TINY) == 1
+    with pytest.raises(ValueError, match=r"missing: \['mode'\].*recomputed, not resumed"):
+        simulation_study.seed_study_folder(tmp_path / "b", rounds[rounds.estimator != "mode"], seed=7, sizes=TINY)
+    # a folder written with another estimator set is refused by name
+    monkeypatch.setitem(simulation_study.ESTIMATORS, "MR-RAPS", ("raps", {}))
+    with pytest.raises(ValueError, match="differs in: estimators"):
+        simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=tmp_path / "a", progress=False)
