@@ -414,11 +414,16 @@ def _tagged(frame: pd.DataFrame, **tags) -> pd.DataFrame:
     return frame
 
 
-def disjoint_ensembles(details: dict, *, seed: int = 0, device: Device = None) -> tuple[list, list]:
-    """Two ensembles of the round's size, architecture and training, each trained on its own half of
-    the round's training sequences (augmented from that half only), so that their errors are as
-    independent as two samples': the two-sample design of :func:`winners_curse`."""
+def disjoint_ensembles(
+    details: dict, *, n_members: int | None = None, seed: int = 0, device: Device = None
+) -> tuple[list, list]:
+    """Two ensembles of the round's architecture and training (``n_members`` each, default the round's),
+    each trained on its own half of the round's training sequences (augmented from that half only), so
+    that their errors are as independent as two samples': the two-sample design of :func:`winners_curse`."""
     s, tr, gen = details["sizes"], details["train"], details["generator"]
+    n_members = s["n_members"] if n_members is None else n_members
+    if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 2:
+        raise ValueError(f"n_members must be an integer >= 2 (SEs need two members), got {n_members!r}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(tr["y"]))
     cfg = train.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"])
@@ -435,7 +440,7 @@ def disjoint_ensembles(details: dict, *, seed: int = 0, device: Device = None) -
             ),
             X,
             y,
-            s["n_members"],
+            n_members,
             config=cfg,
             seed=int(rng.integers(2**31 - 1)),
             device=device,
