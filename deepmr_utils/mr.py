@@ -195,6 +195,12 @@ def ratio_se(
 # --------------------------------------------------------------------------- IVW
 
 
+def _delta_variance(bx, bxse, by, byse, psi):
+    """The second-order variance of ``by - theta bx`` on the regression scale (MendelianRandomization's
+    ``weights = "delta"``): the inverse of IVW's second-order weights, for :func:`ivw` and ``per_locus``."""
+    return byse**2 + by**2 * bxse**2 / bx**2 - 2 * psi * by * bxse * byse / bx
+
+
 def ivw(
     bx: ArrayLike,
     bxse: ArrayLike,
@@ -232,7 +238,7 @@ def ivw(
         w = byse**-2
     else:
         check_nonzero_bx(bx, "ivw(weights='delta')")
-        w = 1.0 / (byse**2 + by**2 * bxse**2 / bx**2 - 2 * psi * by * bxse * byse / bx)
+        w = 1.0 / _delta_variance(bx, bxse, by, byse, psi)
     sxx = np.sum(w * bx * bx)
     est = float(np.sum(w * bx * by) / sxx)
     se_fixed = float(1 / np.sqrt(sxx))
@@ -986,11 +992,7 @@ class _Loci:
             (finite & ~positive, "bxse/byse must be > 0"),
             (~finite, "non-finite bx/bxse/by/byse"),
         ):
-            if mask.any():
-                first = np.full(n, -1)
-                bad_rows = np.flatnonzero(mask)[::-1]
-                first[codes[bad_rows]] = bad_rows  # reversed, so the first row of a locus wins
-                loci.fail(first >= 0, [f"{text} (row {r})" for r in first[first >= 0]])
+            loci.fail_rows(mask, text)
         loci.fail(loci.ok & (np.bincount(codes[valid_row & (bx != 0)], minlength=n) == 0), "all bx are zero")
         few = loci.ok & (k < min_k)
         loci.fail(few, [f"too few instruments ({m} < {min_k})" for m in k[few]])
@@ -1000,6 +1002,14 @@ class _Loci:
         """Give the loci in ``mask`` the status ``reason`` (one string, or one per locus)."""
         self.status[mask] = reason
         self.ok &= ~mask
+
+    def fail_rows(self, rows: np.ndarray, text: str) -> None:
+        """Fail every locus with a row in the row mask ``rows``, its status ``text`` naming its first such row."""
+        if rows.any():
+            first = np.full(self.k.size, -1)
+            bad = np.flatnonzero(rows)[::-1]
+            first[self.codes[bad]] = bad  # reversed, so the first row of a locus wins
+            self.fail(first >= 0, [f"{text} (row {r})" for r in first[first >= 0]])
 
     def seg(self, v: np.ndarray) -> np.ndarray:
         """Per-locus sums of a per-row quantity."""
@@ -1019,18 +1029,12 @@ class _Loci:
         """Use :func:`ivw`'s second-order variances ``byse^2 + (by bxse / bx)^2 - 2 psi by bxse byse / bx``;
         a locus with a zero ``bx`` or a variance that is not positive has no estimate, said why."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = self.by * self.bxse / self.bx
-            var = self.byse * self.byse + r * r - 2 * psi * r * self.byse
+            var = _delta_variance(self.bx, self.bxse, self.by, self.byse, psi)
         for mask, text in (
             (self.bx == 0, "bx is zero (second-order weights divide by it)"),
             (~(np.isfinite(var) & (var > 0)), "second-order variance not positive"),
         ):
-            bad = mask & self.ok[self.codes]
-            if bad.any():
-                first = np.full(self.k.size, -1)
-                rows = np.flatnonzero(bad)[::-1]
-                first[self.codes[rows]] = rows
-                self.fail(first >= 0, [f"{text} (row {r})" for r in first[first >= 0]])
+            self.fail_rows(mask & self.ok[self.codes], text)  # the first reason of a locus wins
         self.var = np.where(np.isfinite(var) & (var > 0), var, 1.0)
 
 

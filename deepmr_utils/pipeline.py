@@ -397,10 +397,8 @@ def variant_effects(
                    "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
                    "transform": transform}  # fmt: skip
 
-    job = _Job(
-        X, loci, pos, outputs, calibration, ddof, ism_options, {"exposure": ie, "outcome": io, "output_names": names},
-        member_correlation,
-    )  # fmt: skip
+    variants = {"exposure": ie, "outcome": io, "output_names": names, "psi": member_correlation}
+    job = _Job(X, loci, pos, outputs, calibration, ddof, ism_options, variants)
     frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", models, job, progress, client)
     return select.apply(pd.concat(frames, ignore_index=True)).instruments
 
@@ -527,13 +525,11 @@ class _Job:
     ddof: int
     ism_options: dict
     variants: dict | None
-    member_correlation: bool = False
 
     def args(self, a: int, b: int) -> tuple:
         """This chunk's arguments of :func:`_chunk_task`, after the models."""
-        variants = self.variants if not self.member_correlation else {**self.variants, "psi": True}
         return (self.X[a:b], self.loci[a:b], self.pos, self.outputs, self.calibration, self.ddof,
-                self.ism_options, variants)  # fmt: skip
+                self.ism_options, self.variants)  # fmt: skip
 
 
 def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
@@ -541,9 +537,10 @@ def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, va
     function runs in this process or as a Dask task; a task writes its own file, so a finished chunk
     survives whatever happens to the driver. ``variants["psi"]``: add the members' correlation."""
     pair = None
-    if variants is not None and variants.get("psi"):
-        variants = {k: v for k, v in variants.items() if k != "psi"}
-        pair = (variants["exposure"], variants["outcome"])
+    if variants is not None:
+        variants = dict(variants)
+        if variants.pop("psi"):
+            pair = (variants["exposure"], variants["outcome"])
     effect, se, psi = _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options, pair)
     value = (effect, se) if variants is None else instruments.variant_table(
         effect, se, X, positions=pos, loci=ids, psi=psi, **variants
