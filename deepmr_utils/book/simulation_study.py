@@ -72,8 +72,11 @@ __all__ = [
 SCENARIOS = ("none", "sequence-independent", "sequence-dependent", "both")
 CALIBRATIONS = ("variance", "variance-denoised", "isotonic", "none")
 
-# display name -> (per_locus method, extra keyword arguments); names and keys from mr.ESTIMATORS
-ESTIMATORS = {mr.ESTIMATORS[k].name: (k, {}) for k in ("ivw", "egger", "egger_robust", "weighted_median", "mbe")}
+# display name -> (per_locus method, extra keyword arguments); names and keys from mr.ESTIMATORS. The original
+# study's four (robust MR-Egger, IVW, mode, MR-RAPS) plus MR-Egger and the weighted median
+ESTIMATORS = {
+    mr.ESTIMATORS[k].name: (k, {}) for k in ("ivw", "egger", "egger_robust", "weighted_median", "mbe", "raps")
+}
 NAIVE = "naive (mean Wald ratio)"
 
 

@@ -278,6 +278,6 @@ def test_a_study_folder_pins_its_estimators(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"missing: \['mode'\].*recomputed, not resumed"):
         simulation_study.seed_study_folder(tmp_path / "b", rounds[rounds.estimator != "mode"], seed=7, sizes=TINY)
     # a folder written with another estimator set is refused by name
-    monkeypatch.setitem(simulation_study.ESTIMATORS, "MR-RAPS", ("raps", {}))
+    monkeypatch.setitem(simulation_study.ESTIMATORS, "dIVW", ("divw", {}))
     with pytest.raises(ValueError, match="differs in: estimators"):
         simulation_study.run_study(1, seed=7, sizes=TINY, scenarios=["none"], out=tmp_path / "a", progress=False)
