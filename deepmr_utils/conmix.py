@@ -77,8 +77,10 @@ def conmix(
     """ConMix of ``by`` on ``bx`` (1-D arrays of K instruments).
 
     ``psi``: the SD of the invalid instruments' ratios (default 1.5 x the SD of all ratios).
-    ``ci_min``, ``ci_max``, ``ci_step``: the grid searched (defaults as in the package; the estimate
-    and interval ends are grid points, so their resolution is ``ci_step``).
+    ``ci_min``, ``ci_max``, ``ci_step``: the grid searched (the estimate and interval ends are grid points,
+    so their resolution is ``ci_step``). The default range is every ratio +- 2 of its SEs, the package's
+    ``min((by - 2 byse) / bx)`` to ``max((by + 2 byse) / bx)`` when every ``bx > 0``; with negative ``bx``
+    the package's range shrinks or is reversed (an error in R), which orienting the instruments avoids.
 
     The p-value is the package's: ``P(chi2_1 > 2 (max l - l(0)) phi^2)``. Its confidence set divides
     the likelihood ratio by ``phi^2`` and its p-value multiplies by it, so with ``phi > 1`` the p-value
@@ -90,8 +92,12 @@ def conmix(
     if not (ci_step > 0 and math.isfinite(ci_step)):
         raise ValueError(f"conmix: ci_step must be a positive number, got {ci_step}")
     ratio, s = by / bx, np.abs(byse / bx)
-    lo = float(np.min((by - 2 * byse) / bx)) if ci_min is None else float(ci_min)
-    hi = float(np.max((by + 2 * byse) / bx)) if ci_max is None else float(ci_max)
+    # the package's default grid is min((by - 2 byse) / bx) to max((by + 2 byse) / bx), which assumes bx > 0:
+    # with a negative bx those are the ratio's upper and lower ends, and the grid shrinks, can miss the
+    # best point, or is reversed (R's seq() then stops). ISM instruments are mostly losses of binding (bx < 0),
+    # so the grid here is every ratio +- 2 of its SEs: the package's grid when every bx > 0, whatever the signs
+    lo = float(np.min(ratio - 2 * s)) if ci_min is None else float(ci_min)
+    hi = float(np.max(ratio + 2 * s)) if ci_max is None else float(ci_max)
     if not lo < hi:
         raise ValueError(f"conmix: the grid needs ci_min < ci_max, got {lo} and {hi}")
     psi = 1.5 * float(np.std(ratio, ddof=1)) if psi is None or psi <= 0 else float(psi)

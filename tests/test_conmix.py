@@ -48,3 +48,25 @@ def test_conmix_bad_input_is_named():
         mr.conmix(x, x, x, x, ci_step=0)
     with pytest.raises(ValueError, match="ci_min < ci_max"):
         mr.conmix(x, x, x, x, ci_min=1.0, ci_max=0.5)
+
+
+def test_conmix_grid_does_not_depend_on_the_instruments_orientation(ref, lipids):
+    """The package's default grid, min((by - 2 byse) / bx) to max((by + 2 byse) / bx), shrinks or is reversed
+    when bx < 0 (ISM losses of binding). Flipping instruments (bx and by together) leaves every ratio and its
+    SE unchanged, so the result must not change: on the reference case, on the two clusters (whose peaks the
+    package's grid would cut off) and on one tight cluster (whose grid the package would reverse)."""
+    bx = np.full(20, 0.5)
+    two = np.r_[np.full(10, -2.0), np.full(10, 2.0)] + np.tile(np.linspace(-0.05, 0.05, 10), 2)
+    tight = 1.0 + np.linspace(-0.02, 0.02, 20)
+    cases = [tuple(np.asarray(a, float) for a in lipids("ldlc"))]
+    cases += [(bx, np.full(20, 0.01), r * bx, np.full(20, 0.05)) for r in (two, tight)]
+    for x, xse, y, yse in cases:
+        first = mr.conmix(x, xse, y, yse)
+        for flip in (-np.ones_like(x), np.where(np.arange(x.size) % 2, -1.0, 1.0)):
+            res = mr.conmix(flip * x, xse, flip * y, yse)
+            assert np.ravel(res.intervals) == pytest.approx(np.ravel(first.intervals), abs=1e-9)
+            assert res.estimate == pytest.approx(first.estimate, abs=1e-9)
+    r = ref["computed_outputs"]["MendelianRandomization_0.10.0"]["ldlc_chd"]["conmix_default"]
+    assert mr.conmix(*(-a if k in (0, 2) else a for k, a in enumerate(cases[0]))).estimate == pytest.approx(
+        r["Estimate"], abs=1e-9 * max(1, abs(r["CIMax"])) + 1e-12
+    )
