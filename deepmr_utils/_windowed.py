@@ -302,14 +302,16 @@ class WindowedModel:
         args, kwargs = self._load(node, value)
         first = args[0] if args else None
         windows = self._windows(args, kwargs)
-        if not windows:  # only dense and static inputs
-            return _Dense(self._call(node, args, kwargs))
-        op, target = node.op, node.target
+        # MC-dropout's mask before anything else: a dropout on a dense tensor (a head after global pooling)
+        # is a module in eval mode, which the call below would run as the identity
         if isinstance(first, (_Win, _Dense)) and len(windows) <= 1 and self._is_masked(node):
             mask = self._mask(node, self.ref[node.args[0].name].shape[1:])
             if isinstance(first, _Win):
                 return _Win(first.t * mask[..., first.a : first.b], first.a, first.b, node.name)
             return _Dense(first.v * mask)
+        if not windows:  # only dense and static inputs
+            return _Dense(self._call(node, args, kwargs))
+        op, target = node.op, node.target
         if isinstance(first, _Win) and len(windows) == 1:
             if self._pointwise(node, args, kwargs):
                 return _Win(self._call(node, (first.t,) + tuple(args[1:]), kwargs), first.a, first.b, node.name)

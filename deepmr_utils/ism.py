@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from ._validate import ENGINES, FAST_HINT, check_choice, renamed_keywords
 from ._windowed import StackedWindowedModel, TraceError, WindowedModel
 from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
-__all__ = ["saturation_mutagenesis", "mutant_index", "resolve_positions", "OutputSpec"]
+__all__ = ["saturation_mutagenesis", "choose_engine", "EngineChoice", "mutant_index", "resolve_positions", "OutputSpec"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -228,7 +229,7 @@ def saturation_mutagenesis(
         path's numbers to float32 round-off, with several times fewer FLOPs), for any model
         ``torch.fx`` can trace (:mod:`deepmr_utils._windowed`); a model it cannot trace runs on
         the plain path with a warning that says why. ``"auto"`` (default): the windowed engine for
-        sequences of ``WINDOWED_MIN_LENGTH`` (256) bp or more, plain batches for shorter ones, where
+        sequences of ``WINDOWED_MIN_LENGTH`` (150) bp or more, plain batches for shorter ones, where
         the engine's nearly fixed cost per window loses (a rule of the shape, never a timing, so the
         path is the same on every run). ``"plain"``: every mutant through the whole model. (The
         retired ``fast=`` keyword raises a ``TypeError`` naming this one.)
@@ -305,10 +306,45 @@ def on_scale(out: torch.Tensor, transform: str) -> torch.Tensor:
 
 
 _EPS = 1e-6
-# engine="auto" takes the windowed engine from this length on and plain batches below it (2 CPU cores, 3
-# members, 8 sequences: PooledRegressor windowed/plain 1.24x slower at 100 bp, 1.40x at 200, 0.99x at 300,
-# 0.56x at 500; a narrow DeepSEA 0.76x at 200, 0.89x at 300)
-WINDOWED_MIN_LENGTH = 256
+# engine="auto" takes the windowed engine from this length on and plain batches below it, where the engine's
+# nearly fixed cost per window loses. benchmarks/bench_engine.py (2 CPU cores, 3 members, best of 2), windowed
+# over plain: the simulation's PooledRegressor 1.23x at 100 bp, 0.98x at 150, 0.65x at 200, 0.41x at 300; a
+# reader's BPNet-like model 0.93x at 100, 0.71x at 150, 0.62x at 200; the DeepSEA chapter's narrow DeepSEA 0.46x
+# at 200 bp (its shortest input) and 0.37x at 300. (This was 256 bp until those measurements: the DeepSEA and
+# BPNet chapters' 200 bp sequences ran plain, 2x slower.)
+WINDOWED_MIN_LENGTH = 150
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine :func:`saturation_mutagenesis` runs (``"windowed"`` or ``"plain"``) and why."""
+
+    engine: str
+    reason: str
+
+
+def choose_engine(models: Models, X: Sequences, *, engine: str = "auto", outputs: OutputSpec = None) -> EngineChoice:
+    """Which engine :func:`saturation_mutagenesis` runs for these models on sequences like ``X``, and why.
+
+    ``engine="auto"``: the windowed engine for sequences of ``WINDOWED_MIN_LENGTH`` (150) bp or more,
+    plain batches for shorter ones: a rule of the length, never a timing, so every run, chunk and machine
+    takes the same path and the same float round-off. A model ``torch.fx`` cannot trace (TorchScript) runs
+    plain whatever ``engine`` asks (:func:`saturation_mutagenesis` warns once per call)."""
+    check_choice(engine, "engine", ENGINES)
+    L = as_one_hot(X).shape[2] if not isinstance(X, torch.Tensor) else X.shape[2]
+    if engine == "plain":
+        return EngineChoice("plain", "engine='plain' was asked for")
+    if engine == "auto" and L < WINDOWED_MIN_LENGTH:
+        return EngineChoice("plain", f"{L} bp < {WINDOWED_MIN_LENGTH} bp")
+    outputs = check_outputs(outputs)
+    try:
+        for m in as_models(models):
+            WindowedModel(m, outputs if callable(outputs) else None)
+    except TraceError as err:
+        return EngineChoice("plain", str(err))
+    if engine == "windowed":
+        return EngineChoice("windowed", "engine='windowed' was asked for")
+    return EngineChoice("windowed", f"{L} bp >= {WINDOWED_MIN_LENGTH} bp")
 
 
 def _saturation_mutagenesis(
@@ -337,23 +373,22 @@ def _saturation_mutagenesis(
     if ensemble == "vmap" and not same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
     engines = None
-    # engine="auto": short sequences run faster in plain batches than in windows (the engine's cost per window
-    # is nearly fixed); decided by the length, never by timing, so the path and its float round-off are the
-    # same on every run, chunk and machine load. The engine is traced only when it will run.
+    # engine="auto": decided by the length, never by timing (choose_engine), so the path and its float
+    # round-off are the same on every run, chunk and machine load. The engine is traced only when it will run.
     if engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH):
         captured = outputs if callable(outputs) else None
         try:
             engines = [WindowedModel(m, captured) for m in models]
-            if ensemble == "vmap" and len(models) > 1 and not mc_dropout:
-                try:
-                    stacked = StackedWindowedModel(models, captured)
-                    with eval_mode(models), torch.inference_mode():
-                        stacked.reference(X[:1])  # an activation vmap cannot carry shows here, not mid-run
-                    engines = [stacked]
-                except TraceError as err:
-                    warnings.warn(f"{err}; the members run one after another on the windowed engine", stacklevel=3)
         except TraceError as err:
             warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
+        if engines is not None and ensemble == "vmap" and len(models) > 1 and not mc_dropout:
+            try:
+                stacked = StackedWindowedModel(models, captured)
+                with eval_mode(models), torch.inference_mode():
+                    stacked.reference(X[:1])  # an activation vmap cannot carry shows here, not mid-run
+                engines = [stacked]
+            except TraceError as err:
+                warnings.warn(f"{err}; the members run one after another on the windowed engine", stacklevel=3)
     windowed = engines is not None
 
     with eval_mode(models), torch.inference_mode():

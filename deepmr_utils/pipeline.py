@@ -480,9 +480,8 @@ def effects(
     ``client``: a ``dask.distributed.Client``. The models are sent to each worker once
     (``scatter``), every unfinished chunk becomes one task that writes its own chunk file as
     soon as it is done, and a task whose worker dies is rerun by Dask on another; finished
-    chunks are never recomputed. With the same ``batch_size`` and ``engine`` choice (not the
-    timed automatic ones, which each process makes for itself) the result equals a
-    single-process run's bit for bit on a CPU.
+    chunks are never recomputed. The result equals a single-process run's bit for bit on a CPU
+    (the automatic batch size and engine are rules of the length, the same in every process).
     """
     models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, positions)
     outputs = check_outputs(outputs)
