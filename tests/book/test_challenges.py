@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from deepmr_utils import instruments, mr, simulate
@@ -200,9 +201,45 @@ def test_multivariable_reports_conditional_f_and_a_strong_loci_sensitivity_row()
 def test_the_chapters_estimators_include_the_original_studys_four_and_the_registrys_names():
     names = set(ch.SWEEP_ESTIMATORS)
     assert {"robust MR-Egger", "IVW", "mode", "MR-RAPS"} <= names  # Malina et al. 2022's set
-    assert {"MR-PRESSO", "dIVW", "weighted median"} <= names
+    assert {"MR-PRESSO", "dIVW", "weighted median", "ConMix"} <= names
     for name, (key, _) in ch.SWEEP_ESTIMATORS.items():
-        assert mr.ESTIMATORS[key].name == name
+        assert key == "conmix" or mr.ESTIMATORS[key].name == name  # ConMix is not in the registry: no SE
+
+
+def test_conmix_per_locus_is_conmix_on_each_locus_with_the_se_its_set_implies():
+    rng = np.random.default_rng(3)
+    bx = -rng.uniform(0.3, 1.0, 24)  # losses of binding, as ISM gives them
+    ratio = np.r_[np.full(12, 1.5), np.full(12, -1.5)] + rng.normal(0, 0.02, 24)
+    frame = pd.DataFrame(
+        {
+            "locus": np.r_[np.zeros(12), np.ones(10), np.full(2, 2)].astype(int),
+            "bx": bx,
+            "bxse": 0.05,
+            "by": ratio * bx,
+            "byse": 0.05,
+        }
+    )
+    frame.loc[frame.locus == 1, "by"] = np.r_[np.full(5, 1.5), np.full(5, -1.5)] * frame.bx[frame.locus == 1]
+    out = ch.conmix_per_locus(frame, grid_points=4000).set_index("locus")
+    assert out.loc[2, "status"].startswith("conmix: fewer than 3") and np.isnan(out.loc[2, "estimate"])
+    for locus in (0, 1):
+        g = frame[frame.locus == locus]
+        r, s = g.by / g.bx, (g.byse / g.bx).abs()
+        res = mr.conmix(g.bx, g.bxse, g.by, g.byse, ci_step=float((r + 2 * s).max() - (r - 2 * s).min()) / 4000)
+        row = out.loc[locus]
+        assert row.status == "ok" and row.estimate == res.estimate and row.n_intervals == len(res.intervals)
+        assert (row.ci_low, row.ci_high) == (res.ci_low, res.ci_high)
+        assert row.se == pytest.approx((res.ci_high - res.ci_low) / (2 * 1.959963985))
+    assert out.loc[0, "estimate"] == pytest.approx(1.5, abs=0.05) and out.loc[0, "n_intervals"] == 1
+    # two equal clusters: a set of two pieces, whose span (not its pieces) sets the SE: larger, not smaller
+    assert out.loc[1, "n_intervals"] == 2 and out.loc[1, "se"] > 3 / 3.92
+    # the chapter's pooled row takes it like any estimator's
+    rows = ch.estimate(
+        frame[frame.locus < 2],
+        pd.DataFrame({"locus": [0, 1], "theta": [1.5, 1.5]}),
+        estimators={"ConMix": ("conmix", {})},
+    )
+    assert rows.loc[0, "n_loci"] == 2 and np.isfinite(rows.loc[0, "estimate"])
 
 
 def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_design(small_round, monkeypatch):
