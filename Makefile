@@ -1,10 +1,10 @@
 # The two commands of README.md. Both create the virtual environment on first use.
-#   make book   execute every chapter at DEEPMR_SCALE=default and build _build/html
+#   make book   execute every chapter at DEEPMR_SCALE=default (stored runs reused, see below) and build _build/html
 #   make test   ruff + unit tests (statistics twice, under two OpenBLAS core types) + on an AVX-512 CPU the DeepSEA
 #               chapter at DEEPMR_SCALE=quick under nbval with AVX2-capped kernels + the strict book build at quick, which
 #               executes every chapter with the CPU's own kernels
 #               + every page checked in headless Chromium (skipped, with one line saying so, without it)
-#   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (executes every chapter like make book)
+#   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (from make book's execution cache: no second run)
 #   make study  the simulation study: 50 rounds of each scenario (hours; resumable, extends the committed rounds)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -28,9 +28,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# make book and make pdf keep each chapter's run in a cache folder named by the scale and a hash of the library,
+# the committed data, the DEEPMR_* settings and the pinned requirements (tools/book_cache.py): a prose edit reuses
+# the stored runs, a change of code, library, data or setting reruns what it touches. The chapters' tables go
+# into that folder too (they belong to the runs the pages show); make book copies them to results/
+BOOK_ENV := DEEPMR_SCALE=$${DEEPMR_SCALE:-default}
+
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	$(BUILD_ENV) DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --keep-going
+	@cfg=$$($(BOOK_ENV) $(BIN)/python tools/book_cache.py config) && echo "execution cache: $$(dirname $$cfg)" && \
+	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/jupyter-book build . \
+		--keep-going --config $$cfg && \
+	$(BIN)/python tools/book_cache.py publish $$(dirname $$cfg)/results
 	@test -f _build/html/index.html
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
@@ -90,11 +99,13 @@ browser: $(STAMP)
 	elif [ "$${CI:-}" = true ]; then echo "browser check: chromium is missing on CI (.ci/run installs it)"; exit 1; \
 	else echo "browser check skipped: chromium not found (Debian: apt-get install chromium; .ci/run installs it)"; fi
 
-# the book as one PDF: the single-page build, printed by headless Chromium (same scale rule as make book)
+# the book as one PDF: the single-page build, printed by headless Chromium (same scale rule and execution cache as
+# make book: after make book it executes nothing, and it never writes to results/)
 pdf: $(STAMP)
 	rm -rf _build/pdf
-	$(BUILD_ENV) DEEPMR_SCALE=$${DEEPMR_SCALE:-default} $(BIN)/jupyter-book build . --builder singlehtml \
-		--keep-going --path-output _build/pdf
+	@cfg=$$($(BOOK_ENV) $(BIN)/python tools/book_cache.py config) && echo "execution cache: $$(dirname $$cfg)" && \
+	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/jupyter-book build . \
+		--builder singlehtml --keep-going --path-output _build/pdf --config $$cfg
 	$(BIN)/python tools/browser.py pdf _build/pdf/_build/singlehtml/index.html _build/pdf/deepmr.pdf
 
 # the simulation study at full length, resumable round by round; writes book/data/simulation_rounds.csv (every
