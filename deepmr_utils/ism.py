@@ -307,11 +307,11 @@ def on_scale(out: torch.Tensor, transform: str) -> torch.Tensor:
 
 _EPS = 1e-6
 # engine="auto" takes the windowed engine from this length on and plain batches below it, where the engine's
-# nearly fixed cost per window loses. benchmarks/bench_engine.py (2 CPU cores, 3 members, best of 2), windowed
-# over plain: the simulation's PooledRegressor 1.23x at 100 bp, 0.98x at 150, 0.65x at 200, 0.41x at 300; a
-# reader's BPNet-like model 0.93x at 100, 0.71x at 150, 0.62x at 200; the DeepSEA chapter's narrow DeepSEA 0.46x
-# at 200 bp (its shortest input) and 0.37x at 300. (This was 256 bp until those measurements: the DeepSEA and
-# BPNet chapters' 200 bp sequences ran plain, 2x slower.)
+# nearly fixed cost per window loses. benchmarks/bench_engine.py --repeat 2 (2 CPU cores, 3 members), windowed
+# over plain: the simulation's PooledRegressor 1.16x at 100 bp, 0.80x at 200, 0.31x at 300; a reader's
+# BPNet-like model 0.86x at 100, 0.67x at 200; the DeepSEA chapter's narrow DeepSEA 0.43x at 200 bp (its
+# shortest input) and 0.31x at 300 (at 150 bp, in a shorter run: PooledRegressor 0.98x, BPNet-like 0.71x).
+# This was 256 bp until those measurements, and the DeepSEA and BPNet chapters' 200 bp sequences ran plain.
 WINDOWED_MIN_LENGTH = 150
 
 
@@ -331,11 +331,11 @@ def choose_engine(models: Models, X: Sequences, *, engine: str = "auto", outputs
     takes the same path and the same float round-off. A model ``torch.fx`` cannot trace (TorchScript) runs
     plain whatever ``engine`` asks (:func:`saturation_mutagenesis` warns once per call)."""
     check_choice(engine, "engine", ENGINES)
-    L = as_one_hot(X).shape[2] if not isinstance(X, torch.Tensor) else X.shape[2]
-    if engine == "plain":
-        return EngineChoice("plain", "engine='plain' was asked for")
-    if engine == "auto" and L < WINDOWED_MIN_LENGTH:
-        return EngineChoice("plain", f"{L} bp < {WINDOWED_MIN_LENGTH} bp")
+    L = as_one_hot(X).shape[2]
+    if not _tries_windowed(engine, L):
+        return EngineChoice(
+            "plain", "engine='plain' was asked for" if engine == "plain" else f"{L} bp < {WINDOWED_MIN_LENGTH} bp"
+        )
     outputs = check_outputs(outputs)
     try:
         for m in as_models(models):
@@ -345,6 +345,12 @@ def choose_engine(models: Models, X: Sequences, *, engine: str = "auto", outputs
     if engine == "windowed":
         return EngineChoice("windowed", "engine='windowed' was asked for")
     return EngineChoice("windowed", f"{L} bp >= {WINDOWED_MIN_LENGTH} bp")
+
+
+def _tries_windowed(engine: str, L: int) -> bool:
+    """The length rule, one copy for choose_engine and saturation_mutagenesis: whether the windowed engine is
+    tried (a model torch.fx cannot trace still runs plain)."""
+    return engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH)
 
 
 def _saturation_mutagenesis(
@@ -375,7 +381,7 @@ def _saturation_mutagenesis(
     engines = None
     # engine="auto": decided by the length, never by timing (choose_engine), so the path and its float
     # round-off are the same on every run, chunk and machine load. The engine is traced only when it will run.
-    if engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH):
+    if _tries_windowed(engine, L):
         captured = outputs if callable(outputs) else None
         try:
             engines = [WindowedModel(m, captured) for m in models]
