@@ -1,8 +1,8 @@
 # The two commands of README.md. Both create the virtual environment on first use.
 #   make book   execute every chapter at DEEPMR_SCALE=default (stored runs reused, see below) and build _build/html
-#   make test   ruff + unit tests (statistics twice, under two OpenBLAS core types) + on an AVX-512 CPU the DeepSEA
-#               chapter at DEEPMR_SCALE=quick under nbval with AVX2-capped kernels + the strict book build at quick, which
-#               executes every chapter with the CPU's own kernels
+#   make test   ruff + unit tests on every core (statistics twice, under two OpenBLAS core types) + on an AVX-512 CPU
+#               the DeepSEA chapter at DEEPMR_SCALE=quick under nbval with AVX2-capped kernels + the strict book build
+#               at quick, whose chapters execute once, side by side, with the CPU's own kernels
 #               + every page checked in headless Chromium (skipped, with one line saying so, without it)
 #   make pdf    the book as one PDF, _build/pdf/deepmr.pdf (from make book's execution cache: no second run)
 #   make study  the simulation study: 50 rounds of each scenario (hours; resumable, extends the committed rounds)
@@ -59,8 +59,14 @@ OTHER_BLAS  := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo Haswell
 AVX2_CAP    := $(shell grep -q avx2 /proc/cpuinfo 2>/dev/null && \
 	echo ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell)
 
+# one pytest worker per core (pytest-xdist), each test file on one worker so its module fixtures (trained
+# models) are built once, and each worker single-threaded: on few cores, processes side by side do more work
+# than one process with threads, because much of a test's time is Python between small tensor operations
+NPROC := $(shell nproc 2>/dev/null || echo 1)
+ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests --ignore=tests/pages
+	$(ONE_THREAD) $(BIN)/python -m pytest -q -n $(NPROC) --dist loadfile tests --ignore=tests/pages
 	OPENBLAS_CORETYPE=$(OTHER_BLAS) $(BIN)/python -m pytest -q -p no:cacheprovider $(STATS_TESTS)
 
 # make test never touches the user's book or results: it builds into _build/quick and writes tables to
@@ -83,10 +89,15 @@ else
 		-p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg $(NBVAL_CHAPTERS)
 endif
 
+# The chapters execute once, side by side (one per core, tools/book_cache.py execute), into a fresh execution
+# cache of this build; the strict build then takes them from it and executes only the pages that describe the
+# build. A chapter that failed is not cached: the build runs it again and fails on its error.
+QUICK_ENV := $(BUILD_ENV) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results
 book-quick: $(STAMP)
-	rm -rf $(QUICK)/_build
-	$(BUILD_ENV) DEEPMR_SCALE=quick DEEPMR_RESULTS=$(CURDIR)/$(QUICK)/results $(BIN)/jupyter-book build . -W -n --keep-going \
-		--path-output $(QUICK)
+	rm -rf $(QUICK)/_build $(QUICK)/cache $(QUICK)/results
+	@cfg=$$($(BIN)/python tools/book_cache.py config --cache $(QUICK)/cache) && \
+	$(QUICK_ENV) $(BIN)/python tools/book_cache.py execute $$cfg && \
+	$(QUICK_ENV) $(BIN)/jupyter-book build . -W -n --keep-going --path-output $(QUICK) --config $$cfg
 	@test -f $(QUICK)/_build/html/index.html
 
 # every page of the quick build in headless Chromium: math typeset, figures present, no tracebacks or

@@ -20,16 +20,28 @@ the tables always belong to the runs the pages show; ``make book`` then copies t
     python tools/book_cache.py key              # the cache key of this checkout and environment
     python tools/book_cache.py config           # writes _build/cache/<key>/_config.yml, prints its path
     python tools/book_cache.py publish FOLDER   # copies FOLDER's chapter tables over results/<chapter>
+    python tools/book_cache.py execute CONFIG [--jobs N]   # runs the chapters into CONFIG's cache, N at a time
+
+``execute`` runs the book's chapters into the cache of a config written by ``config`` before the book is
+built, several at a time (``--jobs``, default: one per CPU core up to the number of chapters), each kernel
+with its share of the cores as its thread count (``OMP_NUM_THREADS``, unless set). The build then finds
+every chapter in the cache and executes only the pages marked ``execution_mode: force``. A chapter that
+fails is not cached: the build runs it again and reports its error (with ``raise_on_error`` it fails).
+On 2 cores two single-threaded kernels side by side do more work than one kernel with two threads,
+because much of a chapter's time is Python between small tensor operations.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -68,9 +80,10 @@ def cache_key(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> st
     return f"{scale}-{h.hexdigest()[:16]}"
 
 
-def write_config(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> Path:
-    """The book's ``_config.yml`` with execution switched to that key's cache folder, written inside it."""
-    folder = root / "_build" / "cache" / cache_key(root, environ)
+def write_config(root: Path = ROOT, environ: Mapping[str, str] | None = None, folder: Path | None = None) -> Path:
+    """The book's ``_config.yml`` with execution switched to that key's cache folder (or to ``folder``), written
+    inside it."""
+    folder = root / "_build" / "cache" / cache_key(root, environ) if folder is None else Path(root) / folder
     folder.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((root / "_config.yml").read_text())
     config["execute"] = {**config.get("execute", {}), "execute_notebooks": "cache", "cache": str(folder / "jupyter")}
@@ -90,15 +103,94 @@ def publish(tables: Path, results: Path = ROOT / "results") -> list[str]:
     return copied
 
 
+def _chapters(root: Path, config: dict) -> list[Path]:
+    """The toc's notebooks that the cache serves (pages marked ``execution_mode: force`` run in the build)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries = [e["file"] for e in toc.get("chapters", []) if "file" in e]
+    found = []
+    for entry in entries:
+        path = root / f"{entry}.ipynb"
+        if not path.is_file():
+            continue
+        meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+        if meta.get("mystnb", {}).get("execution_mode") != "force":
+            found.append(path)
+    return found
+
+
+def _execute_one(cache_path: str, pk: int, timeout: int, threads: int) -> tuple[float, str | None]:
+    """Execute one staged notebook as myst-nb's cache mode would (its folder as the working directory, errors
+    not allowed) and store it in the cache; returns (seconds, error or None)."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))  # the kernel inherits them
+    cache = get_cache(cache_path)
+    staged = cache.get_project_notebook(pk)
+    notebook = staged.nb
+    result = single_nb_execution(
+        notebook, cwd=str(Path(staged.uri).parent), timeout=timeout, allow_errors=False, meta_override=True
+    )
+    if result.err is not None:
+        return result.time, f"{type(result.err).__name__}: {result.err}"
+    bundle = CacheBundleIn(notebook, staged.uri, data={"execution_seconds": result.time})
+    cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)
+    return result.time, None
+
+
+def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> list[str]:
+    """Run the chapters into the cache of ``config_path`` (from :func:`write_config`), ``jobs`` at a time;
+    returns the notebooks that failed (the build reruns and reports them)."""
+    config = yaml.safe_load(Path(config_path).read_text())
+    cache_path = config.get("execute", {}).get("cache")
+    if not cache_path:
+        raise ValueError(f"{config_path} names no execution cache: write it with `book_cache.py config`")
+    chapters = _chapters(root, config)
+    # the longest chapters are the last ones of the book: start them first so no worker idles at the end
+    chapters = chapters[::-1]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(chapters) or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    timeout = int(config.get("execute", {}).get("timeout", 1800))
+    from jupyter_cache import get_cache
+
+    # the cache's database is created and the chapters staged here, once: workers only execute and store
+    cache = get_cache(cache_path)
+    staged = [cache.add_nb_to_project(str(p)).pk for p in chapters]
+    failed = []
+    start = time.perf_counter()
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(_execute_one, str(cache_path), pk, timeout, threads) for pk in staged]
+        for path, future in zip(chapters, futures):
+            seconds, error = future.result()
+            name = path.relative_to(root)
+            status = f"failed, {error.splitlines()[0]}" if error else "executed"
+            print(f"{name}: {status} in {seconds:.0f} s", flush=True)
+            if error:
+                failed.append(str(name))
+    wall = time.perf_counter() - start
+    print(f"{len(chapters)} chapter(s), {jobs} at a time with {threads} thread(s) each: {wall:.0f} s")
+    return failed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("key", "config", "publish"))
-    ap.add_argument("folder", nargs="?", type=Path, help="publish: the cache folder's results")
+    ap.add_argument("what", choices=("key", "config", "publish", "execute"))
+    ap.add_argument("folder", nargs="?", type=Path, help="publish: the cache folder's results; execute: the config")
+    ap.add_argument("--jobs", type=int, default=None, help="execute: chapters at a time (default: one per core)")
+    ap.add_argument("--cache", type=Path, default=None, help="config: the cache folder (default: by the key)")
     args = ap.parse_args(argv)
     if args.what == "key":
         print(cache_key())
     elif args.what == "config":
-        print(write_config().relative_to(ROOT))
+        print(write_config(folder=args.cache).relative_to(ROOT))
+    elif args.what == "execute":
+        if args.folder is None or not args.folder.is_file():
+            ap.error(f"execute needs a config written by `book_cache.py config`, got {args.folder}")
+        if args.jobs is not None and args.jobs < 1:
+            ap.error(f"--jobs must be at least 1, got {args.jobs}")
+        execute(args.folder, args.jobs)  # a failed chapter is rerun and reported by the build
     else:
         if args.folder is None or not args.folder.is_dir():
             ap.error(f"publish needs the cache folder's results, got {args.folder}")

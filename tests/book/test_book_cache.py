@@ -3,6 +3,8 @@ changes a chapter's numbers without changing its code changes, and jupyter-cache
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -13,6 +15,7 @@ ROOT = Path(__file__).parents[2]
 spec = importlib.util.spec_from_file_location("book_cache", ROOT / "tools" / "book_cache.py")
 book_cache = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(book_cache)
+sys.modules["book_cache"] = book_cache  # so its worker function pickles by name for the process pool
 
 
 @pytest.fixture
@@ -95,3 +98,36 @@ def test_publish_replaces_the_chapters_tables_and_leaves_other_folders(tmp_path)
     assert book_cache.publish(tables, results) == ["simulation"]
     assert sorted(p.name for p in (results / "simulation").iterdir()) == ["summary.csv"]
     assert (results / "study4" / "round_none_000.csv").read_text() == "keep\n"
+
+
+def _chapter(path: Path, code: str, force: bool = False) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A"), nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if force:
+        nb.metadata["mystnb"] = {"execution_mode": "force"}
+    nbformat.write(nb, path)
+
+
+def test_execute_runs_the_chapters_side_by_side_into_the_cache_the_build_reads(checkout, capsys):
+    from jupyter_cache import get_cache
+
+    book = checkout / "book"
+    _chapter(book / "ch.ipynb", "import os\nthreads = os.environ['OMP_NUM_THREADS']\nthreads")
+    _chapter(book / "broken.ipynb", "raise ValueError('a failing claim')")
+    _chapter(book / "build_info.ipynb", "1 / 0", force=True)  # executed by the build itself, never cached
+    toc = {"root": "index", "chapters": [{"file": f"book/{n}"} for n in ("ch", "broken", "build_info")]}
+    (checkout / "_toc.yml").write_text(yaml.safe_dump(toc))
+    config = book_cache.write_config(checkout, folder=Path("_build") / "quick" / "cache")
+    assert config == checkout / "_build" / "quick" / "cache" / "_config.yml"
+    failed = book_cache.execute(config, jobs=2, root=checkout)
+    assert failed == ["book/broken.ipynb"]
+    assert "book/broken.ipynb: failed, " in capsys.readouterr().out
+    cache = get_cache(yaml.safe_load(config.read_text())["execute"]["cache"])
+    # what the build's cache mode does: match the notebook as read from disk, code cells only
+    record = cache.match_cache_notebook(nbformat.read(book / "ch.ipynb", as_version=4))
+    _, executed = cache.merge_match_into_notebook(nbformat.read(book / "ch.ipynb", as_version=4))
+    assert record.data["execution_seconds"] > 0
+    assert executed.cells[1].outputs[0]["data"]["text/plain"] == repr(str(max(1, (os.cpu_count() or 1) // 2)))
+    for name in ("broken", "build_info"):
+        with pytest.raises(KeyError):
+            cache.match_cache_notebook(nbformat.read(book / f"{name}.ipynb", as_version=4))
