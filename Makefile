@@ -31,12 +31,15 @@ $(STAMP): requirements.txt pyproject.toml
 # make book and make pdf keep each chapter's run in a cache folder named by the scale and a hash of the library,
 # the committed data, the DEEPMR_* settings and the pinned requirements (tools/book_cache.py): a prose edit reuses
 # the stored runs, a change of code, library, data or setting reruns what it touches. The chapters' tables go
-# into that folder too (they belong to the runs the pages show); make book copies them to results/
+# into that folder too (they belong to the runs the pages show); make book copies them to results/. The chapters
+# that the cache does not hold execute side by side first (tools/book_cache.py execute), then the book is built
 BOOK_ENV := DEEPMR_SCALE=$${DEEPMR_SCALE:-default}
 
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	@cfg=$$($(BOOK_ENV) $(BIN)/python tools/book_cache.py config) && echo "execution cache: $$(dirname $$cfg)" && \
+	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/python tools/book_cache.py \
+		execute $$cfg && \
 	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/jupyter-book build . \
 		--keep-going --config $$cfg && \
 	$(BIN)/python tools/book_cache.py publish $$(dirname $$cfg)/results

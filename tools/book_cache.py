@@ -140,9 +140,21 @@ def _execute_one(cache_path: str, pk: int, timeout: int, threads: int) -> tuple[
     return result.time, None
 
 
+def _stored(cache, path: Path) -> bool:
+    import nbformat
+
+    try:
+        cache.match_cache_notebook(nbformat.read(path, as_version=4))
+    except KeyError:
+        return False
+    return True
+
+
 def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> list[str]:
     """Run the chapters into the cache of ``config_path`` (from :func:`write_config`), ``jobs`` at a time;
     returns the notebooks that failed (the build reruns and reports them)."""
+    from jupyter_cache import get_cache
+
     config = yaml.safe_load(Path(config_path).read_text())
     cache_path = config.get("execute", {}).get("cache")
     if not cache_path:
@@ -150,14 +162,14 @@ def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> li
     chapters = _chapters(root, config)
     # the longest chapters are the last ones of the book: start them first so no worker idles at the end
     chapters = chapters[::-1]
+    timeout = int(config.get("execute", {}).get("timeout", 1800))
+    # the cache's database is created and the chapters staged here, once: workers only execute and store.
+    # A chapter whose code already has a stored run in this cache is left to the build, which reuses it
+    cache = get_cache(cache_path)
+    chapters = [p for p in chapters if not _stored(cache, p)]
+    staged = [cache.add_nb_to_project(str(p)).pk for p in chapters]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(chapters) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    timeout = int(config.get("execute", {}).get("timeout", 1800))
-    from jupyter_cache import get_cache
-
-    # the cache's database is created and the chapters staged here, once: workers only execute and store
-    cache = get_cache(cache_path)
-    staged = [cache.add_nb_to_project(str(p)).pk for p in chapters]
     failed = []
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:

@@ -131,3 +131,7 @@ def test_execute_runs_the_chapters_side_by_side_into_the_cache_the_build_reads(c
     for name in ("broken", "build_info"):
         with pytest.raises(KeyError):
             cache.match_cache_notebook(nbformat.read(book / f"{name}.ipynb", as_version=4))
+    # a second run finds the stored chapter and executes only the one that failed
+    capsys.readouterr()
+    assert book_cache.execute(config, jobs=2, root=checkout) == ["book/broken.ipynb"]
+    assert "1 chapter(s)" in capsys.readouterr().out
