@@ -56,6 +56,7 @@ from wild_models import BassetLike, ChromBPNetLike, EnformerLike, chrombpnet_out
 
 from deepmr_utils import instruments, pipeline, uncertainty
 from deepmr_utils import sequence as sq
+from deepmr_utils.ism import ISMOptions
 from deepmr_utils.models import DeepSEA, DilatedResidualNet
 
 
@@ -219,12 +220,11 @@ def run_model(key, args, device, methods):
                 lambda: pipeline.variant_effects(
                     models,
                     X,
+                    options=ISMOptions(device=device, **kw),  # noqa: B023
                     exposure=0,
                     outcome=1,
                     select=instruments.Selection("all"),
-                    device=device,
                     progress=False,
-                    **kw,  # noqa: B023
                 )
             )
         elif name == "naive":

@@ -307,6 +307,7 @@ def _client(args):
 def _effects(args) -> None:
     from . import pipeline
     from .inputs import read_regions, read_sequences
+    from .ism import ISMOptions
 
     if args.fast is not None:
         raise ValueError("--fast is retired: use --engine windowed (was --fast on), plain (off) or auto")
@@ -353,12 +354,14 @@ def _effects(args) -> None:
     out = _pin_run(args, names, length, window)
     client, cluster = _client(args)
     try:
-        effect, _ = pipeline.effects(
-            models, X, out=out, chunk_size=args.chunk_size, positions=window, device=args.device,
-            batch_size=args.batch_size, mc_dropout=args.mc_dropout, seed=args.seed, dtype=DTYPES[args.dtype],
-            engine=args.engine, rc_average=args.rc_average,
-            transform=args.transform, progress=not args.quiet, client=client,
+        options = ISMOptions(
+            positions=window, device=args.device, batch_size=args.batch_size, mc_dropout=args.mc_dropout,
+            seed=args.seed, dtype=DTYPES[args.dtype], engine=args.engine, rc_average=args.rc_average,
+            transform=args.transform,
         )  # fmt: skip
+        effect, _ = pipeline.effects(
+            models, X, options=options, out=out, chunk_size=args.chunk_size, progress=not args.quiet, client=client
+        )
     finally:
         if client is not None:
             client.close()

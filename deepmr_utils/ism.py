@@ -40,7 +40,15 @@ from ._validate import ENGINES, FAST_HINT, check_choice, renamed_keywords
 from ._windowed import StackedWindowedModel, TraceError, WindowedModel
 from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
-__all__ = ["saturation_mutagenesis", "choose_engine", "EngineChoice", "mutant_index", "resolve_positions", "OutputSpec"]
+__all__ = [
+    "saturation_mutagenesis",
+    "ISMOptions",
+    "choose_engine",
+    "EngineChoice",
+    "mutant_index",
+    "resolve_positions",
+    "OutputSpec",
+]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -257,8 +265,7 @@ def saturation_mutagenesis(
     Tensor ``(N, M, P, 4, O)`` (float32, CPU): M members (or MC passes), P positions;
     slot ``[n, m, p, ref_base]`` holds the reference prediction.
     """
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    _check_options(transform=transform)
     options = dict(outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout,
                    seed=seed, engine=engine, ensemble=ensemble, block=block)  # fmt: skip
     if rc_average:
@@ -277,6 +284,83 @@ def saturation_mutagenesis(
 
 
 TRANSFORMS = (None, "none", "logit", "log", "logit-clip", "log-clip")
+ENSEMBLE_MODES = ("auto", "vmap", "loop")
+
+
+def _check_options(**given) -> None:
+    """The one check of the ISM options, for :func:`saturation_mutagenesis` and :class:`ISMOptions`: each
+    keyword given is validated, with a ``ValueError``/``TypeError`` naming it."""
+    if "engine" in given:
+        check_choice(given["engine"], "engine", ENGINES)
+    if "ensemble" in given:
+        check_choice(given["ensemble"], "ensemble", ENSEMBLE_MODES)
+    if "transform" in given and given["transform"] not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {given['transform']!r}")
+    for name in ("mc_dropout", "seed", "ddof"):
+        value = given.get(name, 0)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if given.get("mc_dropout", 0) < 0:
+        raise ValueError(f"mc_dropout must be a non-negative integer, got {given['mc_dropout']}")
+    if given.get("ddof", 0) < 0:
+        raise ValueError(f"ddof must be >= 0, got {given['ddof']}")
+    batch_size = given.get("batch_size")
+    if batch_size is not None and (
+        isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    dtype = given.get("dtype")
+    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    if not isinstance(given.get("rc_average", False), (bool, np.bool_)):
+        raise TypeError(f"rc_average must be True or False, got {given['rc_average']!r}")
+
+
+@dataclass(frozen=True)
+class ISMOptions:
+    """The options of an ISM run, as one validated value (:func:`deepmr_utils.pipeline.effects`,
+    :func:`deepmr_utils.pipeline.variant_effects` and the ``deepmr`` command take it).
+
+    What changes the numbers, and is pinned in a run folder's fingerprint: ``outputs`` (with ``outputs_key``,
+    a name for a callable ``outputs`` that cannot be pinned by its module and name, e.g. a lambda),
+    ``positions``, ``ddof`` (of the members' paired differences, :func:`deepmr_utils.uncertainty.paired_effects`),
+    ``mc_dropout``, ``seed``, ``dtype``, ``rc_average`` and ``transform``. What changes only how they are
+    computed: ``batch_size``, ``device``, ``engine`` and ``ensemble``. Each as for
+    :func:`saturation_mutagenesis`. ``positions`` are resolved against the sequences' length when the run
+    starts; everything else is checked here, so a bad option fails before any work.
+
+    >>> ISMOptions(mc_dropout=8, engine="plain").mutagenesis()["mc_dropout"]
+    8
+    """
+
+    outputs: OutputSpec = None
+    outputs_key: str | None = None
+    positions: Positions = None
+    ddof: int = 1
+    mc_dropout: int = 0
+    seed: int = 0
+    dtype: torch.dtype | None = None
+    rc_average: bool = False
+    transform: str | None = None
+    batch_size: int | None = None
+    device: Device = None
+    engine: str = "auto"
+    ensemble: str = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "outputs", check_outputs(self.outputs))
+        if self.outputs_key is not None and not isinstance(self.outputs_key, str):
+            raise TypeError(f"outputs_key must be a string, got {type(self.outputs_key).__name__}")
+        _check_options(
+            ddof=self.ddof, mc_dropout=self.mc_dropout, seed=self.seed, dtype=self.dtype, rc_average=self.rc_average,
+            transform=self.transform, batch_size=self.batch_size, engine=self.engine, ensemble=self.ensemble,
+        )  # fmt: skip
+
+    def mutagenesis(self) -> dict:
+        """The keywords of :func:`saturation_mutagenesis` besides ``outputs`` and ``positions``."""
+        return {"batch_size": self.batch_size, "device": self.device, "mc_dropout": self.mc_dropout, "seed": self.seed,
+                "dtype": self.dtype, "engine": self.engine, "ensemble": self.ensemble, "rc_average": self.rc_average,
+                "transform": self.transform}  # fmt: skip
 
 
 def on_scale(out: torch.Tensor, transform: str) -> torch.Tensor:
@@ -358,23 +442,15 @@ def _saturation_mutagenesis(
 ) -> torch.Tensor:
     models = as_models(models)
     outputs = check_outputs(outputs)
-    check_choice(engine, "engine", ENGINES)
-    if ensemble not in ("auto", "vmap", "loop"):
-        raise ValueError(f"ensemble must be 'auto', 'vmap' or 'loop', got {ensemble!r}")
-    if mc_dropout < 0 or int(mc_dropout) != mc_dropout:
-        raise ValueError(f"mc_dropout must be a non-negative integer, got {mc_dropout}")
+    _check_options(engine=engine, ensemble=ensemble, mc_dropout=mc_dropout, batch_size=batch_size, dtype=dtype)
     if mc_dropout and len(models) != 1:
         raise ValueError("mc_dropout draws its samples from one model; pass a single model, not an ensemble")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     models = on_device(models, dev)
     X = prepare_input(X, models, dev)
     N, _, L = X.shape
     pos = resolve_positions(positions, L)
     autocast = dtype not in (None, torch.float32)
-    if autocast and dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
 
     if ensemble == "vmap" and not same_architecture(models):
         raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")

@@ -41,10 +41,10 @@ from tqdm import tqdm
 
 from . import instruments
 from ._io import open_pinned, replace
-from ._torch import OutputSpec, as_models, check_outputs, selected_names
-from ._types import ArrayLike, Device, Models, Positions, Sequences
+from ._torch import as_models, selected_names
+from ._types import ArrayLike, Models, Sequences
 from ._validate import FAST_HINT, renamed_keywords
-from .ism import resolve_positions, saturation_mutagenesis
+from .ism import ISMOptions, resolve_positions, saturation_mutagenesis
 from .progress import show_progress
 from .sequence import as_one_hot
 from .uncertainty import IsotonicCalibration, VarianceScaling, paired_correlation, paired_effects
@@ -300,72 +300,75 @@ def _resolve(idx, names, what: str) -> int:
     return int(idx)
 
 
-def _payload(kind, chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype, **numbers):
-    # batch size, the fast path, ensemble mode and window size change how, not what, is computed;
-    # ``numbers`` (strand averaging, the output transform) change what; pinned only when set, so
-    # run folders made before these options existed still resume
+def _payload(kind, chunk_size, pos, loci, calibration, options: ISMOptions, **extra):
+    # batch size, the engine, ensemble mode and device change how, not what, is computed; strand averaging,
+    # the output transform and the extras (e.g. the members' correlation) change what, and are pinned only
+    # when set, so run folders made before these options existed still resume
+    numbers = {"rc_average": options.rc_average, "transform": options.transform, **extra}
     return {
         **{k: v for k, v in numbers.items() if v not in (None, False, "none")},
         "kind": kind,
         "chunk_size": chunk_size,
-        "ddof": ddof,
+        "ddof": options.ddof,
         "positions": pos,
         "loci": loci,
-        "outputs": _describe(outputs, outputs_key),
+        "outputs": _describe(options.outputs, options.outputs_key),
         "calibration": calibration,
-        "mc_dropout": mc_dropout,
-        "seed": seed,
-        "dtype": str(dtype),
+        "mc_dropout": options.mc_dropout,
+        "seed": options.seed,
+        "dtype": str(options.dtype),
     }
 
 
-@renamed_keywords(fast=FAST_HINT)
+# the keywords that moved into ISMOptions: calling with one says where it went
+MOVED = {
+    name: f"pass options=ISMOptions({name}=...) (deepmr_utils.ism.ISMOptions holds the ISM options)"
+    for name in ("outputs", "outputs_key", "positions", "ddof", "mc_dropout", "seed", "dtype", "rc_average",
+                 "transform", "batch_size", "device", "engine", "ensemble")
+}  # fmt: skip
+
+
+def _as_options(options) -> ISMOptions:
+    if not isinstance(options, ISMOptions):
+        raise TypeError(
+            f"options must be an ism.ISMOptions (e.g. ISMOptions(outputs=[0, 2], mc_dropout=8)), got "
+            f"{type(options).__name__}"
+        )
+    return options
+
+
+@renamed_keywords(fast="pass options=ISMOptions(engine=...): " + FAST_HINT, **MOVED)
 def variant_effects(
     models: Models,
     X: Sequences,
     *,
     exposure: str | int,
     outcome: str | int,
-    out: str | os.PathLike | None = None,
-    chunk_size: int = 64,
+    options: ISMOptions = ISMOptions(),
     select: instruments.Selection = instruments.Selection(),
     loci: ArrayLike | None = None,
-    positions: Positions = None,
-    output_names: Sequence[str] | None = None,
-    outputs: OutputSpec = None,
-    outputs_key: str | None = None,
     calibration: VarianceScaling | IsotonicCalibration | None = None,
-    ddof: int = 1,
-    device: Device = None,
-    batch_size: int | None = None,
-    mc_dropout: int = 0,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    engine: str = "auto",
-    ensemble: str = "auto",
-    rc_average: bool = False,
-    transform: str | None = None,
+    output_names: Sequence[str] | None = None,
+    out: str | os.PathLike | None = None,
+    chunk_size: int = 64,
     progress: bool | None = None,
     client: object | None = None,
     member_correlation: bool = False,
 ) -> pd.DataFrame:
     """Variant table of the selected instruments for every sequence of ``X``.
 
-    ``X``: one-hot ``(N, 4, L)`` or sequence strings. ``exposure``/``outcome``: indices
-    into the *selected* outputs (the columns ``outputs`` picks), or their names.
+    ``X``: one-hot ``(N, 4, L)`` or sequence strings. ``options``: an :class:`~deepmr_utils.ism.ISMOptions`
+    (which outputs and positions, MC-dropout, seed, scale, engine, ...). ``exposure``/``outcome``: indices
+    into the *selected* outputs (the columns ``options.outputs`` picks), or their names.
     ``output_names`` names the selected outputs; by default the first model's
-    ``output_names`` attribute, subset by ``outputs`` (a callable ``outputs`` needs
-    ``output_names`` to use names). ``outputs_key``: a name for a callable ``outputs``
-    that cannot be pinned by its module and name (a lambda or nested function), so the
-    run folder can tell two of them apart.
+    ``output_names`` attribute, subset by ``options.outputs`` (a callable ``outputs`` needs
+    ``output_names`` to use names).
 
     ``select``: an :class:`~deepmr_utils.instruments.Selection` (default: local
     ``|bx|/bxse >= 3``; ``Selection("all")`` returns every candidate). ``calibration``: a fitted
     :class:`~deepmr_utils.uncertainty.VarianceScaling` or
     :class:`~deepmr_utils.uncertainty.IsotonicCalibration`, applied to the member
-    predictions before effects are computed. ``device``: ``None`` = CUDA when present.
-    ``mc_dropout``, ``seed``, ``dtype``, ``engine``, ``ensemble``, ``batch_size``, ``rc_average`` and
-    ``transform`` go to :func:`deepmr_utils.ism.saturation_mutagenesis`. ``client``: a ``dask.distributed.Client``
+    predictions before effects are computed. ``client``: a ``dask.distributed.Client``
     to spread the chunks over its workers (see :func:`effects`).
 
     ``member_correlation=True`` adds a column ``psi``: per variant, the correlation across members
@@ -376,14 +379,11 @@ def variant_effects(
     select = instruments.as_selection(select)  # before any work, so an old-style argument fails fast
     if not isinstance(member_correlation, bool):
         raise TypeError(f"member_correlation must be True or False, got {type(member_correlation).__name__}")
-    models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, positions)
-    outputs = check_outputs(outputs)
-    names = selected_names(models, outputs, output_names)
+    options = _as_options(options)
+    models, X, loci, chunks, pos = _setup(models, X, loci, chunk_size, options.positions)
+    names = selected_names(models, options.outputs, output_names)
     ie, io = _resolve(exposure, names, "exposure"), _resolve(outcome, names, "outcome")
-    payload = _payload(
-        "variants", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
-        rc_average=rc_average, transform=transform, member_correlation=member_correlation,
-    )  # fmt: skip
+    payload = _payload("variants", chunk_size, pos, loci, calibration, options, member_correlation=member_correlation)
     payload.update(exposure=ie, outcome=io, output_names=names)
     pins = _pins(out, X, models, payload)
     fp = pins["fingerprint"]
@@ -391,14 +391,10 @@ def variant_effects(
         out,
         pins,
         {"n_sequences": X.shape[0], "n_chunks": len(chunks), "exposure": ie, "outcome": io, "output_names": names},
-        lambda: _probe(models, X, outputs),
+        lambda: _probe(models, X, options.outputs),
     )
-    ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
-                   "transform": transform}  # fmt: skip
-
     variants = {"exposure": ie, "outcome": io, "output_names": names, "psi": member_correlation}
-    job = _Job(X, loci, pos, outputs, calibration, ddof, ism_options, variants)
+    job = _Job(X, loci, pos, options, calibration, variants)
     frames = _each_chunk(folder, fp, chunks, "chunk_{:05d}.parquet", models, job, progress, client)
     return select.apply(pd.concat(frames, ignore_index=True)).instruments
 
@@ -414,7 +410,7 @@ def two_sample_effects(
     selection_calibration: VarianceScaling | IsotonicCalibration | None = None,
     calibration: VarianceScaling | IsotonicCalibration | None = None,
     out: str | os.PathLike | None = None,
-    **options,
+    **kwargs,
 ) -> pd.DataFrame:
     """Two-sample DeepMR: instruments chosen by one ensemble, their effects measured by another.
 
@@ -425,11 +421,11 @@ def two_sample_effects(
     have independent errors, e.g. members trained on disjoint halves of the training data; members of
     one ensemble share theirs. Each ensemble has its own ``calibration``, fitted on held-out labels
     for its members. ``out``: a folder for the two resumable runs (``out/selection``,
-    ``out/estimation``). ``options`` go to :func:`variant_effects` for both.
+    ``out/estimation``). ``kwargs`` (e.g. ``options=ISMOptions(...)``) go to :func:`variant_effects` for both.
     """
     select = instruments.as_selection(select)
     for bad in ("select", "calibration", "out", "loci"):
-        if bad in options:
+        if bad in kwargs:
             raise TypeError(f"two_sample_effects got {bad!r} among the options for both ensembles")
     tables = {}
     for name, models, cal in (
@@ -438,32 +434,20 @@ def two_sample_effects(
     ):
         tables[name] = variant_effects(
             models, X, exposure=exposure, outcome=outcome, select=instruments.Selection("all"), calibration=cal,
-            out=None if out is None else Path(out) / name, **options,
+            out=None if out is None else Path(out) / name, **kwargs,
         )  # fmt: skip
     return instruments.two_sample(tables["selection"], tables["estimation"], select)
 
 
-@renamed_keywords(fast=FAST_HINT)
+@renamed_keywords(fast="pass options=ISMOptions(engine=...): " + FAST_HINT, **MOVED)
 def effects(
     models: Models,
     X: Sequences,
     *,
+    options: ISMOptions = ISMOptions(),
+    calibration: VarianceScaling | IsotonicCalibration | None = None,
     out: str | os.PathLike | None = None,
     chunk_size: int = 64,
-    positions: Positions = None,
-    outputs: OutputSpec = None,
-    outputs_key: str | None = None,
-    calibration: VarianceScaling | IsotonicCalibration | None = None,
-    ddof: int = 1,
-    device: Device = None,
-    batch_size: int | None = None,
-    mc_dropout: int = 0,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    engine: str = "auto",
-    ensemble: str = "auto",
-    rc_average: bool = False,
-    transform: str | None = None,
     progress: bool | None = None,
     client: object | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -483,12 +467,9 @@ def effects(
     chunks are never recomputed. The result equals a single-process run's bit for bit on a CPU
     (the automatic batch size and engine are rules of the length, the same in every process).
     """
-    models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, positions)
-    outputs = check_outputs(outputs)
-    payload = _payload(
-        "effects", chunk_size, ddof, pos, loci, outputs, outputs_key, calibration, mc_dropout, seed, dtype,
-        rc_average=rc_average, transform=transform,
-    )  # fmt: skip
+    options = _as_options(options)
+    models, X, loci, chunks, pos = _setup(models, X, None, chunk_size, options.positions)
+    payload = _payload("effects", chunk_size, pos, loci, calibration, options)
     pins = _pins(out, X, models, payload)
     fp = pins["fingerprint"]
     folder = _open_run(
@@ -498,40 +479,33 @@ def effects(
             "n_sequences": X.shape[0],
             "n_chunks": len(chunks),
             "kind": "effects",
-            "output_names": selected_names(models, outputs),
+            "output_names": selected_names(models, options.outputs),
         },
-        lambda: _probe(models, X, outputs),
+        lambda: _probe(models, X, options.outputs),
     )
-    ism_options = {"batch_size": batch_size, "device": device, "mc_dropout": mc_dropout, "seed": seed,
-                   "dtype": dtype, "engine": engine, "ensemble": ensemble, "rc_average": rc_average,
-                   "transform": transform}  # fmt: skip
-
-    job = _Job(X, loci, pos, outputs, calibration, ddof, ism_options, None)
+    job = _Job(X, loci, pos, options, calibration, None)
     parts = _each_chunk(folder, fp, chunks, "effects_{:05d}.npz", models, job, progress, client)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @dataclasses.dataclass
 class _Job:
-    """What every chunk shares: the sequences, positions, outputs and options (``variants``: the
+    """What every chunk shares: the sequences, resolved positions, options and calibration (``variants``: the
     variant-table arguments, or ``None`` for effects)."""
 
     X: torch.Tensor
     loci: np.ndarray
     pos: np.ndarray
-    outputs: OutputSpec
+    options: ISMOptions
     calibration: VarianceScaling | IsotonicCalibration | None
-    ddof: int
-    ism_options: dict
     variants: dict | None
 
     def args(self, a: int, b: int) -> tuple:
         """This chunk's arguments of :func:`_chunk_task`, after the models."""
-        return (self.X[a:b], self.loci[a:b], self.pos, self.outputs, self.calibration, self.ddof,
-                self.ism_options, self.variants)  # fmt: skip
+        return (self.X[a:b], self.loci[a:b], self.pos, self.options, self.calibration, self.variants)
 
 
-def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
+def _chunk_task(models, X, ids, pos, options, calibration, variants, path, fp, index):
     """One chunk, start to finish: ISM, effects (and the variant table), written to ``path``. The same
     function runs in this process or as a Dask task; a task writes its own file, so a finished chunk
     survives whatever happens to the driver. ``variants["psi"]``: add the members' correlation."""
@@ -540,7 +514,7 @@ def _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, va
         variants = dict(variants)
         if variants.pop("psi"):
             pair = (variants["exposure"], variants["outcome"])
-    effect, se, psi = _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options, pair)
+    effect, se, psi = _chunk_effects(models, X, pos, options, calibration, ids, pair)
     value = (effect, se) if variants is None else instruments.variant_table(
         effect, se, X, positions=pos, loci=ids, psi=psi, **variants
     )  # fmt: skip
@@ -614,12 +588,12 @@ def _identity(value):
 _WORKER_MODELS: dict[str, list] = {}
 
 
-def _remote_chunk_task(wire, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index):
+def _remote_chunk_task(wire, X, ids, pos, options, calibration, variants, path, fp, index):
     models = _WORKER_MODELS.get(fp)
     if models is None:
         _WORKER_MODELS.clear()
         models = _WORKER_MODELS[fp] = [_from_wire(w) for w in wire]
-    return _chunk_task(models, X, ids, pos, outputs, calibration, ddof, ism_options, variants, path, fp, index)
+    return _chunk_task(models, X, ids, pos, options, calibration, variants, path, fp, index)
 
 
 def _each_chunk(folder, fp, chunks, pattern, models, job, progress, client=None) -> list:
@@ -689,12 +663,12 @@ def read_effects(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return effect, se
 
 
-def _chunk_effects(models, X, pos, outputs, calibration, ids, ddof, ism_options, pair=None):
+def _chunk_effects(models, X, pos, options, calibration, ids, pair=None):
     """Effects and SEs of a chunk, and the members' correlation of the outputs in ``pair`` (or ``None``)."""
-    pred = saturation_mutagenesis(models, X, outputs=outputs, positions=pos, **ism_options)
+    pred = saturation_mutagenesis(models, X, outputs=options.outputs, positions=pos, **options.mutagenesis())
     if calibration is not None:
         pred = calibration.transform_members(pred, axis=1, ids=ids)
-    effect, se = paired_effects(pred, X, pos, ddof=ddof)
+    effect, se = paired_effects(pred, X, pos, ddof=options.ddof)
     psi = None if pair is None else paired_correlation(pred, X, pos, exposure=pair[0], outcome=pair[1])
     return effect, se, psi
 

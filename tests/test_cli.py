@@ -17,6 +17,7 @@ import torch
 from deepmr_utils import cli, pairs, pipeline
 from deepmr_utils.inputs import load_model, read_regions, read_sequences
 from deepmr_utils.instruments import Selection
+from deepmr_utils.ism import ISMOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cli_models  # noqa: E402
@@ -64,7 +65,7 @@ def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
               str(d / "seqs.fa"), "--out", str(run), "--engine", "plain", "--batch-size", "64", "--quiet"])  # fmt: skip
     assert r.returncode == 0, r.stderr
     names, X = read_sequences(d / "seqs.fa", LENGTH)
-    effect, se = pipeline.effects(members, X, engine="plain", batch_size=64, progress=False)
+    effect, se = pipeline.effects(members, X, options=ISMOptions(engine="plain", batch_size=64), progress=False)
     got, got_se = pipeline.read_effects(run)
     np.testing.assert_allclose(got, effect, atol=1e-5)
     np.testing.assert_allclose(got_se, se, atol=1e-5)
@@ -311,7 +312,9 @@ def _single_process_reference(members, X):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return pipeline.effects(members, X, chunk_size=3, engine="plain", batch_size=64, progress=False)
+        return pipeline.effects(
+            members, X, options=ISMOptions(engine="plain", batch_size=64), chunk_size=3, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -321,8 +324,15 @@ def test_two_worker_run_equals_the_single_process_run(files, cluster, tmp_path):
     _, client = cluster
     _, X = read_sequences(d / "seqs.fa", LENGTH)
     scripted = [load_model(d / "m1.pt"), load_model(d / "m2.pt")]
-    got = pipeline.effects(scripted, X, out=tmp_path / "run", chunk_size=3, engine="plain", batch_size=64,
-                           progress=False, client=client)  # fmt: skip
+    got = pipeline.effects(
+        scripted,
+        X,
+        options=ISMOptions(engine="plain", batch_size=64),
+        out=tmp_path / "run",
+        chunk_size=3,
+        progress=False,
+        client=client,
+    )
     ref = _single_process_reference(members, X)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
@@ -372,8 +382,15 @@ def test_workers_killed_mid_run_change_nothing(files, cluster, tmp_path):
     out, result = tmp_path / "run", {}
 
     def work():
-        result["value"] = pipeline.effects(slow, X, out=out, chunk_size=3, engine="plain", batch_size=64,
-                                           progress=False, client=client)  # fmt: skip
+        result["value"] = pipeline.effects(
+            slow,
+            X,
+            options=ISMOptions(engine="plain", batch_size=64),
+            out=out,
+            chunk_size=3,
+            progress=False,
+            client=client,
+        )
 
     t = threading.Thread(target=work)
     t.start()

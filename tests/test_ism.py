@@ -124,10 +124,42 @@ def test_the_retired_fast_keyword_names_its_replacement(dilated_ensemble, X):
     from deepmr_utils import pipeline
 
     for f in (ism.saturation_mutagenesis, pipeline.effects, pipeline.variant_effects):
-        with pytest.raises(TypeError, match=r"no longer takes fast=; use engine='windowed' \(was fast=True\)"):
+        with pytest.raises(TypeError, match=r"no longer takes fast=;.*engine='windowed' \(was fast=True\)"):
             f(dilated_ensemble, X, fast=True)
     with pytest.raises(ValueError, match="engine must be one of"):
         ism.saturation_mutagenesis(dilated_ensemble, X, engine="fast")
+
+
+def test_ism_options_are_one_checked_value_and_the_pipeline_says_where_its_keywords_went(dilated_ensemble, X):
+    from deepmr_utils import pipeline
+
+    opts = ism.ISMOptions(outputs=[0, 2], mc_dropout=0, engine="plain", batch_size=11)
+    assert opts.mutagenesis()["engine"] == "plain" and opts.outputs == [0, 2]
+    with pytest.raises(AttributeError):
+        opts.seed = 1  # frozen: a run's options cannot change under it
+    for bad, error, message in [
+        ({"engine": "fast"}, ValueError, "engine must be one of"),
+        ({"ensemble": "all"}, ValueError, "ensemble must be one of"),
+        ({"mc_dropout": -1}, ValueError, "mc_dropout must be a non-negative"),
+        ({"mc_dropout": 2.5}, TypeError, "mc_dropout must be an integer"),
+        ({"seed": "1"}, TypeError, "seed must be an integer"),
+        ({"ddof": -1}, ValueError, "ddof must be >= 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be None or an integer >= 1"),
+        ({"transform": "probit"}, ValueError, "transform must be one of"),
+        ({"dtype": torch.float64}, ValueError, "dtype must be None"),
+        ({"rc_average": "yes"}, TypeError, "rc_average must be True or False"),
+        ({"outputs": "a"}, TypeError, "pass integer indices"),
+    ]:
+        with pytest.raises(error, match=message):
+            ism.ISMOptions(**bad)
+    # the pipeline's numbers are saturation_mutagenesis's with the same options
+    effect, _ = pipeline.effects(dilated_ensemble, X[:2], options=opts, progress=False)
+    pred = ism.saturation_mutagenesis(dilated_ensemble, X[:2], outputs=[0, 2], engine="plain", batch_size=11)
+    assert effect.shape[-1] == pred.shape[-1] == 2
+    with pytest.raises(TypeError, match=r"no longer takes mc_dropout=; pass options=ISMOptions\(mc_dropout=...\)"):
+        pipeline.effects(dilated_ensemble, X, mc_dropout=4)
+    with pytest.raises(TypeError, match="options must be an ism.ISMOptions"):
+        pipeline.variant_effects(dilated_ensemble, X, exposure=0, outcome=1, options={"engine": "plain"})
 
 
 def test_modes_restored(dilated_ensemble, X):

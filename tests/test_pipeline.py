@@ -9,6 +9,7 @@ import torch
 from deepmr_utils import ism, mr, pipeline, uncertainty
 from deepmr_utils import sequence as sq
 from deepmr_utils.instruments import Selection
+from deepmr_utils.ism import ISMOptions
 from deepmr_utils.models import DilatedResidualNet
 
 
@@ -128,6 +129,7 @@ def test_run_folder_fingerprint_is_stable_across_processes(setup, tmp_path):
     script = f"""
 import torch
 from deepmr_utils import pipeline
+from deepmr_utils.ism import ISMOptions
 from deepmr_utils.models import DilatedResidualNet
 
 def pick(y):
@@ -137,7 +139,8 @@ d = torch.load({str(tmp_path / "inputs.pt")!r})
 models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
-pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / "run")!r}, progress=False)
+pipeline.effects(models, d["X"][:4], options=ISMOptions(outputs=pick), chunk_size=2,
+                 out={str(tmp_path / "run")!r}, progress=False)
 """
     for _ in range(2):  # the second process finds the first one's manifest and must accept it
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
@@ -151,7 +154,13 @@ def test_names_resolve_against_the_selected_outputs(setup):
     """exposure='a' with outputs=[2, 0, 1] is the second selected column, not the model's first."""
     models, X = setup
     sub = pipeline.variant_effects(
-        models, X[:3], exposure="a", outcome="c", outputs=[2, 0, 1], progress=False, select=Selection("all")
+        models,
+        X[:3],
+        options=ISMOptions(outputs=[2, 0, 1]),
+        exposure="a",
+        outcome="c",
+        progress=False,
+        select=Selection("all"),
     )
     full = pipeline.variant_effects(models, X[:3], exposure=0, outcome=2, progress=False, select=Selection("all"))
     np.testing.assert_array_equal(sub.bx.to_numpy(), full.bx.to_numpy())  # output "a" in both
@@ -159,20 +168,30 @@ def test_names_resolve_against_the_selected_outputs(setup):
     assert set(sub.exposure) == {"a"} and set(sub.outcome) == {"c"}
     # indices are into the selected outputs too: 1 is "a" here
     by_index = pipeline.variant_effects(
-        models, X[:3], exposure=1, outcome=0, outputs=[2, 0, 1], progress=False, select=Selection("all")
+        models,
+        X[:3],
+        options=ISMOptions(outputs=[2, 0, 1]),
+        exposure=1,
+        outcome=0,
+        progress=False,
+        select=Selection("all"),
     )
     np.testing.assert_array_equal(by_index.bx.to_numpy(), full.bx.to_numpy())
     assert set(by_index.outcome) == {"c"}
     with pytest.raises(ValueError, match="'b' is not an output; the selected outputs are"):
-        pipeline.variant_effects(models, X[:3], exposure="b", outcome="a", outputs=[0, 2], progress=False)
+        pipeline.variant_effects(
+            models, X[:3], options=ISMOptions(outputs=[0, 2]), exposure="b", outcome="a", progress=False
+        )
     with pytest.raises(ValueError, match="selected outputs have no names"):
-        pipeline.variant_effects(models, X[:3], exposure="a", outcome="b", outputs=_first_two, progress=False)
+        pipeline.variant_effects(
+            models, X[:3], options=ISMOptions(outputs=_first_two), exposure="a", outcome="b", progress=False
+        )
     named = pipeline.variant_effects(
         models,
         X[:3],
+        options=ISMOptions(outputs=_first_two),
         exposure="y",
         outcome="x",
-        outputs=_first_two,
         output_names=["x", "y"],
         progress=False,
         select=Selection("all"),
@@ -188,23 +207,30 @@ def test_outputs_must_be_integer_indices(setup):
     models, X = setup
     for bad, err in (([], ValueError), ([0.5, 1], TypeError), ("a", TypeError), (True, TypeError)):
         with pytest.raises(err, match="outputs"):
-            pipeline.effects(models, X[:2], outputs=bad, progress=False)
+            pipeline.effects(models, X[:2], options=ISMOptions(outputs=bad), progress=False)
 
 
 def test_positions_window_and_list_are_different_runs(setup, tmp_path):
     models, X = setup
     out = tmp_path / "run"
     window = pipeline.variant_effects(
-        models, X[:2], exposure="a", outcome="b", positions=(0, 10), out=out, progress=False, select=Selection("all")
+        models,
+        X[:2],
+        options=ISMOptions(positions=(0, 10)),
+        exposure="a",
+        outcome="b",
+        out=out,
+        progress=False,
+        select=Selection("all"),
     )
     assert sorted(set(window.position)) == list(range(10))
     with pytest.raises(ValueError, match="holds a different run"):
         pipeline.variant_effects(
             models,
             X[:2],
+            options=ISMOptions(positions=[0, 10]),
             exposure="a",
             outcome="b",
-            positions=[0, 10],
             out=out,
             progress=False,
             select=Selection("all"),
@@ -215,10 +241,18 @@ def test_anonymous_outputs_need_a_key(setup, tmp_path):
     models, X = setup
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="anonymous function"):
-        pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], out=out, progress=False)
-    pipeline.effects(models, X[:2], outputs=lambda y: y[:, :2], outputs_key="first two", out=out, progress=False)
+        pipeline.effects(models, X[:2], options=ISMOptions(outputs=lambda y: y[:, :2]), out=out, progress=False)
+    pipeline.effects(
+        models, X[:2], options=ISMOptions(outputs=lambda y: y[:, :2], outputs_key="first two"), out=out, progress=False
+    )
     with pytest.raises(ValueError, match="holds a different run"):
-        pipeline.effects(models, X[:2], outputs=lambda y: y[:, 1:], outputs_key="last two", out=out, progress=False)
+        pipeline.effects(
+            models,
+            X[:2],
+            options=ISMOptions(outputs=lambda y: y[:, 1:], outputs_key="last two"),
+            out=out,
+            progress=False,
+        )
     # two partials of one function differ by their arguments
     from functools import partial
 
@@ -297,6 +331,7 @@ def test_partial_outputs_resume_in_a_new_process(setup, tmp_path):
 from functools import partial
 import torch
 from deepmr_utils import pipeline
+from deepmr_utils.ism import ISMOptions
 from deepmr_utils.models import DilatedResidualNet
 
 d = torch.load({str(tmp_path / "inputs.pt")!r})
@@ -304,7 +339,8 @@ models = [DilatedResidualNet(3, 8, 3, stem_kernel=5) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
 pick = partial(torch.narrow, dim=1, start=0, length=2)
-pipeline.effects(models, d["X"][:4], outputs=pick, chunk_size=2, out={str(tmp_path / "run")!r}, progress=False)
+pipeline.effects(models, d["X"][:4], options=ISMOptions(outputs=pick), chunk_size=2,
+                 out={str(tmp_path / "run")!r}, progress=False)
 """
     for _ in range(2):
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)

@@ -35,6 +35,7 @@ from torch import nn
 from .. import instruments, meta, mr, pipeline, train
 from .._types import ArrayLike, Device, Sequences
 from ..instruments import Selection
+from ..ism import ISMOptions
 from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
@@ -441,12 +442,11 @@ def variants(
     table = pipeline.variant_effects(
         models,
         Xm,
+        options=ISMOptions(mc_dropout=mc_dropout, seed=seed),
         exposure=0,
         outcome=1,
         calibration=cal,
         select=Selection("all"),
-        mc_dropout=mc_dropout,
-        seed=seed,
         progress=False,
         member_correlation=member_correlation,
     )
@@ -835,7 +835,7 @@ def multivariable_adjustment(
         fid.append(acc.assign(nu=nu))
         mutated = np.flatnonzero(np.isin(test["config"], WITH_EXPOSURE))
         Xm = test["X"][mutated]
-        common = {"select": Selection("all"), "progress": False, "device": device}
+        common = {"select": Selection("all"), "progress": False, "options": ISMOptions(device=device)}
         t = pipeline.variant_effects(models, Xm, exposure=0, outcome=1, **common)
         tz = pipeline.variant_effects(models, Xm, exposure=2, outcome=1, **common)
         t["bz"], t["bzse"] = tz.bx.to_numpy(), tz.bxse.to_numpy()

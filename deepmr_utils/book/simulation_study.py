@@ -39,6 +39,7 @@ from .. import meta, mr, pipeline, simulate, train
 from .._io import open_pinned, write_atomic
 from .._types import Models
 from ..instruments import Selection
+from ..ism import ISMOptions
 from ..models import PooledRegressor
 from ..predict import predict
 from ..progress import show_progress
@@ -435,12 +436,12 @@ def run_round(
     table = pipeline.variant_effects(
         models,
         Xm,
+        options=ISMOptions(device=device),
         exposure=0,
         outcome=1,
         calibration=calibrator,
         select=Selection(threshold=sizes.threshold),
         progress=False,
-        device=device,
     )
     config_m = test["config"][mutate]
     exact = gen.variant_truth(Xm, table, "average") if len(table) else None  # the oracle's, computed once

@@ -11,6 +11,7 @@ from torch import nn
 from deepmr_utils import pipeline, simulate, train
 from deepmr_utils.book import simulation_study
 from deepmr_utils.instruments import Selection
+from deepmr_utils.ism import ISMOptions
 
 TINY = simulation_study.StudySizes(
     n_train=200, n_calibration=40, n_test=40, n_members=2, n_filters=4, hidden=8, max_epochs=2, patience=1, n_boot=20
@@ -36,8 +37,15 @@ def test_fidelity_passes_the_oracle_and_fails_a_shrunken_model(scale, ok):
     test = gen.sample(150, seed=3)
     models = [_OracleMember(gen, e, scale) for e in (-0.02, 0.0, 0.02)]
     mutated = np.flatnonzero(np.isin(test["config"], simulate.WITH_EXPOSURE))
-    table = pipeline.variant_effects(models, test["X"][mutated], exposure=0, outcome=1, progress=False,
-                                     select=Selection(threshold=3.0), device="cpu")  # fmt: skip
+    table = pipeline.variant_effects(
+        models,
+        test["X"][mutated],
+        options=ISMOptions(device="cpu"),
+        exposure=0,
+        outcome=1,
+        progress=False,
+        select=Selection(threshold=3.0),
+    )
     f = simulation_study.fidelity(gen, models, test, mutated, table)
     assert f["fidelity_ok"] is ok
     if ok:  # the oracle's own effects: slopes 1 up to the members' +-2 %, r equal to the ceiling
