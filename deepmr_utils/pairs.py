@@ -18,7 +18,7 @@ import pandas as pd
 from . import instruments, meta, mr
 from ._types import ArrayLike, Positions, Sequences
 
-__all__ = ["all_pairs", "to_matrix"]
+__all__ = ["all_pairs", "estimate_pair", "to_matrix"]
 
 
 def all_pairs(
@@ -105,26 +105,61 @@ def all_pairs(
         )
         direction = steiger if scales is None else (scales[e], scales[o])
         rule = select if direction is None else replace(select, steiger=direction)
-        chosen = rule.apply(table).instruments
-        if len(chosen) == 0:
-            rows.append(row)
-            continue
-        local = mr.per_locus(chosen, method, n_boot=n_boot, seed=seed)
-        if truth is not None:
-            local = local.merge(truth(chosen, e, o), on="locus", how="left")
-        local.insert(0, "exposure", names[e])
-        local.insert(1, "outcome", names[o])
-        local_all.append(local)
-        ok = local[local.status == "ok"]
-        row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()), n_excluded=len(local) - len(ok))
-        if len(ok) >= min_loci:
-            g = meta.pool(local, method=meta_method, min_loci=min_loci)
-            row.update(g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "pvalue", "i2", "converged"))
-        if truth is not None:
-            row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
+        pair_truth = None if truth is None else (lambda chosen, e=e, o=o: truth(chosen, e, o))
+        found, local = estimate_pair(
+            table, select=rule, method=method, meta_method=meta_method, min_loci=min_loci, truth=pair_truth,
+            n_boot=n_boot, seed=seed,
+        )  # fmt: skip
+        row.update(found)
+        if local is not None:
+            local.insert(0, "exposure", names[e])
+            local.insert(1, "outcome", names[o])
+            local_all.append(local)
         rows.append(row)
     local = pd.concat(local_all, ignore_index=True) if local_all else pd.DataFrame()
     return pd.DataFrame(rows), local
+
+
+def estimate_pair(
+    table: pd.DataFrame,
+    *,
+    select: instruments.Selection = instruments.Selection(),
+    method: str = "ivw",
+    meta_method: str = "REML",
+    min_loci: int = 2,
+    truth: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    n_boot: int = 10000,
+    seed: int | None = None,
+) -> tuple[dict, pd.DataFrame | None]:
+    """DeepMR for one exposure and outcome: select instruments, estimate each locus, pool the loci.
+
+    ``table``: a variant table (:func:`deepmr_utils.instruments.variant_table`, or the candidates of
+    :func:`deepmr_utils.pipeline.variant_effects` with ``Selection("all")``). ``select`` picks the
+    instruments; ``method`` is the per-locus estimator (:func:`deepmr_utils.mr.per_locus`, with ``n_boot``
+    and ``seed`` for the bootstrap ones); the loci whose status is ``"ok"`` are pooled by
+    :func:`deepmr_utils.meta.pool` (``meta_method``) when there are at least ``min_loci``. ``truth``:
+    optional ``truth(instruments) -> locus, theta`` (the true local effects), adding ``theta`` to the
+    local rows and their mean over the pooled loci as ``truth``.
+
+    Returns ``(row, local)``: ``row`` holds ``n_loci, n_instruments`` (0 when nothing was selected),
+    ``n_excluded`` and, when pooled, the random-effects ``estimate, se, ci_low, ci_high, tau, pvalue, i2,
+    converged``; ``local`` the per-locus rows, or ``None`` when no instrument was selected.
+    """
+    chosen = instruments.as_selection(select).apply(table).instruments
+    row: dict = {"n_loci": 0, "n_instruments": 0}
+    if len(chosen) == 0:
+        return row, None
+    local = mr.per_locus(chosen, method, n_boot=n_boot, seed=seed)
+    if truth is not None:
+        local = local.merge(truth(chosen), on="locus", how="left")
+    ok = local[local.status == "ok"]
+    row.update(n_loci=len(ok), n_instruments=int(ok.n_instruments.sum()), n_excluded=len(local) - len(ok))
+    if len(ok) >= min_loci:
+        g = meta.pool(local, method=meta_method, min_loci=min_loci)
+        row.update(g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "pvalue", "i2", "converged"))
+    if truth is not None:
+        row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
+    return row, local
 
 
 def to_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str] | None = None) -> pd.DataFrame:

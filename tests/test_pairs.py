@@ -100,3 +100,18 @@ def test_all_pairs_loci_truth_and_errors():
     assert g3.n_instruments[0] == 0
     with pytest.raises(ValueError, match=r"\(N, P, 4, T\)"):
         pairs.all_pairs(eff[0], se[0], X, names)
+
+
+def test_estimate_pair_is_the_recipe_all_pairs_runs_for_each_pair():
+    eff, se, X, _, _ = _cascade()
+    glob, local = pairs.all_pairs(eff, se, X, ["a", "b", "c"], steiger=True, pairs=[(0, 1)])
+    table = instruments.variant_table(eff, se, X, exposure=0, outcome=1)
+    row, mine = pairs.estimate_pair(table, select=Selection(steiger=True))
+    for key, value in row.items():
+        assert glob.iloc[0][key] == value, key
+    pd.testing.assert_frame_equal(mine, local.drop(columns=["exposure", "outcome"]))
+    assert abs(row["estimate"] - 0.5) < 0.05  # the cascade's effect, as the truth says
+    # nothing selected: counts of 0 and no local rows; a truth adds theta and its mean over the pooled loci
+    assert pairs.estimate_pair(table, select=Selection(threshold=1e9)) == ({"n_loci": 0, "n_instruments": 0}, None)
+    row, mine = pairs.estimate_pair(table, truth=lambda t: pd.DataFrame({"locus": t.locus.unique(), "theta": 0.5}))
+    assert row["truth"] == 0.5 and (mine.theta == 0.5).all()
