@@ -21,6 +21,10 @@ from ._types import ArrayLike, Positions, Sequences
 __all__ = ["all_pairs", "estimate_pair", "to_matrix"]
 
 
+# what all_pairs passes on to estimate_pair for every pair
+RECIPE = frozenset({"method", "meta_method", "min_loci", "n_boot", "seed"})
+
+
 def all_pairs(
     effect: ArrayLike,
     se: ArrayLike,
@@ -31,13 +35,9 @@ def all_pairs(
     loci: ArrayLike | None = None,
     select: instruments.Selection = instruments.Selection(),
     steiger: bool | Sequence[float] | None = None,
-    method: str = "ivw",
-    meta_method: str = "REML",
-    min_loci: int = 2,
     truth: Callable[[pd.DataFrame, int, int], pd.DataFrame] | None = None,
     pairs: Sequence[tuple[int, int]] | None = None,
-    n_boot: int = 10000,
-    seed: int | None = None,
+    **recipe,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Local and global MR effects for every ordered pair of outputs.
 
@@ -55,8 +55,9 @@ def all_pairs(
         more than the outcome; outputs on one scale) or ``(T,)`` per-output scales (e.g. SDs
         across sequences) to compare outputs in different units; it sets the selection's
         ``steiger`` for each pair. See :class:`~deepmr_utils.instruments.Selection`.
-    method : per-locus estimator for :func:`deepmr_utils.mr.per_locus`; ``n_boot`` and ``seed``
-        go to it for the weighted median and the mode.
+    recipe : the rest of the recipe, for :func:`estimate_pair`: ``method`` (the per-locus estimator of
+        :func:`deepmr_utils.mr.per_locus`, default ``"ivw"``), ``meta_method`` (``"REML"``), ``min_loci``
+        (2), and ``n_boot`` and ``seed`` for the weighted median and the mode.
     truth : optional ``truth(selected_table, exposure, outcome)`` returning
         ``locus, theta`` (the true local effects); adds ``theta`` and ``truth`` columns.
     pairs : ``None`` (all ordered pairs) or a list of ``(exposure, outcome)`` indices.
@@ -85,6 +86,9 @@ def all_pairs(
     select = instruments.as_selection(select)
     if steiger is not None and select.steiger is not None:
         raise ValueError("give the direction filter once: steiger= here, or Selection(steiger=...), not both")
+    unknown = set(recipe) - RECIPE
+    if unknown:
+        raise TypeError(f"all_pairs got unexpected keyword(s) {sorted(unknown)}; the recipe takes {sorted(RECIPE)}")
     todo = list(permutations(range(T), 2)) if pairs is None else [tuple(map(int, p)) for p in pairs]
     rows, local_all = [], []
     for e, o in todo:
@@ -106,10 +110,7 @@ def all_pairs(
         direction = steiger if scales is None else (scales[e], scales[o])
         rule = select if direction is None else replace(select, steiger=direction)
         pair_truth = None if truth is None else (lambda chosen, e=e, o=o: truth(chosen, e, o))
-        found, local = estimate_pair(
-            table, select=rule, method=method, meta_method=meta_method, min_loci=min_loci, truth=pair_truth,
-            n_boot=n_boot, seed=seed,
-        )  # fmt: skip
+        found, local = estimate_pair(table, select=rule, truth=pair_truth, **recipe)
         row.update(found)
         if local is not None:
             local.insert(0, "exposure", names[e])

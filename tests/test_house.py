@@ -131,3 +131,28 @@ def test_the_graph_check_sees_a_circle_and_a_book_import(tmp_path, monkeypatch):
         test_the_library_never_imports_the_book_wing()
     with pytest.raises(AssertionError, match="deepmr_utils.a -> deepmr_utils.b -> deepmr_utils.a"):
         test_the_import_graph_has_no_circle()
+
+
+def _parameter_counts(source: str) -> dict[str, int]:
+    """Every function's parameter count (``self``/``cls`` not counted, ``*args`` and ``**kwargs`` one each)."""
+    counts = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+            n = len(names) - (names[:1] in (["self"], ["cls"])) + bool(a.vararg) + bool(a.kwarg)
+            counts[f"{node.name} (line {node.lineno})"] = n
+    return counts
+
+
+def test_no_function_takes_more_than_14_parameters():
+    # options that travel together are one value (ism.ISMOptions, instruments.Selection), not a row of keywords
+    assert _parameter_counts("def f(self, a, *b, c, **d): ...")["f (line 1)"] == 4  # the counter counts
+    root = Path(deepmr_utils.__file__).parent
+    long = {
+        f"{path.relative_to(root)}: {name}": n
+        for path in sorted(root.rglob("*.py"))
+        for name, n in _parameter_counts(path.read_text()).items()
+        if n > 14
+    }
+    assert not long, f"functions with more than 14 parameters: {long}"

@@ -115,3 +115,9 @@ def test_estimate_pair_is_the_recipe_all_pairs_runs_for_each_pair():
     assert pairs.estimate_pair(table, select=Selection(threshold=1e9)) == ({"n_loci": 0, "n_instruments": 0}, None)
     row, mine = pairs.estimate_pair(table, truth=lambda t: pd.DataFrame({"locus": t.locus.unique(), "theta": 0.5}))
     assert row["truth"] == 0.5 and (mine.theta == 0.5).all()
+
+
+def test_all_pairs_names_a_recipe_keyword_it_does_not_know():
+    eff, se, X, _, _ = _cascade(n=4, p=5)
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['methods'\]; the recipe takes"):
+        pairs.all_pairs(eff, se, X, ["a", "b", "c"], methods="ivw")
