@@ -1,4 +1,4 @@
-"""The small multi-task CNN regressor of the DeepMR simulation."""
+"""``CountsRegressor``: the original DeepMR study's position-specific multi-task CNN regressor."""
 
 from __future__ import annotations
 
