@@ -130,7 +130,8 @@ def test_n_positions_are_measured_against_the_unmutated_sequence():
     with pytest.raises(ValueError, match="no known base"):
         uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2])
     e2, _ = uncertainty.paired_effects(pred[:, :, 2:3], X, positions=[2], reference=ref)
-    np.testing.assert_allclose(e2[0, 0], eff[0, 2], rtol=1e-6)
+    # the given reference and ISM's own come from batches of other shapes: float32 round-off apart
+    np.testing.assert_allclose(e2[0, 0], eff[0, 2], rtol=1e-5, atol=1e-7)
 
 
 def test_variance_scaling_estimates_label_noise_and_model_spread_apart():
