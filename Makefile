@@ -34,14 +34,14 @@ $(STAMP): requirements.txt pyproject.toml
 # into that folder too (they belong to the runs the pages show); make book copies them to results/. The chapters
 # that the cache does not hold execute side by side first (tools/book_cache.py execute), then the book is built
 BOOK_ENV := DEEPMR_SCALE=$${DEEPMR_SCALE:-default}
+# a recipe's environment once its shell has set cfg to the cache's config (tables into the cache folder)
+CACHED_ENV = $(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results
 
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	@cfg=$$($(BOOK_ENV) $(BIN)/python tools/book_cache.py config) && echo "execution cache: $$(dirname $$cfg)" && \
-	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/python tools/book_cache.py \
-		execute $$cfg && \
-	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/jupyter-book build . \
-		--keep-going --config $$cfg && \
+	$(CACHED_ENV) $(BIN)/python tools/book_cache.py execute $$cfg && \
+	$(CACHED_ENV) $(BIN)/jupyter-book build . --keep-going --config $$cfg && \
 	$(BIN)/python tools/book_cache.py publish $$(dirname $$cfg)/results
 	@test -f _build/html/index.html
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
@@ -118,8 +118,8 @@ browser: $(STAMP)
 pdf: $(STAMP)
 	rm -rf _build/pdf
 	@cfg=$$($(BOOK_ENV) $(BIN)/python tools/book_cache.py config) && echo "execution cache: $$(dirname $$cfg)" && \
-	$(BUILD_ENV) $(BOOK_ENV) DEEPMR_RESULTS=$(CURDIR)/$$(dirname $$cfg)/results $(BIN)/jupyter-book build . \
-		--builder singlehtml --keep-going --path-output _build/pdf --config $$cfg
+	$(CACHED_ENV) $(BIN)/jupyter-book build . --builder singlehtml --keep-going --path-output _build/pdf \
+		--config $$cfg
 	$(BIN)/python tools/browser.py pdf _build/pdf/_build/singlehtml/index.html _build/pdf/deepmr.pdf
 
 # the simulation study at full length, resumable round by round; writes book/data/simulation_rounds.csv (every

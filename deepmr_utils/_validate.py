@@ -115,6 +115,11 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
+def is_integer(value: object) -> bool:
+    """An int or NumPy integer, and not a bool (True is an int to Python, never a count to us)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

@@ -36,7 +36,7 @@ from ._torch import (
     select_outputs,
 )
 from ._types import Device, Models, Positions, Sequences
-from ._validate import ENGINES, FAST_HINT, check_choice, renamed_keywords
+from ._validate import ENGINES, FAST_HINT, check_choice, is_integer, renamed_keywords
 from ._windowed import StackedWindowedModel, TraceError, WindowedModel
 from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
@@ -298,16 +298,14 @@ def _check_options(**given) -> None:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {given['transform']!r}")
     for name in ("mc_dropout", "seed", "ddof"):
         value = given.get(name, 0)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if not is_integer(value):
             raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if given.get("mc_dropout", 0) < 0:
         raise ValueError(f"mc_dropout must be a non-negative integer, got {given['mc_dropout']}")
     if given.get("ddof", 0) < 0:
         raise ValueError(f"ddof must be >= 0, got {given['ddof']}")
     batch_size = given.get("batch_size")
-    if batch_size is not None and (
-        isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-    ):
+    if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
     dtype = given.get("dtype")
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):

@@ -8,6 +8,7 @@ global effect) and one row per pair and locus (the local effects).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import permutations
@@ -19,10 +20,6 @@ from . import instruments, meta, mr
 from ._types import ArrayLike, Positions, Sequences
 
 __all__ = ["all_pairs", "estimate_pair", "to_matrix"]
-
-
-# what all_pairs passes on to estimate_pair for every pair
-RECIPE = frozenset({"method", "meta_method", "min_loci", "n_boot", "seed"})
 
 
 def all_pairs(
@@ -161,6 +158,10 @@ def estimate_pair(
     if truth is not None:
         row["truth"] = float(ok.theta.mean()) if len(ok) else np.nan
     return row, local
+
+
+# what all_pairs passes on to estimate_pair for every pair: its keywords but the ones all_pairs sets per pair
+RECIPE = frozenset(inspect.signature(estimate_pair).parameters) - {"table", "select", "truth"}
 
 
 def to_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str] | None = None) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from . import instruments
 from ._io import open_pinned, replace
 from ._torch import as_models, selected_names
 from ._types import ArrayLike, Models, Sequences
-from ._validate import FAST_HINT, renamed_keywords
+from ._validate import FAST_HINT, is_integer, renamed_keywords
 from .ism import ISMOptions, resolve_positions, saturation_mutagenesis
 from .progress import show_progress
 from .sequence import as_one_hot
@@ -322,10 +322,9 @@ def _payload(kind, chunk_size, pos, loci, calibration, options: ISMOptions, **ex
 
 # the keywords that moved into ISMOptions: calling with one says where it went
 MOVED = {
-    name: f"pass options=ISMOptions({name}=...) (deepmr_utils.ism.ISMOptions holds the ISM options)"
-    for name in ("outputs", "outputs_key", "positions", "ddof", "mc_dropout", "seed", "dtype", "rc_average",
-                 "transform", "batch_size", "device", "engine", "ensemble")
-}  # fmt: skip
+    f.name: f"pass options=ISMOptions({f.name}=...) (deepmr_utils.ism.ISMOptions holds the ISM options)"
+    for f in dataclasses.fields(ISMOptions)
+}
 
 
 def _as_options(options) -> ISMOptions:
@@ -677,7 +676,7 @@ def _setup(models, X, loci, chunk_size, positions):
     models = as_models(models)
     X = as_one_hot(X)
     N = X.shape[0]
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if not is_integer(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     loci = np.arange(N) if loci is None else np.asarray(loci)
     if loci.size != N:

@@ -103,7 +103,7 @@ def publish(tables: Path, results: Path = ROOT / "results") -> list[str]:
     return copied
 
 
-def _chapters(root: Path, config: dict) -> list[Path]:
+def _chapters(root: Path) -> list[Path]:
     """The toc's notebooks that the cache serves (pages marked ``execution_mode: force`` run in the build)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     entries = [e["file"] for e in toc.get("chapters", []) if "file" in e]
@@ -155,14 +155,13 @@ def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> li
     returns the notebooks that failed (the build reruns and reports them)."""
     from jupyter_cache import get_cache
 
-    config = yaml.safe_load(Path(config_path).read_text())
-    cache_path = config.get("execute", {}).get("cache")
+    settings = yaml.safe_load(Path(config_path).read_text()).get("execute", {})
+    cache_path = settings.get("cache")
     if not cache_path:
         raise ValueError(f"{config_path} names no execution cache: write it with `book_cache.py config`")
-    chapters = _chapters(root, config)
     # the longest chapters are the last ones of the book: start them first so no worker idles at the end
-    chapters = chapters[::-1]
-    timeout = int(config.get("execute", {}).get("timeout", 1800))
+    chapters = _chapters(root)[::-1]
+    timeout = int(settings.get("timeout", 1800))
     # the cache's database is created and the chapters staged here, once: workers only execute and store.
     # A chapter whose code already has a stored run in this cache is left to the build, which reuses it
     cache = get_cache(cache_path)
