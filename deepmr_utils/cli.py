@@ -14,9 +14,6 @@ the options. A bad input ends with one line naming the problem and exit status 2
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 import os
 import pickle
 import sys
@@ -29,7 +26,6 @@ import pandas as pd
 import torch
 
 from . import mr
-from ._io import open_pinned, write_atomic
 from ._torch import resolve_device
 from ._validate import first_line
 
@@ -38,8 +34,6 @@ __all__ = ["main", "build_parser"]
 # the command's spelling of each estimator -> its per_locus key, from the one table in mr
 ESTIMATORS = {e.cli: e.key for e in mr.ESTIMATORS.values()}
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RUN_FILE = "deepmr.json"
-SEQ_FILE = "sequences.npz"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -247,22 +241,10 @@ def _names(args, models, length: int) -> list[str]:
     return names
 
 
-def _pin_run(args, names: list[str], length: int, window) -> Path:
-    """The run folder, whose ``deepmr.json`` pins what the command adds to the library's run: the output
-    names (reordered names would relabel the effects), the window, the scale and the length."""
+def _out(args) -> Path:
     if not str(args.out).strip():
         raise ValueError("--out is empty; name a run folder")
-    pins = {
-        "output_names": names,
-        "window": list(window) if window else None,
-        "transform": args.transform,
-        "rc_average": args.rc_average,
-        "mc_dropout": args.mc_dropout,
-        "length": length,
-        "max_n": args.max_n,
-    }
-    return open_pinned(args.out, RUN_FILE, pins, {}, refusal="holds a run with other command options; use a new "
-                       "--out folder or delete it", unreadable="delete that file and rerun")  # fmt: skip
+    return Path(args.out)
 
 
 def _check_workers(args) -> None:
@@ -279,29 +261,10 @@ def _client(args):
         return Client(args.scheduler), None
     if not args.workers:
         return None, None
-    if resolve_device(args.device).type == "cuda":  # --device cpu keeps CPU workers even where CUDA is visible
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError as err:
-            raise ValueError("--workers on a GPU needs dask-cuda (pip install 'deepmr-utils[gpu]'), "
-                             "or pass --device cpu for CPU workers") from err  # fmt: skip
-        import dask
+    from ._dask import local_cluster
 
-        from .pipeline import dask_config
-
-        with dask.config.set(dask_config()):
-            cluster = LocalCUDACluster(n_workers=min(args.workers, torch.cuda.device_count()), threads_per_worker=1)
-    else:
-        import dask
-        from distributed import LocalCluster
-
-        from .pipeline import dask_config
-
-        with dask.config.set(dask_config()):
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    from distributed import Client
-
-    return Client(cluster), cluster
+    # --device cpu keeps CPU workers even where CUDA is visible
+    return local_cluster(args.workers, gpu=resolve_device(args.device).type == "cuda")
 
 
 def _effects(args) -> None:
@@ -351,7 +314,7 @@ def _effects(args) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    out = _pin_run(args, names, length, window)
+    out = _out(args)
     client, cluster = _client(args)
     try:
         options = ISMOptions(
@@ -360,21 +323,15 @@ def _effects(args) -> None:
             transform=args.transform,
         )  # fmt: skip
         effect, _ = pipeline.effects(
-            models, X, options=options, out=out, chunk_size=args.chunk_size, progress=not args.quiet, client=client
-        )
+            models, X, options=options, loci=loci, output_names=names, out=out, chunk_size=args.chunk_size,
+            progress=not args.quiet, client=client,
+            record={"models": args.model, "length": length, "max_n": args.max_n},
+        )  # fmt: skip
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    # the sequences, then the record that ties them and the names to the chunks: each written whole or not at all
-    buf = io.BytesIO()
-    np.savez_compressed(buf, X=X.numpy().astype(np.uint8), loci=np.array(loci))
-    write_atomic(out / SEQ_FILE, buf.getvalue())
-    info = json.loads((out / RUN_FILE).read_text())
-    info.update(n_sequences=len(loci), models=args.model, sequences_sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
-                fingerprint=json.loads((out / "manifest.json").read_text())["fingerprint"])  # fmt: skip
-    write_atomic(out / RUN_FILE, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     print(f"{len(loci)} sequences x {effect.shape[1]} positions x {len(names)} outputs -> {out}")
 
 
@@ -382,32 +339,12 @@ def _effects(args) -> None:
 
 
 def _run(folder: str):
-    from . import pipeline
+    from .runs import read_effects
 
     path = Path(folder)
-    if not (path / RUN_FILE).is_file():
-        raise ValueError(f"{path} is not a finished `deepmr effects` run (no {RUN_FILE})")
-    try:
-        info = json.loads((path / RUN_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / RUN_FILE} is unreadable ({err})") from None
-    manifest = path / "manifest.json"
-    stamp = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
-    if "fingerprint" not in info or "sequences_sha256" not in info:
-        raise ValueError(f"{path} is not a finished `deepmr effects` run; rerun the same effects command to finish it")
-    if info["fingerprint"] != stamp:
-        raise ValueError(f"{path}: {RUN_FILE} and manifest.json belong to different runs; rerun effects elsewhere")
-    if not (path / SEQ_FILE).is_file():
-        raise ValueError(f"{path} has no {SEQ_FILE}; rerun the same effects command")
-    data = (path / SEQ_FILE).read_bytes()
-    if hashlib.sha256(data).hexdigest() != info["sequences_sha256"]:
-        raise ValueError(f"{path / SEQ_FILE} was changed after the run; rerun the same effects command to rewrite it")
-    with np.load(io.BytesIO(data)) as f:
-        X, loci = torch.from_numpy(f["X"].astype(np.float32)), f["loci"].tolist()
-    effect, se = pipeline.read_effects(path)
-    if effect.shape[0] != X.shape[0] or len(loci) != X.shape[0]:
-        raise ValueError(f"{path}: the chunks hold {effect.shape[0]} sequences, {SEQ_FILE} {X.shape[0]}")
-    return info, X, loci, effect, se
+    if not (path / "manifest.json").is_file():
+        raise ValueError(f"{path} is not a finished `deepmr effects` run (no manifest.json)")
+    return read_effects(path)
 
 
 def _check_selection(args) -> None:
@@ -417,20 +354,19 @@ def _check_selection(args) -> None:
         raise ValueError(f"--threshold must be >= 0, got {args.threshold}")
 
 
-def _analyse(args, pairs_, loaded: tuple):
-    """DeepMR for ``pairs_`` (``None``: every ordered pair) on ``loaded``, the folder as :func:`_run` read it."""
+def _analyse(args, pairs_, run):
+    """DeepMR for ``pairs_`` (``None``: every ordered pair) on ``run``, the folder as :func:`_run` read it."""
     from . import pairs
     from .instruments import Selection
 
-    info, X, loci, effect, se = loaded
     glob, local = pairs.all_pairs(
-        effect, se, X, info["output_names"], positions=tuple(info["window"]) if info.get("window") else None,
+        run.effect, run.se, run.X, run.output_names, positions=run.positions,
         pairs=pairs_, select=Selection(threshold=args.threshold),
         steiger=True if args.steiger else None, method=ESTIMATORS[args.estimator], n_boot=args.n_boot, seed=args.seed,
     )  # fmt: skip
     if len(local):
-        local.insert(0, "sequence", [loci[i] for i in local.locus])
-    return info, glob, local
+        local.insert(0, "sequence", [run.loci[i] for i in local.locus])
+    return glob, local
 
 
 def _index(names: list[str], name: str, what: str) -> int:
@@ -447,11 +383,11 @@ def _mr(args) -> None:
 
     _check_selection(args)
     loaded = _run(args.run)  # checks the run before any work, and is read once
-    names = loaded[0]["output_names"]
+    names = loaded.output_names
     if args.exposure == args.outcome:
         raise ValueError(f"--exposure and --outcome are both {args.exposure!r}; name two different outputs")
     pair = (_index(names, args.exposure, "exposure"), _index(names, args.outcome, "outcome"))
-    info, glob, local = _analyse(args, [pair], loaded)
+    glob, local = _analyse(args, [pair], loaded)
     run = Path(args.run)
     local.to_parquet(run / "local.parquet", index=False)
     glob.assign(estimator=args.estimator, threshold=args.threshold, steiger=args.steiger).to_csv(
@@ -506,12 +442,13 @@ def _pairs(args) -> None:
     from .plots import effect_matrix
 
     _check_selection(args)
-    info, glob, _ = _analyse(args, None, _run(args.run))
+    loaded = _run(args.run)
+    glob, _ = _analyse(args, None, loaded)
     run = Path(args.run)
     glob.to_csv(run / "pairs.csv", index=False)
-    matrix = to_matrix(glob, names=info["output_names"]) if "estimate" in glob else pd.DataFrame()
+    matrix = to_matrix(glob, names=loaded.output_names) if "estimate" in glob else pd.DataFrame()
     matrix.to_csv(run / "pairs_matrix.csv")
-    n = len(info["output_names"])
+    n = len(loaded.output_names)
     fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
     if len(matrix):
         effect_matrix(matrix, ax=ax, title=f"global effect ({args.estimator})")

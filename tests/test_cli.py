@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import cli, pairs, pipeline
+from deepmr_utils import _dask, cli, pairs, pipeline
 from deepmr_utils.inputs import load_model, read_regions, read_sequences
 from deepmr_utils.instruments import Selection
 from deepmr_utils.ism import ISMOptions
@@ -66,10 +66,14 @@ def test_effects_mr_pairs_end_to_end_match_the_library(files, tmp_path):
     assert r.returncode == 0, r.stderr
     names, X = read_sequences(d / "seqs.fa", LENGTH)
     effect, se = pipeline.effects(members, X, options=ISMOptions(engine="plain", batch_size=64), progress=False)
-    got, got_se = pipeline.read_effects(run)
-    np.testing.assert_allclose(got, effect, atol=1e-5)
-    np.testing.assert_allclose(got_se, se, atol=1e-5)
-    assert json.loads((run / "deepmr.json").read_text())["output_names"] == ["tfA", "tfB"]
+    got = pipeline.read_effects(run)
+    np.testing.assert_allclose(got.effect, effect, atol=1e-5)
+    np.testing.assert_allclose(got.se, se, atol=1e-5)
+    assert got.output_names == ["tfA", "tfB"] and got.loci == names
+    np.testing.assert_array_equal(got.X, X)
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("effects_")) == ["manifest.json",
+                                                                                       "sequences.npz"]  # fmt: skip
+    assert json.loads((run / "manifest.json").read_text())["record"]["models"] == [str(d / "m1.pt"), str(d / "m2.pt")]
 
     r = _run(["mr", str(run), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "ivw", "--threshold", "2"])
     assert r.returncode == 0, r.stderr
@@ -105,8 +109,9 @@ def test_a_windowed_run_goes_through_mr_and_pairs(files, tmp_path):
     assert cli.main(["mr", str(run), "--exposure", "tfA", "--outcome", "tfB", "--estimator", "ivw",
                      "--threshold", "2"]) == 0  # fmt: skip
     _, X = read_sequences(d / "seqs.fa", LENGTH)
-    effect, se = pipeline.read_effects(run)
-    assert effect.shape[1] == 25
+    got = pipeline.read_effects(run)
+    effect, se = got.effect, got.se
+    assert effect.shape[1] == 25 and list(got.positions) == list(range(5, 30))
     ref, _ = pairs.all_pairs(effect, se, X, ["tfA", "tfB"], positions=(5, 30), pairs=[(0, 1)],
                              select=Selection(threshold=2), method="ivw")  # fmt: skip
     np.testing.assert_allclose(pd.read_csv(run / "global.csv").estimate, ref.estimate, rtol=1e-6)
@@ -126,7 +131,8 @@ def test_factory_and_bed_inputs_give_the_same_run(files, tmp_path):
     r = _run(["effects", *args, "--bed", str(d / "regions.bed"), "--genome", str(d / "genome.fa"), "--out",
               str(tmp_path / "b")])  # fmt: skip
     assert r.returncode == 0, r.stderr
-    np.testing.assert_array_equal(pipeline.read_effects(tmp_path / "a")[0], pipeline.read_effects(tmp_path / "b")[0])
+    a, b = pipeline.read_effects(tmp_path / "a"), pipeline.read_effects(tmp_path / "b")
+    np.testing.assert_array_equal(a.effect, b.effect)
     names, _ = read_regions(d / "regions.bed", d / "genome.fa", LENGTH)
     assert names == [f"s{i}" for i in range(N_SEQ)]
 
@@ -259,7 +265,7 @@ def test_exported_programs_with_a_fixed_or_a_dynamic_batch_run_end_to_end(files,
     r = _run(["effects", "--model", str(d / "m1.pt"), "--model", str(d / "m2.pt"), "--sequences", str(d / "seqs.fa"),
               "--out", str(ref), "--quiet"])  # fmt: skip
     assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(pipeline.read_effects(run)[0], pipeline.read_effects(ref)[0], atol=1e-5)
+    np.testing.assert_allclose(pipeline.read_effects(run).effect, pipeline.read_effects(ref).effect, atol=1e-5)
 
 
 def _names_file(tmp_path):
@@ -364,7 +370,7 @@ def test_local_tables_are_the_same_bits_for_any_workers_and_chunk_size(files, tm
     (first_effects, first_local), *others = tables.values()
     assert (first_local.status == "ok").sum() >= 3  # the comparison has estimates to compare
     for (effects, local), label in zip(others, list(tables)[1:]):
-        for a, b in zip(first_effects, effects):
+        for a, b in ((first_effects.effect, effects.effect), (first_effects.se, effects.se)):
             np.testing.assert_array_equal(a, b, err_msg=label)
         pd.testing.assert_frame_equal(local, first_local, check_exact=True, obj=label)
 
@@ -427,4 +433,4 @@ def test_a_cluster_with_dasks_allocator_settings_is_warned_about():
             return {"tcp://w:1": {"MALLOC_ARENA_MAX": None, "MALLOC_TRIM_THRESHOLD_": "65536"}}
 
     with pytest.warns(UserWarning, match=r"MALLOC_ARENA_MAX=1.*pipeline.dask_config\(\)"):
-        pipeline._check_worker_allocator(DefaultWorkers())
+        _dask.check_worker_allocator(DefaultWorkers())

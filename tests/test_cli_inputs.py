@@ -287,9 +287,9 @@ def _edit_json(name, **changes):
 
 def _permute_sequences(folder):
     with np.load(folder / "sequences.npz") as f:
-        X, loci = f["X"], f["loci"]
+        fields = dict(f)
     buf = io.BytesIO()
-    np.savez_compressed(buf, X=X[::-1], loci=loci)
+    np.savez_compressed(buf, **{**fields, "X": fields["X"][::-1]})
     (folder / "sequences.npz").write_bytes(buf.getvalue())
 
 
@@ -307,15 +307,16 @@ RUN_CASES = [
         ["mr", "--exposure", "tfA", "--outcome", "tfB"],
         "chunks are not finished",
     ),
-    (lambda f: (f / "deepmr.json").unlink(), ["pairs"], "is not a finished `deepmr effects` run"),
-    (lambda f: (f / "deepmr.json").write_text('{"output_names": '), ["pairs"], "is unreadable"),
-    (lambda f: (f / "sequences.npz").unlink(), ["pairs"], "has no sequences.npz"),
-    (_permute_sequences, ["pairs"], "was changed after the run"),
-    (lambda f: (f / "sequences.npz").write_bytes(b"PK\x03\x04"), ["pairs"], "was changed after the run"),
+    (lambda f: (f / "manifest.json").unlink(), ["pairs"], "is not a finished `deepmr effects` run"),
+    (lambda f: (f / "manifest.json").write_text('{"output_names": '), ["pairs"], "is unreadable"),
+    (lambda f: (f / "sequences.npz").unlink(), ["pairs"], "sequences.npz is missing"),
+    (_permute_sequences, ["pairs"], "not this run's sequences"),
+    (lambda f: (f / "sequences.npz").write_bytes(b"PK\x03\x04"), ["pairs"], "sequences.npz is missing, unreadable"),
     (_edit_json("manifest.json", n_chunks=2), ["pairs"], "the manifest was edited"),
-    (_edit_json("manifest.json", fingerprint="0" * 64), ["pairs"], "belong to different runs"),
-    (_edit_json("deepmr.json", fingerprint="0" * 64), ["pairs"], "belong to different runs"),
-    (lambda f: (f / "manifest.json").unlink(), ["pairs"], "belong to different runs"),
+    (_edit_json("manifest.json", fingerprint="0" * 64), ["pairs"], "the manifest was edited"),
+    (_edit_json("manifest.json", **{"options.output_names": "0" * 64}), ["pairs"], "the manifest was edited"),
+    (_edit_json("manifest.json", format=1), ["pairs"], "is a run folder of format 1"),
+    (_edit_json("manifest.json", kind="variants"), ["pairs"], "holds a variants run, not an effects run"),
 ]
 
 
@@ -336,10 +337,10 @@ def test_analysing_a_folder_that_is_not_a_run(tmp_path, capsys, command):
 @pytest.mark.parametrize(
     "change, field",
     [
-        (["--output-names", "{d}/names_ba.txt"], "output_names"),  # reordered names would relabel the outputs
-        (["--transform", "log-clip", "--model", "{d}/proba.pt", "--model", "{d}/proba.pt"], "transform"),
-        (["--window", "0:20"], "window"),
-        (["--rc-average"], "rc_average"),
+        (["--output-names", "{d}/names_ba.txt"], "options.output_names"),  # reordered names would relabel the outputs
+        (["--transform", "log-clip", "--model", "{d}/proba.pt", "--model", "{d}/proba.pt"], "options.transform"),
+        (["--window", "0:20"], "options.positions"),
+        (["--rc-average"], "options.rc_average"),
         (["--model", "{d}/m2.pt", "--model", "{d}/m1.pt"], "weights"),  # the members swapped: same code
     ],
 )

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from deepmr_utils import ism, mr, pipeline, uncertainty
+from deepmr_utils import ism, mr, pipeline, runs, uncertainty
 from deepmr_utils import sequence as sq
 from deepmr_utils.instruments import Selection
 from deepmr_utils.ism import ISMOptions
@@ -111,7 +111,7 @@ def test_effects_of_all_outputs_resume_and_match_one_shot(setup, tmp_path, monke
     out = tmp_path / "effects"
     with pytest.raises(KeyboardInterrupt):
         pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["effects_00000.npz", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["effects_00000.npz", "manifest.json", "sequences.npz"]
     monkeypatch.undo()
     calls = _count_ism_calls(monkeypatch)
     resumed = pipeline.effects(models, X, chunk_size=4, out=out, progress=False)
@@ -144,7 +144,7 @@ pipeline.effects(models, d["X"][:4], options=ISMOptions(outputs=pick), chunk_siz
 """
     for _ in range(2):  # the second process finds the first one's manifest and must accept it
         subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    assert pipeline._describe(torch.sigmoid).endswith("sigmoid") and "0x" not in pipeline._describe(pipeline.effects)
+    assert runs.describe(torch.sigmoid).endswith("sigmoid") and "0x" not in runs.describe(pipeline.effects)
 
 
 # ----------------------------------------------------------------------------- no silent wrong numbers
@@ -256,7 +256,7 @@ def test_anonymous_outputs_need_a_key(setup, tmp_path):
     # two partials of one function differ by their arguments
     from functools import partial
 
-    assert pipeline._describe(partial(np.take, indices=[0])) != pipeline._describe(partial(np.take, indices=[1]))
+    assert runs.describe(partial(np.take, indices=[0])) != runs.describe(partial(np.take, indices=[1]))
 
 
 def test_calibration_state_is_part_of_the_fingerprint(setup, tmp_path):

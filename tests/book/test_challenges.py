@@ -260,10 +260,13 @@ def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_des
     rows_a = {r.tobytes() for r in seen[0][: n // 2]}
     rows_b = {r.tobytes() for r in seen[1][: n - n // 2]}
     assert not rows_a & rows_b
-    w = ch.winners_curse(small_round, thresholds=(3.0,), estimators={"IVW": ("ivw", {})}, disjoint=(a, b))
+    # a threshold the selecting half's strongest variants pass, however well that half learned (a half trained
+    # on 500 sequences may have none at |z| >= 3 on one CPU and many on another): this test checks the wiring
+    chosen_by = ch.variants(small_round, models=b)
+    t = float(np.quantile(np.abs(chosen_by.bx / chosen_by.bxse), 0.995))
+    w = ch.winners_curse(small_round, thresholds=(t,), estimators={"IVW": ("ivw", {})}, disjoint=(a, b))
     assert set(w.design) == set(ch.CURSE_DESIGNS)
     # the two-sample rows: chosen by the second ensemble, measured by the first
-    want = instruments.two_sample(ch.variants(small_round, models=b), ch.variants(small_round, models=a),
-                                  Selection(threshold=3.0))  # fmt: skip
+    want = instruments.two_sample(chosen_by, ch.variants(small_round, models=a), Selection(threshold=t))
     two = w[w.design == "two-sample"].iloc[0]
     assert two.n_instruments == len(want) > 0
