@@ -9,9 +9,10 @@ global effect) and one row per pair and locus (the local effects).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from itertools import permutations
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,20 +122,23 @@ def all_pairs(
 def estimate_pair(
     table: pd.DataFrame,
     *,
-    select: instruments.Selection = instruments.Selection(),
+    select: instruments.Selection | None = instruments.Selection(),
     method: str = "ivw",
     meta_method: str = "REML",
     min_loci: int = 2,
     truth: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     n_boot: int = 10000,
     seed: int | None = None,
+    method_options: Mapping[str, Any] | None = None,
 ) -> tuple[dict, pd.DataFrame | None]:
     """DeepMR for one exposure and outcome: select instruments, estimate each locus, pool the loci.
 
     ``table``: a variant table (:func:`deepmr_utils.instruments.variant_table`, or the candidates of
     :func:`deepmr_utils.pipeline.variant_effects` with ``Selection("all")``). ``select`` picks the
-    instruments; ``method`` is the per-locus estimator (:func:`deepmr_utils.mr.per_locus`, with ``n_boot``
-    and ``seed`` for the bootstrap ones); the loci whose status is ``"ok"`` are pooled by
+    instruments (``None``: ``table`` holds them already); ``method`` is the per-locus estimator
+    (:func:`deepmr_utils.mr.per_locus`, with ``n_boot`` and ``seed`` for the bootstrap ones and
+    ``method_options`` for its other keywords, e.g. ``{"weights": "delta", "psi": "psi"}``); the loci
+    whose status is ``"ok"`` are pooled by
     :func:`deepmr_utils.meta.pool` (``meta_method``) when there are at least ``min_loci``. ``truth``:
     optional ``truth(instruments) -> locus, theta`` (the true local effects), adding ``theta`` to the
     local rows and their mean over the pooled loci as ``truth``.
@@ -143,11 +147,15 @@ def estimate_pair(
     ``n_excluded`` and, when pooled, the random-effects ``estimate, se, ci_low, ci_high, tau, pvalue, i2,
     converged``; ``local`` the per-locus rows, or ``None`` when no instrument was selected.
     """
-    chosen = instruments.as_selection(select).apply(table).instruments
+    chosen = table if select is None else instruments.as_selection(select).apply(table).instruments
     row: dict = {"n_loci": 0, "n_instruments": 0}
     if len(chosen) == 0:
         return row, None
-    local = mr.per_locus(chosen, method, n_boot=n_boot, seed=seed)
+    extra = dict(method_options or {})
+    clash = sorted(set(extra) & {"n_boot", "seed", "method"})
+    if clash:
+        raise TypeError(f"method_options sets {clash}, which estimate_pair takes as its own keywords")
+    local = mr.per_locus(chosen, method, n_boot=n_boot, seed=seed, **extra)
     if truth is not None:
         local = local.merge(truth(chosen), on="locus", how="left")
     ok = local[local.status == "ok"]

@@ -117,6 +117,24 @@ def test_estimate_pair_is_the_recipe_all_pairs_runs_for_each_pair():
     assert row["truth"] == 0.5 and (mine.theta == 0.5).all()
 
 
+def test_estimate_pair_on_chosen_instruments_with_estimator_options():
+    """select=None: the table holds the instruments (the book's experiments choose their own);
+    method_options reach mr.per_locus, and a clash with the recipe's own keywords is named."""
+    from deepmr_utils import meta, mr
+
+    eff, se, X, _, _ = _cascade()
+    chosen = Selection(threshold=3.0).apply(instruments.variant_table(eff, se, X, exposure=0, outcome=1)).instruments
+    chosen = chosen.assign(psi=0.3)
+    row, local = pairs.estimate_pair(chosen, select=None, method_options={"weights": "delta", "psi": "psi"})
+    want = mr.per_locus(chosen, "ivw", weights="delta", psi="psi")
+    pd.testing.assert_frame_equal(local, want)
+    assert not local.se.equals(mr.per_locus(chosen, "ivw").se)  # the options changed the numbers
+    assert row["estimate"] == meta.pool(want).estimate and row["n_instruments"] == len(chosen)
+    with pytest.raises(TypeError, match=r"method_options sets \['seed'\]"):
+        pairs.estimate_pair(chosen, select=None, method_options={"seed": 1})
+    assert pairs.estimate_pair(chosen.iloc[:0], select=None) == ({"n_loci": 0, "n_instruments": 0}, None)
+
+
 def test_all_pairs_names_a_recipe_keyword_it_does_not_know():
     eff, se, X, _, _ = _cascade(n=4, p=5)
     with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['methods'\]; the recipe takes"):

@@ -66,7 +66,7 @@ def _verify(p: argparse.ArgumentParser, args) -> int:
     seed = simulation_study.round_seed(args.seed, scenario, int(r))
     torch.set_num_threads(1)  # as in the study's worker processes: the same reduction order
     start = time.time()
-    new = simulation_study.run_round(scenario, seed=seed, sizes=sizes, calibration=args.calibration)
+    new = simulation_study.run_round(scenario, seed=seed, sizes=sizes, calibration=args.calibration).rows
     cols = ["estimate", "se", "truth_population", "truth_sample", "exact_estimate"]
     # rows are matched by estimator, never by position: an estimator added since (or dropped) is named
     only = {

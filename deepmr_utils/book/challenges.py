@@ -22,9 +22,7 @@ estimate with its SE and CI, the truth and, where it applies, whether the CI cov
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
@@ -32,7 +30,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from .. import instruments, meta, mr, pipeline, train
+from .. import instruments, meta, mr, pairs, pipeline, train
 from .._types import ArrayLike, Device, Sequences
 from ..instruments import Selection
 from ..ism import ISMOptions
@@ -40,12 +38,13 @@ from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
 from ..simulate import WITH_EXPOSURE, CooperativityModel, SequenceType, slope_through_origin
+from .scoring import against_truth, map_jobs
 from .simulation_study import (
     ESTIMATORS,
+    Round,
     StudySizes,
     coverage_interval,
     fit_calibration,
-    pool_loci,
     round_seed,
     run_round,
 )
@@ -196,10 +195,10 @@ def estimate(
         if method == "conmix":
             rows.append(_pooled(name, conmix_per_locus(instruments, **kw), truth))
             continue
-        kw = dict(kw)
-        if mr.ESTIMATORS[method].bootstrap:
-            kw.update(n_boot=n_boot, seed=seed)
-        rows.append(_pooled(name, mr.per_locus(instruments, method, **kw), truth))
+        _, local = pairs.estimate_pair(
+            instruments, select=None, method=method, truth=lambda _: truth, n_boot=n_boot, seed=seed, method_options=kw
+        )  # fmt: skip
+        rows.append(_row(name, local))
     return pd.DataFrame(rows)
 
 
@@ -208,25 +207,27 @@ def _pooled(name: str, local: pd.DataFrame, truth: pd.DataFrame) -> dict:
     against the truth, pooled by REML when at least two loci have an estimate.
 
     The truth is the mean local truth of *these* loci, so the interval scored against it is the
-    conditional one (:func:`~deepmr_utils.book.simulation_study.pool_loci`: the pool's weights,
+    conditional one (:func:`~deepmr_utils.book.scoring.pool_loci`: the pool's weights,
     within-locus variance only) and the truth is weighted like the pool (``truth``; the plain mean
     is ``truth_sample``). The random-effects CI (``ci_low``, ``ci_high``) is for the mean over a
     population of sequences, which these experiments do not define; scored against the mean of the
     same loci it would cover nearly always."""
-    local = local.merge(truth, on="locus", how="left")
-    local = local[local.theta.notna()]
-    ok = local[local.status == "ok"]
-    row = {"estimator": name, "n_loci": len(ok)}
-    if len(ok) >= 2:
-        p = pool_loci(ok)
+    return _row(name, local.merge(truth, on="locus", how="left"))
+
+
+def _row(name: str, local: pd.DataFrame | None) -> dict:
+    """One estimator's row of :func:`estimate` from its per-locus rows with their truths (``theta``)."""
+    p, _ = against_truth(local)
+    row = {"estimator": name, "n_loci": p["n_loci"]}
+    if "estimate" in p:
         t = p["truth_weighted"]
         row.update(
             {k: p[k] for k in ("estimate", "se", "ci_low", "ci_high", "tau", "cond_se", "cond_ci_low", "cond_ci_high")},
             truth=t,
             truth_sample=p["truth_sample"],
             covered=bool(p["cond_ci_low"] <= t <= p["cond_ci_high"]),
-            local_coverage=float(((ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)).mean()),
-            local_rmse=float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean())),
+            local_coverage=p["local_coverage"],
+            local_rmse=p["local_rmse"],
         )
     return row
 
@@ -308,12 +309,7 @@ def assumption_sweep(
         for i, value in enumerate(values)
         for r in range(replicates)
     ]
-    if n_jobs == 1:
-        frames = [_replicate_job(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
-            frames = list(ex.map(_replicate_job, jobs))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(list(map_jobs(_replicate_job, jobs, n_jobs)), ignore_index=True)
 
 
 def pleiotropy_world(strength: float, base: CooperativityModel | None = None) -> CooperativityModel:
@@ -412,7 +408,7 @@ def linearity(
 
 
 def variants(
-    details: dict,
+    details: Round,
     members: Sequence[int] | None = None,
     *,
     calibration: str = "variance",
@@ -425,19 +421,19 @@ def variants(
     ensemble, with the oracle's columns alongside (and the members' per-variant correlation of the
     exposure and outcome errors, ``psi``, with ``member_correlation``).
 
-    ``details``: the second value of ``simulation_study.run_round(..., details=True)``;
+    ``details``: a round of the study (:class:`~deepmr_utils.book.simulation_study.Round`);
     ``members``: indices into its ensemble (default all), or ``models`` to measure with other
     models (e.g. one dropout model with ``mc_dropout`` passes). ``calibration`` is fitted on
     the round's held-out calibration labels for exactly these members (``"none"`` with MC-dropout,
     whose passes cannot be replayed on the calibration set by :func:`~deepmr_utils.predict.predict`).
     """
     if models is None:
-        pool_ = details["models"]
+        pool_ = details.models
         models = [pool_[i] for i in (range(len(pool_)) if members is None else members)]
     if mc_dropout and calibration != "none":
         raise ValueError("calibration must be 'none' with mc_dropout (the calibration is fitted on member predictions)")
-    cal = fit_calibration(calibration, models, details["calibration_data"])
-    gen, test, mutated = details["generator"], details["test"], details["mutated"]
+    cal = fit_calibration(calibration, models, details.calibration_data)
+    gen, test, mutated = details.generator, details.test, details.mutated
     Xm, b_conf = test["X"][mutated], test["b_conf"][mutated]
     table = pipeline.variant_effects(
         models,
@@ -461,29 +457,27 @@ def _tagged(frame: pd.DataFrame, **tags) -> pd.DataFrame:
 
 
 def disjoint_ensembles(
-    details: dict, *, n_members: int | None = None, seed: int = 0, device: Device = None
+    details: Round, *, n_members: int | None = None, seed: int = 0, device: Device = None
 ) -> tuple[list, list]:
     """Two ensembles of the round's architecture and training (``n_members`` each, default the round's),
     each trained on its own half of the round's training sequences (augmented from that half only), so
     that their errors are as independent as two samples': the two-sample design of :func:`winners_curse`."""
-    s, tr, gen = details["sizes"], details["train"], details["generator"]
-    n_members = s["n_members"] if n_members is None else n_members
+    s, tr, gen = details.sizes, details.train, details.generator
+    n_members = s.n_members if n_members is None else n_members
     if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 2:
         raise ValueError(f"n_members must be an integer >= 2 (SEs need two members), got {n_members!r}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(tr["y"]))
-    cfg = train.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"])
+    cfg = train.TrainConfig(max_epochs=s.max_epochs, patience=s.patience, batch_size=s.batch_size)
     out = []
     for idx in (np.sort(order[: order.size // 2]), np.sort(order[order.size // 2 :])):
         half = {k: v[idx] for k, v in tr.items() if k in ("X", "y", "config", "sites", "b_conf", "counts")}
         X, y = half["X"], half["y"]
-        if s["augment"]:
-            aug = gen.augment_variants(half, s["augment"], seed=int(rng.integers(2**31 - 1)))
+        if s.augment:
+            aug = gen.augment_variants(half, s.augment, seed=int(rng.integers(2**31 - 1)))
             X, y = torch.cat([X, aug["X"]]), np.concatenate([y, aug["y"]])
         models, _ = train.train_ensemble(
-            lambda: PooledRegressor(
-                2, n_filters=s["n_filters"], hidden=s["hidden"], output_names=["exposure", "outcome"]
-            ),
+            lambda: PooledRegressor(2, n_filters=s.n_filters, hidden=s.hidden, output_names=["exposure", "outcome"]),
             X,
             y,
             n_members,
@@ -508,7 +502,7 @@ CURSE_DESIGNS = (
 
 
 def winners_curse(
-    details: dict,
+    details: Round,
     *,
     thresholds: Sequence[float] = (2.0, 3.0, 5.0),
     estimators: dict = ESTIMATORS,
@@ -539,7 +533,7 @@ def winners_curse(
     and ``exact_ivw``: IVW on the same instruments with the oracle's exact effects, the control that
     splits an error into the model's effects (estimate minus control) and the method (control minus truth).
     """
-    m = len(details["models"])
+    m = len(details.models)
     if m < 4:
         raise ValueError(f"winners_curse needs an ensemble of at least 4 members to halve, got {m}")
     full = variants(details, member_correlation=True)
@@ -586,7 +580,7 @@ def _interval_coverage(b: pd.Series, se: pd.Series, truth: pd.Series) -> float:
 
 
 def se_calibration(
-    details: dict,
+    details: Round,
     *,
     sizes: Sequence[int],
     calibrations: Sequence[str] = ("none", "variance", "isotonic"),
@@ -625,14 +619,14 @@ def se_calibration(
     return pd.concat(frames, ignore_index=True)
 
 
-def train_dropout_model(details: dict, *, dropout: float = 0.2, seed: int = 0, device: Device = None) -> nn.Module:
+def train_dropout_model(details: Round, *, dropout: float = 0.2, seed: int = 0, device: Device = None) -> nn.Module:
     """One :class:`~deepmr_utils.models.PooledRegressor` with dropout, trained on the round's training
     sequences with the round's sizes (for MC-dropout in :func:`se_calibration`)."""
-    s = details["sizes"]
-    tr = details["train"]
-    cfg = train.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], batch_size=s["batch_size"])
+    s = details.sizes
+    tr = details.train
+    cfg = train.TrainConfig(max_epochs=s.max_epochs, patience=s.patience, batch_size=s.batch_size)
     models, _ = train.train_ensemble(
-        lambda: PooledRegressor(2, n_filters=s["n_filters"], hidden=s["hidden"], dropout=dropout),
+        lambda: PooledRegressor(2, n_filters=s.n_filters, hidden=s.hidden, dropout=dropout),
         tr["X"],
         tr["y"],
         1,
@@ -648,7 +642,8 @@ def _accuracy_job(job: tuple) -> pd.DataFrame:
     n_train, r, seed, sizes, threads = job
     if threads:
         torch.set_num_threads(threads)
-    rows, d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train), details=True)
+    d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train))
+    rows = d.rows
     rows = rows[rows.estimator.isin(list(ESTIMATORS))].copy()
     # the random-effects CI is for the population mean mu, so that is the truth it is scored against
     rows["truth"] = rows["truth_population"]
@@ -658,11 +653,10 @@ def _accuracy_job(job: tuple) -> pd.DataFrame:
     for col in ("local_rmse", "sd_local_estimate", "sd_local_truth"):
         rows[col] = np.nan
     for i, name in rows.estimator.items():
-        local = d["local"][name]
-        ok = local[(local.status == "ok") & local.theta.notna()] if local is not None else local
-        if ok is None or len(ok) < 2:
+        scored, ok = against_truth(d.local[name])
+        if len(ok) < 2:
             continue
-        rows.loc[i, "local_rmse"] = float(np.sqrt(((ok.estimate - ok.theta) ** 2).mean()))
+        rows.loc[i, "local_rmse"] = scored["local_rmse"]
         rows.loc[i, "sd_local_estimate"] = float(ok.estimate.std())
         rows.loc[i, "sd_local_truth"] = float(ok.theta.std())
     rows["covered"] = (rows.ci_low <= rows.truth) & (rows.truth <= rows.ci_high)
@@ -686,15 +680,10 @@ def accuracy_sweep(
     estimates against that of the local truths (an underfit model gives every sequence nearly
     the same local effect). ``n_jobs`` processes with one thread each."""
     jobs = [(n, r, round_seed(seed, "none", r), sizes, 1 if n_jobs > 1 else 0) for n in n_trains for r in range(rounds)]
-    if n_jobs == 1:
-        frames = [_accuracy_job(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as ex:
-            frames = list(ex.map(_accuracy_job, jobs))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(list(map_jobs(_accuracy_job, jobs, n_jobs)), ignore_index=True)
 
 
-def direction(details: dict, *, threshold: float = 3.0, estimators: dict | None = None, seed: int = 0) -> pd.DataFrame:
+def direction(details: Round, *, threshold: float = 3.0, estimators: dict | None = None, seed: int = 0) -> pd.DataFrame:
     """Bidirectional MR on a world where the truth runs one way (exposure -> outcome).
 
     Forward (exposure -> outcome, truth: :func:`local_truth`) and reverse (outcome -> exposure,
@@ -704,7 +693,7 @@ def direction(details: dict, *, threshold: float = 3.0, estimators: dict | None 
     """
     estimators = estimators or {k: ESTIMATORS[k] for k in ("IVW", "robust MR-Egger", "weighted median")}
     full = variants(details)
-    sd = predict(details["models"], details["test"]["X"]).mean(dim=1).std(dim=0).numpy()
+    sd = predict(details.models, details.test["X"]).mean(dim=1).std(dim=0).numpy()
     swap = {"bx": "by", "by": "bx", "bxse": "byse", "byse": "bxse"}
     frames = []
     for label, table, scales in (

@@ -30,10 +30,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import meta, mr
+from .. import mr, pairs
 from ..sequence import base_indices, substitute
 from ..simulate.chromatin import CELL_TYPES, EFFECTS, TFS, ChromatinModel
 from .challenges import all_substitutions
+from .scoring import judged
 
 __all__ = ["REMEDIES", "experiment", "multivariable_truth", "oracle_variants", "sequences"]
 
@@ -77,22 +78,15 @@ def oracle_variants(world: ChromatinModel, X: np.ndarray, *, se: float, rng: np.
     return pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)
 
 
-def _pooled(local: pd.DataFrame, truth: float) -> dict:
-    """REML pool of the loci with an estimate; the random-effects CI scored against ``truth``."""
-    ok = local[local.status == "ok"]
-    row = {"n_loci": len(ok), "truth": truth}
-    if len(ok) < 2:
+def _pooled(inst: pd.DataFrame, truth: float) -> dict:
+    """DeepMR on the instruments ``inst`` (IVW per locus, REML pool); the random-effects CI judged against
+    ``truth``."""
+    g, _ = pairs.estimate_pair(inst, select=None, method="ivw")
+    row = {"n_loci": g["n_loci"], "truth": truth}
+    if "estimate" not in g:
         return row
-    g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
-    row.update(g.to_dict("estimate", "se", "ci_low", "ci_high", "tau"))
-    return {**row, **_judged(g.ci_low, g.ci_high, truth)}
-
-
-def _judged(lo: float, hi: float, truth: float) -> dict:
-    """Whether the interval ``(lo, hi)`` covers ``truth``, and whether it recovers the truth's sign (it
-    excludes 0 on that side; NaN for a truth of 0)."""
-    sign = bool(lo > 0) if truth > 0 else bool(hi < 0) if truth < 0 else np.nan
-    return {"covered": bool(lo <= truth <= hi), "sign_recovered": sign}
+    row.update({k: g[k] for k in ("estimate", "se", "ci_low", "ci_high", "tau")})
+    return {**row, **judged(g["ci_low"], g["ci_high"], truth)}
 
 
 def _univariable(table: pd.DataFrame, x: str, y: str, se: float, threshold: float, scales=None):
@@ -149,13 +143,11 @@ def experiment(
         if remedy in ("none", "steiger"):
             inst, keep = _univariable(table, x, y, se, threshold, scales if remedy == "steiger" else None)
             n_inst = int(keep.sum())
-            local = mr.per_locus(inst, "ivw") if n_inst else pd.DataFrame(columns=["status"])
-            row = {**_pooled(local, beta), **_leaks(table, keep, tf)}
+            row = {**_pooled(inst, beta), **_leaks(table, keep, tf)}
         elif remedy == "bidirectional":
             inst, keep = _univariable(table, y, x, se, threshold)
             n_inst = int(keep.sum())
-            local = mr.per_locus(inst, "ivw") if n_inst else pd.DataFrame(columns=["status"])
-            row = _pooled(local, world.feedback if cell == world.chip_cell else 0.0)
+            row = _pooled(inst, world.feedback if cell == world.chip_cell else 0.0)
         else:
             row, n_inst = _multivariable(table, world, tf, cell, se, threshold)
         rows.append({"remedy": remedy, **row, "n_instruments": n_inst})
@@ -191,4 +183,4 @@ def _multivariable(table, world, tf, cell, se, threshold) -> tuple[dict, int]:
     i = TFS.index(tf)
     lo, hi = float(res.ci_low[i]), float(res.ci_high[i])
     row.update(estimate=float(res.estimate[i]), se=float(res.se[i]), ci_low=lo, ci_high=hi, tau=np.nan)
-    return {**row, **_judged(lo, hi, truth)}, int(keep.sum())
+    return {**row, **judged(lo, hi, truth)}, int(keep.sum())

@@ -25,9 +25,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +33,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .. import meta, mr, pipeline, simulate, train
+from .. import mr, pairs, pipeline, simulate, train
 from .._io import open_pinned, write_atomic
 from .._types import Models
+from .._validate import renamed_keywords
 from ..instruments import Selection
 from ..ism import ISMOptions
 from ..models import PooledRegressor
@@ -45,6 +44,7 @@ from ..predict import predict
 from ..progress import show_progress
 from ..simulate import CooperativityModel, slope_through_origin
 from ..uncertainty import IsotonicCalibration, VarianceScaling
+from .scoring import Z, against_truth, map_jobs, pool_loci
 
 __all__ = [
     "StudySizes",
@@ -58,13 +58,13 @@ __all__ = [
     "CLASSES",
     "round_seed",
     "fidelity",
+    "Round",
     "run_round",
     "effect_coverage",
     "fit_calibration",
     "run_study",
     "seed_study_folder",
     "measured_effects_gate",
-    "pool_loci",
     "coverage_interval",
     "summarize",
     "scoring_change",
@@ -202,32 +202,6 @@ _DEGENERATE_SE_RATIO = 10.0
 # version of a round's columns, pinned in a study folder: 2 added the first exact-effects control; 3 the
 # population estimand, the conditional CI, the crosstalk control, subgroups per sequence class, the user's gate
 _ROUND_COLUMNS = 3
-_Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval below
-
-
-def pool_loci(ok: pd.DataFrame) -> dict:
-    """REML pool of usable loci ``ok`` (columns ``estimate``, ``se``, ``theta``; optional ``theta_seq``, ``theta_own``).
-
-    Two intervals from one fit, each for its own estimand: the random-effects CI (``ci_low``,
-    ``ci_high``; SE ``1/sqrt(sum w)``) for the population mean mu, and the conditional CI
-    (``cond_ci_low``, ``cond_ci_high``; SE ``sqrt(sum w^2 s^2) / sum w``, the same weights
-    ``w = 1/(s^2 + tau^2)`` and only the within-locus variance) for the weighted mean of these
-    loci's own truths, ``truth_weighted``. Also the plain means ``truth_sample`` (of ``theta_seq``, or
-    of ``theta`` without it), ``truth_instruments`` (of ``theta``) and ``truth_own`` (of ``theta_own``)."""
-    g = meta.random_effects(ok.estimate.to_numpy(), ok.se.to_numpy())
-    w = 1.0 / (ok.se.to_numpy() ** 2 + g.tau2)
-    cond_se = float(np.sqrt(np.sum(w**2 * ok.se.to_numpy() ** 2)) / w.sum())
-    theta = ok.theta.to_numpy()
-    return {
-        **g.to_dict("estimate", "se", "ci_low", "ci_high", "tau", "converged"),
-        "cond_se": cond_se,
-        "cond_ci_low": g.estimate - _Z * cond_se,
-        "cond_ci_high": g.estimate + _Z * cond_se,
-        "truth_sample": float(ok.theta_seq.mean()) if "theta_seq" in ok else float(theta.mean()),
-        "truth_instruments": float(theta.mean()),
-        "truth_weighted": float(np.sum(w * theta) / w.sum()),
-        "truth_own": float(ok.theta_own.mean()) if "theta_own" in ok else np.nan,
-    }
 
 
 def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes: StudySizes, seed: int):
@@ -239,22 +213,19 @@ def _estimate(table: pd.DataFrame, truth: pd.DataFrame, estimators: dict, sizes:
     Returns (rows, local frames by name)."""
     rows, local_all = [], {}
     for name, (method, kw) in estimators.items():
-        kw = dict(kw)
-        if mr.ESTIMATORS[method].bootstrap:
-            kw.setdefault("n_boot", sizes.n_boot)
-            kw.setdefault("seed", seed)
-        local = mr.per_locus(table, method, **kw).merge(truth, on="locus", how="left") if len(table) else None
-        ok = local[(local.status == "ok") & local.theta.notna()] if local is not None else pd.DataFrame()
+        _, local = pairs.estimate_pair(
+            table, select=None, method=method, truth=lambda _: truth, n_boot=kw.get("n_boot", sizes.n_boot),
+            seed=kw.get("seed", seed), method_options={k: v for k, v in kw.items() if k not in ("n_boot", "seed")},
+        )  # fmt: skip
         local_all[name] = local
-        row = {"estimator": name, "n_loci": int(len(ok))}
+        scored, ok = against_truth(local)
+        scored.pop("local_rmse", None)  # a round's columns stay version 3's, in its order
+        row = {"estimator": name}
+        for key, value in scored.items():
+            row[key] = value
+            if key == "local_coverage":  # the same against each locus's own confounder draw
+                row["local_coverage_own"] = float(((ok.ci_low <= ok.theta_own) & (ok.theta_own <= ok.ci_high)).mean())
         if len(ok) >= 2:
-            row.update(pool_loci(ok))
-            row["n_excluded"] = int(len(local) - len(ok))
-            inside = (ok.ci_low <= ok.theta) & (ok.theta <= ok.ci_high)
-            row["local_coverage"] = float(inside.mean())
-            row["local_coverage_own"] = float(((ok.ci_low <= ok.theta_own) & (ok.theta_own <= ok.ci_high)).mean())
-            row["local_corr"] = float(np.corrcoef(ok.estimate, ok.theta)[0, 1]) if len(ok) > 2 else np.nan
-            row["local_z_sd"] = float(((ok.estimate - ok.theta) / ok.se).std(ddof=1)) if len(ok) > 2 else np.nan
             # the coin flip no sequence shows: spread of the loci's own truths around what a model can learn
             row["irreducible_sd"] = float((ok.theta_own - ok.theta).std(ddof=0))
             for cls, code in CLASSES.items():
@@ -367,6 +338,41 @@ def _oracle_instruments(gen: CooperativityModel, X, table: pd.DataFrame, thresho
     return every[keep].assign(bx=t.dx[keep], by=t.dy[keep], bxse=sx, byse=sy).reset_index(drop=True)
 
 
+@dataclass(frozen=True, repr=False)
+class Round:
+    """One round of the study, as :func:`run_round` returns it.
+
+    ``rows``: one row per estimator (the study's table). What the round was made of: ``generator`` (the
+    world), ``train``, ``calibration_data``, ``test`` (sampled data dicts), ``models`` and ``histories``
+    (the trained ensemble), ``calibrator``, ``mutated`` (the test sequences mutated), ``table`` (their
+    instruments), ``truth`` (per locus), ``local`` (per-locus estimates by estimator), ``fidelity`` and
+    ``user_gate`` (the two gates' numbers), ``population`` (the estimand's sample) and ``sizes``."""
+
+    rows: pd.DataFrame
+    generator: CooperativityModel
+    train: dict
+    calibration_data: dict
+    test: dict
+    models: list
+    histories: list
+    calibrator: object
+    mutated: np.ndarray
+    table: pd.DataFrame
+    truth: pd.DataFrame
+    local: dict
+    fidelity: dict
+    user_gate: dict
+    population: pd.DataFrame
+    sizes: StudySizes
+
+    def __repr__(self) -> str:
+        return (
+            f"Round({self.generator.scenario!r}: {len(self.models)} members, {len(self.mutated)} mutated sequences, "
+            f"{len(self.table)} instruments, {len(self.rows)} estimator rows)"
+        )
+
+
+@renamed_keywords(details="run_round returns a Round: its table of estimates is round.rows, the rest its fields")
 def run_round(
     scenario: str,
     *,
@@ -376,9 +382,8 @@ def run_round(
     estimators: dict = ESTIMATORS,
     bar: FidelityBar = FidelityBar(),
     device: str | torch.device | None = None,
-    details: bool = False,
-) -> pd.DataFrame | tuple[pd.DataFrame, dict]:
-    """One round of the study for ``scenario``; returns a frame with one row per estimator.
+) -> Round:
+    """One round of the study for ``scenario``: a :class:`Round` whose ``rows`` hold one row per estimator.
 
     ``calibration`` (fixed before the round; nothing here looks at the oracle to choose):
     ``"variance"`` (the default: one variance multiplier per output so that the members
@@ -387,9 +392,9 @@ def run_round(
     in the chapter's diagnostics), ``"variance-denoised"`` (the same with the label-noise
     variance estimated and left out, so only the model's share is scaled), ``"isotonic"``
     (Kuleshov et al., as in the original study) or ``"none"``. Every row carries the round's fidelity numbers
-    (:func:`fidelity`), so a round whose model missed ``bar`` is visible as such. With
-    ``details=True`` also returns a dict with the generator, data, models, training
-    histories, calibration, variant table and local estimates.
+    (:func:`fidelity`), so a round whose model missed ``bar`` is visible as such. The
+    :class:`Round` also holds the generator, data, models, training histories, calibration,
+    variant table and local estimates.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
@@ -488,31 +493,17 @@ def run_round(
         out["noise_exposure"], out["noise_outcome"] = calibrator.noise_vars
     out["epochs_max"] = max(len(h.val_loss) for h in hists)
     out["still_improving"] = sum(h.still_improving for h in hists)
-    if not details:
-        return out
-    return out, {
-        "generator": gen,
-        "train": tr,
-        "calibration_data": cal,
-        "test": test,
-        "models": models,
-        "histories": hists,
-        "calibrator": calibrator,
-        "mutated": mutate,
-        "table": table,
-        "truth": truth,
-        "local": local_all,
-        "fidelity": fid,
-        "user_gate": user,
-        "population": population,
-        "sizes": asdict(sizes),
-    }
+    return Round(
+        rows=out, generator=gen, train=tr, calibration_data=cal, test=test, models=models, histories=hists,
+        calibrator=calibrator, mutated=mutate, table=table, truth=truth, local=local_all, fidelity=fid,
+        user_gate=user, population=population, sizes=sizes,
+    )  # fmt: skip
 
 
-def effect_coverage(details: dict, calibration: str, *, threshold: float = 3.0) -> dict[str, pd.DataFrame]:
+def effect_coverage(details: Round, calibration: str, *, threshold: float = 3.0) -> dict[str, pd.DataFrame]:
     """How well a calibration's effect intervals cover the oracle's effects, in one round.
 
-    ``details``: the second value of ``run_round(..., details=True)``. Refits ``calibration``
+    ``details``: a :class:`Round`. Refits ``calibration``
     on that round's held-out calibration sequences, recomputes the mutated sequences'
     effects with it, and returns :func:`~deepmr_utils.uncertainty.coverage_curve` frames
     keyed ``"<subset> <output>"`` for subsets ``all`` (every variant with a positive SE)
@@ -522,8 +513,8 @@ def effect_coverage(details: dict, calibration: str, *, threshold: float = 3.0) 
     """
     from ..uncertainty import coverage_curve
 
-    gen, models, test, mutated = details["generator"], details["models"], details["test"], details["mutated"]
-    calibrator = fit_calibration(calibration, models, details["calibration_data"])
+    gen, models, test, mutated = details.generator, details.models, details.test, details.mutated
+    calibrator = fit_calibration(calibration, models, details.calibration_data)
     Xm, b_conf = test["X"][mutated], test["b_conf"][mutated]
     table = pipeline.variant_effects(
         models, Xm, exposure=0, outcome=1, calibration=calibrator, select=Selection("all"), progress=False
@@ -542,7 +533,7 @@ def _one_round(job: tuple) -> pd.DataFrame:
     scenario, seed, sizes, calibration, threads = job
     if threads:
         torch.set_num_threads(threads)
-    return run_round(scenario, seed=seed, sizes=sizes, calibration=calibration)
+    return run_round(scenario, seed=seed, sizes=sizes, calibration=calibration).rows
 
 
 def _open_folder(out, seed: int, sizes: StudySizes, calibration: str) -> Path | None:
@@ -650,14 +641,8 @@ def run_study(
             on_round(frame)
 
     args = [(s, round_seed(seed, s, r), sizes, calibration, 1 if n_jobs > 1 else 0) for s, r, _ in jobs]
-    if n_jobs == 1:
-        for (s, r, path), a in zip(jobs, args):
-            finished((s, r), path, _one_round(a))
-    else:
-        # spawn, not fork: a forked child inherits the parent's torch thread pool state
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
-            for (s, r, path), frame in zip(jobs, pool.map(_one_round, args)):
-                finished((s, r), path, frame)
+    for (s, r, path), frame in zip(jobs, map_jobs(_one_round, args, n_jobs)):
+        finished((s, r), path, frame)
     bar.close()
     order = [(s, r) for s in scenarios for r in range(counts[s])]
     frames = []
@@ -752,9 +737,7 @@ def summarize(rounds: pd.DataFrame, *, analyses: Sequence[str] = ANALYSES) -> pd
         est, se, truth = (f"{cls}_estimate", f"{cls}_se", f"{cls}_truth_population")
         if est in r:
             r[f"{cls}_err"] = r[est] - r[truth]
-            r[f"{cls}_in"] = ((r[est] - _Z * r[se] <= r[truth]) & (r[truth] <= r[est] + _Z * r[se])).where(
-                r[se].notna()
-            )
+            r[f"{cls}_in"] = ((r[est] - Z * r[se] <= r[truth]) & (r[truth] <= r[est] + Z * r[se])).where(r[se].notna())
 
     def agg(g, excluded):
         n, mbar = len(g), g.truth_population.mean()

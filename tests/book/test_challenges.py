@@ -141,7 +141,7 @@ def small_round():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return simulation_study.run_round("none", seed=3, sizes=sizes, details=True)[1]
+        return simulation_study.run_round("none", seed=3, sizes=sizes)
 
 
 def test_model_experiments_run_and_report_their_settings(small_round):
@@ -168,7 +168,7 @@ def test_model_experiments_run_and_report_their_settings(small_round):
     }
     assert (d[d.direction == "reverse"].truth == 0).all()
     with pytest.raises(ValueError, match="at least 4 members"):
-        ch.winners_curse({**small_round, "models": small_round["models"][:2]})
+        ch.winners_curse(replace(small_round, models=small_round.models[:2]))
     with pytest.raises(ValueError, match="calibration must be 'none' with mc_dropout"):
         ch.variants(small_round, mc_dropout=3)
 
@@ -254,8 +254,8 @@ def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_des
 
     monkeypatch.setattr(train, "train_ensemble", spy)
     a, b = ch.disjoint_ensembles(small_round, seed=1)
-    assert len(a) == len(b) == len(small_round["models"]) and a[0] is not b[0]
-    n = len(small_round["train"]["y"])
+    assert len(a) == len(b) == len(small_round.models) and a[0] is not b[0]
+    n = len(small_round.train["y"])
     # each half's own sequences (before augmentation) are distinct from the other half's
     rows_a = {r.tobytes() for r in seen[0][: n // 2]}
     rows_b = {r.tobytes() for r in seen[1][: n - n // 2]}

@@ -1,6 +1,7 @@
 """The simulation study: fidelity against the oracle, rounds that resume, and honest summaries."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from deepmr_utils import pipeline, simulate, train
-from deepmr_utils.book import simulation_study
+from deepmr_utils.book import scoring, simulation_study
 from deepmr_utils.instruments import Selection
 from deepmr_utils.ism import ISMOptions
 
@@ -184,7 +185,7 @@ def test_each_interval_covers_its_own_estimand():
         s = rng.uniform(0.1, 0.5, k)
         theta = rng.normal(mu, 0.3, k)
         est = rng.normal(theta, s)
-        p = simulation_study.pool_loci(
+        p = scoring.pool_loci(
             pd.DataFrame({"estimate": est, "se": s, "theta": theta, "theta_seq": theta, "theta_own": theta})
         )
         hits["re_mu"] += p["ci_low"] <= mu <= p["ci_high"]
@@ -213,7 +214,14 @@ def test_a_round_with_a_perfect_model_has_no_model_error(monkeypatch):
     monkeypatch.setattr(simulate.CooperativityModel, "with_scenario", remember)
     monkeypatch.setattr(train, "train_ensemble", oracle_ensemble)
     sizes = simulation_study.StudySizes(n_train=10, n_calibration=200, n_test=120, n_boot=20)
-    out = simulation_study.run_round("none", seed=5, sizes=sizes).set_index("estimator")
+    rnd = simulation_study.run_round("none", seed=5, sizes=sizes)
+    out = rnd.rows.set_index("estimator")
+    n_mut, n_inst, n_rows = len(rnd.mutated), len(rnd.table), len(rnd.rows)
+    want = f"Round('none': 3 members, {n_mut} mutated sequences, {n_inst} instruments, {n_rows} estimator rows)"
+    assert repr(rnd) == want
+    assert set(rnd.local) == set(simulation_study.ESTIMATORS) and rnd.sizes == sizes
+    with pytest.raises(TypeError, match=r"no longer takes details=; run_round returns a Round"):
+        simulation_study.run_round("none", seed=5, sizes=sizes, details=True)
     assert out.loc["IVW", "n_loci"] >= 5 and bool(out.loc["IVW", "fidelity_ok"])
     for est in ("IVW", "MR-Egger", "weighted median"):
         assert out.loc[est, "estimate"] == pytest.approx(out.loc[est, "exact_estimate"], rel=2e-3), est
@@ -243,7 +251,7 @@ def test_a_round_counts_members_still_improving_instead_of_warning(monkeypatch):
     monkeypatch.setattr(train, "train_ensemble", still_improving)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = simulation_study.run_round("none", seed=2, sizes=TINY)
+        out = simulation_study.run_round("none", seed=2, sizes=TINY).rows
     assert not [w for w in caught if issubclass(w.category, train.ConvergenceWarning)]
     assert (out.still_improving == TINY.n_members).all()
 
@@ -270,11 +278,16 @@ def test_verify_matches_rows_by_estimator_and_names_the_ones_added(tmp_path, mon
     committed.to_csv(path, index=False)
     # the rerun lists its estimators in another order and has one more: compared by name, the extra one named
     rerun = pd.concat([committed.iloc[::-1], committed.iloc[:1].assign(estimator="MR-RAPS")]).drop(columns="round")
-    monkeypatch.setattr(tool.simulation_study, "run_round", lambda *a, **k: rerun.reset_index(drop=True))
+    rerun = rerun.reset_index(drop=True)
+    monkeypatch.setattr(
+        tool.simulation_study, "run_round", lambda *a, **k: SimpleNamespace(rows=rerun.reset_index(drop=True))
+    )
     assert tool.main(["--verify", "none:0", "--rounds-file", str(path), "--scale", "quick"]) == 0
     assert "rerun only: MR-RAPS (not compared)" in capsys.readouterr().out
-    moved = rerun.assign(estimate=lambda d: d.estimate.where(d.estimator != "mode", 9.0))
-    monkeypatch.setattr(tool.simulation_study, "run_round", lambda *a, **k: moved.reset_index(drop=True))
+    moved = rerun.assign(estimate=lambda d: d.estimate.where(d.estimator != "mode", 9.0)).reset_index(drop=True)
+    monkeypatch.setattr(
+        tool.simulation_study, "run_round", lambda *a, **k: SimpleNamespace(rows=moved.reset_index(drop=True))
+    )
     assert tool.main(["--verify", "none:0", "--rounds-file", str(path), "--scale", "quick"]) == 1
 
 
