@@ -156,3 +156,41 @@ def test_no_function_takes_more_than_14_parameters():
         if n > 14
     }
     assert not long, f"functions with more than 14 parameters: {long}"
+
+
+# modules whose tests live in a file named for what they serve, not for the module (each checked to exist)
+TESTED_ELSEWHERE = {
+    "deepmr_utils._windowed": "tests/test_windowed.py",
+    "deepmr_utils._robust": "tests/test_mr.py",  # robust MR-Egger's MM-estimator, against R's lmrob
+    "deepmr_utils._dask": "tests/test_cli.py",  # the workers, their allocator and a killed worker
+    "deepmr_utils._io": "tests/test_pipeline.py",  # durable writes: interrupted runs, truncated manifests
+    "deepmr_utils._torch": "tests/test_ism.py",  # devices, ensembles and output selection
+    "deepmr_utils._types": None,  # type aliases only
+    "deepmr_utils.inputs": "tests/test_cli_inputs.py",
+    "deepmr_utils.models._check": "tests/models/test_small_models.py",
+    "deepmr_utils.models.scale": "tests/models/test_small_models.py",
+    "deepmr_utils.models.pooled": "tests/models/test_small_models.py",
+    "deepmr_utils.models.counts": "tests/models/test_small_models.py",
+    "deepmr_utils.models.dilated": "tests/models/test_small_models.py",
+    "deepmr_utils.simulate._common": "tests/simulate/test_cooperativity.py",
+    "deepmr_utils.simulate.summary": "tests/test_mr.py",  # summary statistics with known local effects
+    "deepmr_utils.book.claims": "tests/book/test_claims_ledger.py",
+}
+
+
+def test_tests_mirror_the_modules():
+    """Every module has tests/<package path>/test_<module>.py (a private module's without its underscore), or a
+    named file that tests it."""
+    root = Path(__file__).parents[1]
+    missing = []
+    for mod in MODULES:
+        if mod.__name__.endswith("__init__") or hasattr(mod, "__path__"):
+            continue  # a package
+        parts = mod.__name__.split(".")[1:]
+        mirror = root / "tests" / Path(*parts[:-1]) / f"test_{parts[-1].lstrip('_')}.py"
+        other = TESTED_ELSEWHERE.get(mod.__name__, "")
+        if not mirror.is_file() and other is not None and not (other and (root / other).is_file()):
+            missing.append(f"{mod.__name__} -> {mirror.relative_to(root)}")
+    assert not missing, "modules without a test file: " + ", ".join(missing)
+    stale = [f"{m}: {f}" for m, f in TESTED_ELSEWHERE.items() if f and not (root / f).is_file()]
+    assert not stale, stale
