@@ -246,8 +246,8 @@ def train_ensemble(
     jobs = [(make_model, X, y, config, seed + i, loss_fn, standardize) for i in range(n_members)]
     if n_jobs > 1 and resolve_device(device).type == "cpu":
         import pickle
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
+
+        from ._parallel import map_jobs
 
         for name, obj in (("make_model", make_model), ("loss_fn", loss_fn)):
             try:
@@ -258,9 +258,7 @@ def train_ensemble(
                     f"pickled ({exc}); pass a class, a functools.partial of one or a module-level function"
                 ) from None
 
-        # spawn, not fork: a forked child inherits the parent's torch thread pool state
-        with ProcessPoolExecutor(max_workers=min(n_jobs, n_members), mp_context=get_context("spawn")) as pool:
-            done = list(pool.map(_member_in_worker, jobs))
+        done = list(map_jobs(_member_in_worker, jobs, min(n_jobs, n_members)))
         for _, _, caught in done:
             for message, category in caught:
                 warnings.warn(message, category, stacklevel=2)

@@ -31,6 +31,7 @@ from scipy import stats
 from torch import nn
 
 from .. import instruments, meta, mr, pairs, pipeline, train
+from .._parallel import map_jobs
 from .._types import ArrayLike, Device, Sequences
 from ..instruments import Selection
 from ..ism import ISMOptions
@@ -38,7 +39,7 @@ from ..models import PooledRegressor
 from ..predict import predict
 from ..sequence import ALPHABET
 from ..simulate import WITH_EXPOSURE, CooperativityModel, SequenceType, slope_through_origin
-from .scoring import against_truth, map_jobs
+from .scoring import against_truth
 from .simulation_study import (
     ESTIMATORS,
     Round,

@@ -3,16 +3,13 @@
 :func:`against_truth` turns the per-locus rows of :func:`deepmr_utils.pairs.estimate_pair` (given a
 ``truth``, so each locus has its true local effect ``theta``) into the pooled estimate with both of its
 intervals (:func:`pool_loci`) and the local estimates' coverage, spread and error against their truths;
-:func:`judged` says whether an interval covers a scalar truth and recovers its sign. :func:`map_jobs`
-is the book's one process pool: experiments that repeat a job (rounds, replicates, training sizes)
-run their jobs through it, with the same numbers for any number of processes.
+:func:`judged` says whether an interval covers a scalar truth and recovers its sign. (The experiments
+that repeat a job, rounds, replicates or training sizes, run it through the package's one process
+pool, ``deepmr_utils._parallel.map_jobs``, as ``train.train_ensemble`` does its members.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -20,7 +17,7 @@ import pandas as pd
 
 from .. import meta
 
-__all__ = ["Z", "pool_loci", "against_truth", "judged", "map_jobs"]
+__all__ = ["Z", "pool_loci", "against_truth", "judged"]
 
 Z = 1.959963984540054  # the normal 97.5 % quantile of every 95 % interval the book draws
 
@@ -79,18 +76,3 @@ def judged(lo: float, hi: float, truth: float) -> dict:
     sign (``sign_recovered``: it excludes 0 on that side; NaN for a truth of 0)."""
     sign = bool(lo > 0) if truth > 0 else bool(hi < 0) if truth < 0 else np.nan
     return {"covered": bool(lo <= truth <= hi), "sign_recovered": sign}
-
-
-def map_jobs(fn: Callable, jobs: Iterable, n_jobs: int = 1) -> Iterator:
-    """``fn(job)`` for each job, in order: here when ``n_jobs == 1``, else in ``n_jobs`` fresh processes.
-
-    The processes are spawned, not forked (a forked child inherits the parent's torch thread pool),
-    so ``fn`` must be importable and each job picklable; a job sets its own thread count and seed, so
-    the results do not depend on ``n_jobs``. Results are yielded as they arrive in order, so a caller
-    can write each one as soon as it exists."""
-    jobs = list(jobs)
-    if n_jobs == 1:
-        yield from map(fn, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(fn, jobs)

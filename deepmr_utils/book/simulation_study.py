@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .. import mr, pairs, pipeline, simulate, train
 from .._io import open_pinned, write_atomic
+from .._parallel import map_jobs
 from .._types import Models
 from .._validate import renamed_keywords
 from ..instruments import Selection
@@ -44,7 +45,7 @@ from ..predict import predict
 from ..progress import show_progress
 from ..simulate import CooperativityModel, slope_through_origin
 from ..uncertainty import IsotonicCalibration, VarianceScaling
-from .scoring import Z, against_truth, map_jobs, pool_loci
+from .scoring import Z, against_truth, pool_loci
 
 __all__ = [
     "StudySizes",

@@ -1,4 +1,4 @@
-"""Scoring against the truth (deepmr_utils.book.scoring): hand-computed values, and the process pool."""
+"""Scoring against the truth (deepmr_utils.book.scoring): hand-computed values."""
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,3 @@ def test_judged_needs_the_interval_to_exclude_zero_on_the_truths_side():
     assert scoring.judged(-0.1, 0.5, 0.3) == {"covered": True, "sign_recovered": False}
     assert scoring.judged(-0.5, -0.1, 0.3) == {"covered": False, "sign_recovered": False}
     assert np.isnan(scoring.judged(-0.1, 0.1, 0.0)["sign_recovered"])
-
-
-def test_map_jobs_gives_the_same_results_in_order_for_any_number_of_processes():
-    assert list(scoring.map_jobs(abs, [-3, 1, -2], 2)) == list(scoring.map_jobs(abs, [-3, 1, -2], 1)) == [3, 1, 2]
