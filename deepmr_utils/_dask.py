@@ -77,35 +77,40 @@ def _identity(value):
     return value
 
 
-# per worker process: the models of the run it is working on (rebuilt once, not per task); one run at a time
-_WORKER_MODELS: dict[str, list] = {}
+# per worker process: what the run it is working on runs its tasks with (the models, or what setup made of
+# them: rebuilt once, not per task); one run at a time
+_WORKER_STATE: dict[str, Any] = {}
 
 
-def _remote(task, wire, fp, *args):
-    models = _WORKER_MODELS.get(fp)
-    if models is None:
-        _WORKER_MODELS.clear()
-        models = _WORKER_MODELS[fp] = [_from_wire(w) for w in wire]
-    return task(models, *args)
+def _remote(task, wire, fp, setup, *args):
+    state = _WORKER_STATE.get(fp)
+    if state is None:
+        _WORKER_STATE.clear()
+        models = [_from_wire(w) for w in wire]
+        state = _WORKER_STATE[fp] = setup(models) if setup is not None else models
+    return task(state, *args)
 
 
 def run_tasks(
-    client: Any, task: Callable, models: list[torch.nn.Module], fp: str, tasks: dict
+    client: Any, task: Callable, models: list[torch.nn.Module], fp: str, tasks: dict, setup: Callable | None = None
 ) -> Iterator[tuple[int, Any]]:
-    """Run ``task(models, *args)`` on the client's workers for each ``index: args`` of ``tasks``; yields
-    ``(index, result)`` as they finish. ``task`` must be importable (a module-level function).
+    """Run ``task(setup(models), *args)`` (``task(models, *args)`` without ``setup``) on the client's workers for
+    each ``index: args`` of ``tasks``; yields ``(index, result)`` as they finish. ``task`` and ``setup`` must be
+    importable (module-level functions, or partials of them).
 
-    The models travel once per worker, not once per task, and each worker rebuilds them once per run
-    (keyed by the run's fingerprint ``fp``). They are the result of a task, not scattered data: the
-    scheduler keeps the task, so when every worker holding them has died it reruns it on a live one
-    (scattered data would be lost, and every chunk after it); a task whose worker dies is rerun too.
+    The models travel once per worker, not once per task, and each worker rebuilds them, and runs ``setup``
+    on them (e.g. tracing the ISM engine), once per run (keyed by the run's fingerprint ``fp``). They are
+    the result of a task, not scattered data: the scheduler keeps the task, so when every worker holding
+    them has died it reruns it on a live one (scattered data would be lost, and every chunk after it); a
+    task whose worker dies is rerun too.
     """
     from distributed import as_completed
 
     check_worker_allocator(client)
     shared = client.submit(_identity, [_to_wire(m) for m in models], key=f"deepmr-models-{fp[:16]}", pure=False)
     futures = {
-        client.submit(_remote, task, shared, fp, *args, key=f"deepmr-{fp[:16]}-{c}"): c for c, args in tasks.items()
+        client.submit(_remote, task, shared, fp, setup, *args, key=f"deepmr-{fp[:16]}-{c}"): c
+        for c, args in tasks.items()
     }
     for future in as_completed(futures):
         yield futures[future], future.result()

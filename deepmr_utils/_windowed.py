@@ -33,7 +33,7 @@ from __future__ import annotations
 import operator
 from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from torch import fx, nn
 
 from ._torch import same_architecture
 
-__all__ = ["WindowedModel", "StackedWindowedModel", "TraceError"]
+__all__ = ["WindowedModel", "StackedWindowedModel", "Cache", "Rule", "RULES", "TraceError"]
 
 
 class TraceError(RuntimeError):
@@ -197,6 +197,29 @@ def _cone(a, b, k, stride, left, dil, L_out):
 _DENSE_COPY_MAX = 256 * 2**20
 
 
+@dataclass
+class Cache:
+    """What :meth:`WindowedModel.reference` computed for a batch of references, as a value: every
+    activation (``ref``), the names of those no mutation can change (``static``) and what the engine
+    derives from them on first use (``cum``: prefix maxima and sums), kept for the next call."""
+
+    ref: dict
+    static: set
+    cum: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Call:
+    """One :meth:`WindowedModel.mutants` call: the references' cache, which reference each mutant reads
+    (``rows``; ``None``: one, shared) and how many mutants there are (``B``)."""
+
+    ref: dict
+    static: set
+    cum: dict
+    rows: torch.Tensor | None
+    B: int
+
+
 class WindowedModel:
     """One model, captured once, evaluated on windows of mutants.
 
@@ -249,14 +272,16 @@ class WindowedModel:
                 last = max(n.users, key=lambda u: order[u.name]).name
                 self._last_use.setdefault(last, []).append(n.name)
         self._weights: dict = {}
+        self.rule_log: list | None = None  # set to a list to record which rule answered each node (tests)
         self.channels_last = True
         self._costly: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()
-    def reference(self, x: torch.Tensor) -> torch.Tensor | tuple | dict:
-        """Run references ``x`` ``(N, 4, L)``, caching every activation; returns the raw output."""
-        env, self.static, self._cum = {}, set(), {}
+    def reference(self, x: torch.Tensor) -> tuple:
+        """Run references ``x`` ``(N, 4, L)``: ``(raw output, cache)``, the :class:`Cache` of every activation
+        that :meth:`mutants` reads."""
+        env, static = {}, set()
         for node in self.nodes:
             if node.op == "placeholder":
                 env[node.name] = x
@@ -265,100 +290,52 @@ class WindowedModel:
             if node.op == "output":
                 out = args[0]
                 break
-            if node.op == "get_attr" or not any(n.name not in self.static for n in node.all_input_nodes):
-                self.static.add(node.name)
+            if node.op == "get_attr" or not any(n.name not in static for n in node.all_input_nodes):
+                static.add(node.name)
             mask = self._mask(node, args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else None
             env[node.name] = args[0] * mask if mask is not None else self._call(node, args, kwargs)
         # the model ran on its own layouts (a .view() may need them); the cache of what the mutants
         # read is re-laid-out, static values (read by the model's own operations) excepted
-        self.ref = {k: v if k in self.static else self._layout(v) for k, v in env.items()}
-        return out
+        return out, Cache({k: v if k in static else self._layout(v) for k, v in env.items()}, static)
 
     # ------------------------------------------------------------------ mutants
     @torch.no_grad()
-    def mutants(self, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
-        """Raw outputs for ``B`` mutants; ``rows`` ``(B,)`` picks each one's cached reference
-        (``None``: one reference, shared)."""
-        self.rows, self.B = rows, x_win.shape[0]
+    def mutants(self, cache: Cache, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
+        """Raw outputs for ``B`` mutants of the references ``cache`` holds; ``rows`` ``(B,)`` picks each one's
+        reference (``None``: one reference, shared)."""
+        c = _Call(cache.ref, cache.static, cache.cum, rows, x_win.shape[0])
         env: dict = {}
 
         def value(n):
-            return self.ref[n.name] if n.name in self.static else env[n.name]
+            return c.ref[n.name] if n.name in c.static else env[n.name]
 
         for node in self.nodes:
             if node.op == "placeholder":
                 env[node.name] = _Win(x_win, start, start + x_win.shape[-1], node.name)
                 continue
-            if node.name in self.static or (not node.users and node.op != "output"):
+            if node.name in c.static or (not node.users and node.op != "output"):
                 continue  # shared with the references, or unused (an input check ran on the references)
             if node.op == "output":
-                return _map(self._load(node, value)[0][0], self._full)
-            env[node.name] = self._step(node, value)
+                return _map(self._load(node, value)[0][0], lambda v: self._full(c, v))
+            env[node.name] = self._step(c, node, value)
             for name in self._last_use.get(node.name, ()):  # freed once read for the last time: a smaller
                 env.pop(name, None)  # peak, and the allocator reuses the memory within the call
         raise TraceError("the traced graph has no output")
 
-    def _step(self, node, value):
+    def _step(self, c, node, value):
+        """One node for the mutants: the first rule of :data:`RULES` that answers, else the full tensor."""
         args, kwargs = self._load(node, value)
         first = args[0] if args else None
         windows = self._windows(args, kwargs)
-        # MC-dropout's mask before anything else: a dropout on a dense tensor (a head after global pooling)
-        # is a module in eval mode, which the call below would run as the identity
-        if isinstance(first, (_Win, _Dense)) and len(windows) <= 1 and self._is_masked(node):
-            mask = self._mask(node, self.ref[node.args[0].name].shape[1:])
-            if isinstance(first, _Win):
-                return _Win(first.t * mask[..., first.a : first.b], first.a, first.b, node.name)
-            return _Dense(first.v * mask)
-        if not windows:  # only dense and static inputs
-            return _Dense(self._call(node, args, kwargs))
-        op, target = node.op, node.target
-        if isinstance(first, _Win) and len(windows) == 1:
-            if self._pointwise(node, args, kwargs):
-                return _Win(self._call(node, (first.t,) + tuple(args[1:]), kwargs), first.a, first.b, node.name)
-            conv = _conv_params(node, self.modules, args, kwargs)
-            if conv is not None and first.t.ndim == 3:
-                return self._conv(node, first, *conv)
-            pool = _pool_params(node, self.modules)
-            if pool is not None and first.t.ndim == 3:
-                return self._pool(node, first, *pool)
-            if (op, target) in (("call_method", "mean"), ("call_method", "sum")) or target in (torch.mean, torch.sum):
-                red = self._reduce(node, first, args, kwargs)
-                if red is not None:
-                    return red
-            if (op == "call_method" and target in ("max", "amax")) or target in (torch.max, torch.amax):
-                top = self._max(node, first, args, kwargs)
-                if top is not None:
-                    return top
-            if (op, target) == ("call_method", "flip") or target is torch.flip:
-                dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
-                dims = {int(d) % first.t.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
-                if 0 not in dims:  # reverse-complementing: channels flip in place, the window mirrors
-                    L = self.ref[first.node].shape[-1]
-                    a, b = (L - first.b, L - first.a) if first.t.ndim - 1 in dims else (first.a, first.b)
-                    return _Win(first.t.flip(sorted(dims)), a, b, node.name)
-            if op == "call_function" and target is operator.getitem:
-                crop = self._crop(node, first, args[1])
-                if crop is not None:
-                    return crop
-            if self._is_flatten(node, first, args, kwargs):
-                return _Flat(first)
-            if (op, target) == ("call_method", "size") or (op == "call_function" and target is getattr):
-                shape = torch.Size((self.B,) + tuple(self.ref[first.node].shape[1:]))
-                if target == "size":
-                    return _Dense(shape if len(args) < 2 else shape[args[1]])
-                if args[1] == "shape":
-                    return _Dense(shape)
-        if isinstance(first, _Flat) and len(windows) == 1:
-            lin = self._linear(node, first, args)
-            if lin is not None:
-                return lin
-        if self._binary(node) and all(isinstance(w, _Win) for w in windows):
-            out = self._elementwise(node, args, kwargs, windows)
+        for rule in RULES:
+            out = rule.apply(self, c, node, first, args, kwargs, windows)
             if out is not None:
+                if self.rule_log is not None:
+                    self.rule_log.append(rule.name)
                 return out
         if self.fallback is None and self._costly_from(node):
             self.fallback = f"{node.op} {node.target!r} (node {node.name})"
-        args, kwargs = _map((args, kwargs), self._full)
+        args, kwargs = _map((args, kwargs), lambda v: self._full(c, v))
         return _Dense(self._call(node, args, kwargs))
 
     # ------------------------------------------------------------------ helpers
@@ -412,13 +389,13 @@ class WindowedModel:
             return obj
         raise TraceError(f"unexpected node {node.op} {node.target}")
 
-    def _per_mutant(self, t: torch.Tensor) -> torch.Tensor:
+    def _per_mutant(self, c, t: torch.Tensor) -> torch.Tensor:
         """A references' tensor with one row per mutant (a view when one reference is shared)."""
-        return t[self.rows] if self.rows is not None else t.expand(self.B, *t.shape[1:])
+        return t[c.rows] if c.rows is not None else t.expand(c.B, *t.shape[1:])
 
-    def _ref_rows(self, name, a, b):
+    def _ref_rows(self, c, name, a, b):
         """The references' slice ``[a, b)`` of cached activation ``name``, one row per mutant."""
-        return self._per_mutant(self.ref[name][..., a:b])
+        return self._per_mutant(c, c.ref[name][..., a:b])
 
     def _layout(self, t):
         """A cached ``(N, C, L)`` activation stored length-major (strides ``(L*C, 1, C)``) when the
@@ -428,18 +405,18 @@ class WindowedModel:
             return t.transpose(1, 2).contiguous().transpose(1, 2)
         return t
 
-    def _gather(self, w: _Win, lo: int, hi: int) -> torch.Tensor:
+    def _gather(self, c, w: _Win, lo: int, hi: int) -> torch.Tensor:
         """``w``'s full values on ``[lo, hi)``, zeros outside the sequence (conv zero padding)."""
-        L = self.ref[w.node].shape[-1]
+        L = c.ref[w.node].shape[-1]
         a0, b0 = max(lo, 0), min(hi, L)
         pa, pb = max(w.a, a0), min(w.b, b0)
         if pa >= pb:
-            parts = [(a0, self._ref_rows(w.node, a0, b0))]
+            parts = [(a0, self._ref_rows(c, w.node, a0, b0))]
         else:
             parts = [
-                (a0, self._ref_rows(w.node, a0, pa)),
+                (a0, self._ref_rows(c, w.node, a0, pa)),
                 (pa, w.t[..., pa - w.a : pb - w.a]),
-                (pb, self._ref_rows(w.node, pb, b0)),
+                (pb, self._ref_rows(c, w.node, pb, b0)),
             ]
         if self.channels_last and w.t.ndim == 3:  # written into one length-major block (see _layout)
             B, C = w.t.shape[0], w.t.shape[1]
@@ -454,11 +431,11 @@ class WindowedModel:
             out = F.pad(out, (a0 - lo, hi - b0))
         return out
 
-    def _full(self, v):
+    def _full(self, c, v):
         if isinstance(v, _Win):  # for the model's own operations: in its usual layout
-            return self._gather(v, 0, self.ref[v.node].shape[-1]).contiguous()
+            return self._gather(c, v, 0, c.ref[v.node].shape[-1]).contiguous()
         if isinstance(v, _Flat):
-            return self._full(v.win).flatten(1)
+            return self._full(c, v.win).flatten(1)
         if isinstance(v, _Dense):
             return v.v
         return v
@@ -491,8 +468,8 @@ class WindowedModel:
             node.op == "call_method" and node.target == "add"
         )
 
-    def _elementwise(self, node, args, kwargs, windows):
-        L = {self.ref[w.node].shape[-1] for w in windows}
+    def _elementwise(self, c, node, args, kwargs, windows):
+        L = {c.ref[w.node].shape[-1] for w in windows}
         nd = {w.t.ndim for w in windows}
         if len(L) != 1 or len(nd) != 1:
             return None
@@ -504,16 +481,17 @@ class WindowedModel:
             # on its own span; no copy of reference flanks (exact up to float32 round-off)
             wide, narrow = sorted(windows, key=lambda w: w.b - w.a, reverse=True)
             if (wide.a, wide.b) == (a, b):
-                out = wide.t + self._ref_rows(narrow.node, a, b)
+                out = wide.t + self._ref_rows(c, narrow.node, a, b)
                 if narrow.b > narrow.a:
-                    out[..., narrow.a - a : narrow.b - a] += narrow.t - self._ref_rows(narrow.node, narrow.a, narrow.b)
+                    old = self._ref_rows(c, narrow.node, narrow.a, narrow.b)
+                    out[..., narrow.a - a : narrow.b - a] += narrow.t - old
                 return _Win(out, a, b, node.name)
         ok = True
 
         def fit(v):
             nonlocal ok
             if isinstance(v, _Win):
-                return v.t if (v.a, v.b) == (a, b) else self._gather(v, a, b)
+                return v.t if (v.a, v.b) == (a, b) else self._gather(c, v, a, b)
             if isinstance(v, _Dense):
                 ok = False
                 return v
@@ -531,25 +509,25 @@ class WindowedModel:
             return None
         return _Win(self._call(node, args, kwargs), a, b, node.name)
 
-    def _conv(self, node, w: _Win, weight, bias, stride, left, dil, groups):
+    def _conv(self, c, node, w: _Win, weight, bias, stride, left, dil, groups):
         if w.a >= w.b:
-            return self._unchanged(node, w)
-        L_out = self.ref[node.name].shape[-1]
+            return self._unchanged(c, node, w)
+        L_out = c.ref[node.name].shape[-1]
         span = (weight.shape[-1] - 1) * dil
         if stride == 1:
             # linear: the mutants' output is the reference's plus the convolution of the input's
             # change, which is zero outside [a, b): no reference flanks to read for the input
-            delta = w.t - self._ref_rows(w.node, w.a, w.b)
+            delta = w.t - self._ref_rows(c, w.node, w.a, w.b)
             dz = self._conv1d(node.name, delta, weight, None, 1, span, dil, groups)
             first = w.a - span + left  # the output position of dz's first column
             oa, ob = max(0, first), min(L_out, w.b + left)
             if oa >= ob:
-                return self._unchanged(node, w)
-            return _Win(self._ref_rows(node.name, oa, ob) + dz[..., oa - first : ob - first], oa, ob, node.name)
+                return self._unchanged(c, node, w)
+            return _Win(self._ref_rows(c, node.name, oa, ob) + dz[..., oa - first : ob - first], oa, ob, node.name)
         oa, ob, ia, ib = _cone(w.a, w.b, weight.shape[-1], stride, left, dil, L_out)
         if oa >= ob:  # only positions that no output reads (a tail the stride drops) changed
-            return self._unchanged(node, w)
-        y = self._conv1d(node.name, self._gather(w, ia, ib), weight, bias, stride, 0, dil, groups)
+            return self._unchanged(c, node, w)
+        y = self._conv1d(node.name, self._gather(c, w, ia, ib), weight, bias, stride, 0, dil, groups)
         return _Win(y, oa, ob, node.name)
 
     def _conv1d(self, key, x, weight, bias, stride, pad, dil, groups):
@@ -565,14 +543,14 @@ class WindowedModel:
         )
         return y[:, :, 0, :]
 
-    def _pool(self, node, w: _Win, kind, k, stride, dil):
+    def _pool(self, c, node, w: _Win, kind, k, stride, dil):
         if w.a >= w.b:
-            return self._unchanged(node, w)
-        L_out = self.ref[node.name].shape[-1]
+            return self._unchanged(c, node, w)
+        L_out = c.ref[node.name].shape[-1]
         oa, ob, ia, ib = _cone(w.a, w.b, k, stride, 0, dil, L_out)
         if oa >= ob:  # only positions that no output reads (a tail the pooling drops) changed
-            return self._unchanged(node, w)
-        x = self._gather(w, ia, ib)
+            return self._unchanged(c, node, w)
+        x = self._gather(c, w, ia, ib)
         if kind == "max":
             y = F.max_pool1d(x, k, stride, 0, dil)
         else:
@@ -590,7 +568,7 @@ class WindowedModel:
     def _mask(self, node, shape):
         return self.dropout_mask(self.modules[node.target], shape) if self._is_masked(node) else None
 
-    def _max(self, node, w: _Win, args, kwargs):
+    def _max(self, c, node, w: _Win, args, kwargs):
         """Maximum over the length axis from the references' prefix and suffix maxima: exact, O(window)."""
         nd = w.t.ndim
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
@@ -606,37 +584,37 @@ class WindowedModel:
             for u in node.users
         ):
             return None  # the indices are used; let the full tensor answer
-        if w.node not in self._cum:
-            ref = self.ref[w.node]
+        if w.node not in c.cum:
+            ref = c.ref[w.node]
             prefix = ref.cummax(-1).values
             suffix = ref.flip(-1).cummax(-1).values.flip(-1)
-            self._cum[w.node] = (prefix, suffix)
-        prefix, suffix = self._cum[w.node]
+            c.cum[w.node] = (prefix, suffix)
+        prefix, suffix = c.cum[w.node]
         L = prefix.shape[-1]
         parts = [w.t] if w.b > w.a else []
         for t, i in ((prefix, w.a - 1), (suffix, w.b)):
             if 0 <= i < L:
-                parts.append(self._per_mutant(t[..., i : i + 1]))
+                parts.append(self._per_mutant(c, t[..., i : i + 1]))
         top = torch.cat(parts, -1).amax(-1, keepdim=bool(keep))
         return _Dense(_MaxOut(top, None) if tuple_out else top)
 
-    def _window_sum(self, name, a, b, keep):
+    def _window_sum(self, c, name, a, b, keep):
         """The references' sum of activation ``name`` over ``[a, b)`` of the length axis, one row per
         mutant, from float64 prefix sums (one subtraction instead of a pass over the window)."""
         key = ("sum", name)
-        if key not in self._cum:
-            ref = self.ref[name]
-            self._cum[key] = F.pad(ref.double().cumsum(-1), (1, 0))
-        cs = self._cum[key]
-        out = (cs[..., b] - cs[..., a]).to(self.ref[name].dtype)
-        return self._per_mutant(out[..., None] if keep else out)
+        if key not in c.cum:
+            ref = c.ref[name]
+            c.cum[key] = F.pad(ref.double().cumsum(-1), (1, 0))
+        cs = c.cum[key]
+        out = (cs[..., b] - cs[..., a]).to(c.ref[name].dtype)
+        return self._per_mutant(c, out[..., None] if keep else out)
 
-    def _unchanged(self, node, w: _Win) -> _Win:
+    def _unchanged(self, c, node, w: _Win) -> _Win:
         """An empty window for ``node``: the mutants equal the reference there."""
-        shape = (self.B,) + tuple(self.ref[node.name].shape[1:-1]) + (0,)
+        shape = (c.B,) + tuple(c.ref[node.name].shape[1:-1]) + (0,)
         return _Win(w.t.new_zeros(shape), 0, 0, node.name)
 
-    def _reduce(self, node, w: _Win, args, kwargs):
+    def _reduce(self, c, node, w: _Win, args, kwargs):
         nd = w.t.ndim
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
@@ -646,12 +624,12 @@ class WindowedModel:
             dim = dim[0]
         if not isinstance(dim, int) or dim % nd != nd - 1:
             return None
-        delta = w.t.sum(-1, keepdim=bool(keep)) - self._window_sum(w.node, w.a, w.b, bool(keep))
+        delta = w.t.sum(-1, keepdim=bool(keep)) - self._window_sum(c, w.node, w.a, w.b, bool(keep))
         if node.target in ("mean", torch.mean):
-            delta = delta / self.ref[w.node].shape[-1]
-        return _Dense(self._per_mutant(self.ref[node.name]) + delta)
+            delta = delta / c.ref[w.node].shape[-1]
+        return _Dense(self._per_mutant(c, c.ref[node.name]) + delta)
 
-    def _crop(self, node, w: _Win, idx):
+    def _crop(self, c, node, w: _Win, idx):
         nd = w.t.ndim
         idx = _map(idx, lambda v: v.v if isinstance(v, _Dense) else v)  # a crop computed from shapes
         idx = idx if isinstance(idx, tuple) else (idx,)
@@ -660,7 +638,7 @@ class WindowedModel:
             idx = idx[:i] + (slice(None),) * (nd - len(idx) + 1) + idx[i + 1 :]
         if len(idx) != nd or any(s != slice(None) for s in idx[:-1]) or not isinstance(idx[-1], slice):
             return None
-        L = self.ref[w.node].shape[-1]
+        L = c.ref[w.node].shape[-1]
         start, stop, step = idx[-1].indices(L)
         if step != 1:
             return None
@@ -669,7 +647,7 @@ class WindowedModel:
             return _Win(w.t[..., :0], a - start, a - start, node.name)
         return _Win(w.t[..., a - w.a : b - w.a], a - start, b - start, node.name)
 
-    def _is_flatten(self, node, w: _Win, args, kwargs):
+    def _is_flatten(self, c, node, w: _Win, args, kwargs):
         if w.t.ndim != 3:
             return False
         if node.op == "call_module":
@@ -683,11 +661,11 @@ class WindowedModel:
             shape = args[1:] if len(args) > 2 else args[1]
             shape = shape.v if isinstance(shape, _Dense) else shape
             shape = [s.v if isinstance(s, _Dense) else s for s in shape]
-            ref = self.ref[w.node].shape
-            return len(shape) == 2 and shape[0] in (self.B, -1) and shape[1] in (-1, ref[1] * ref[2])
+            ref = c.ref[w.node].shape
+            return len(shape) == 2 and shape[0] in (c.B, -1) and shape[1] in (-1, ref[1] * ref[2])
         return False
 
-    def _linear(self, node, flat: _Flat, args):
+    def _linear(self, c, node, flat: _Flat, args):
         if node.op == "call_module" and type(self.modules[node.target]) is nn.Linear:
             weight = self.modules[node.target].weight
         elif node.op == "call_function" and node.target is F.linear and isinstance(args[1], torch.Tensor):
@@ -695,10 +673,10 @@ class WindowedModel:
         else:
             return None
         w = flat.win
-        _, C, L = self.ref[w.node].shape
+        _, C, L = c.ref[w.node].shape
         if weight.shape[1] != C * L:
             return None
-        delta = w.t - self._ref_rows(w.node, w.a, w.b)  # (B, C, w)
+        delta = w.t - self._ref_rows(c, w.node, w.a, w.b)  # (B, C, w)
         O = weight.shape[0]
         key = ("dense", node.name)
         if self.channels_last and (key in self._weights or weight.numel() * weight.element_size() <= _DENSE_COPY_MAX):
@@ -711,7 +689,7 @@ class WindowedModel:
             update = delta.transpose(1, 2).reshape(delta.shape[0], -1) @ rows
         else:
             update = torch.einsum("bcw,ocw->bo", delta, weight.view(O, C, L)[:, :, w.a : w.b])
-        return _Dense(self._per_mutant(self.ref[node.name]) + update)
+        return _Dense(self._per_mutant(c, c.ref[node.name]) + update)
 
 
 class StackedWindowedModel:
@@ -741,8 +719,6 @@ class StackedWindowedModel:
         # the traced module keeps only what its graph uses
         self.state = {prefix + k: v for k, v in (params | buffers).items() if prefix + k in known}
         self.fallback: str | None = None
-        self._side: dict = {}
-        self._cum: dict = {}
         self._holder = _Holder(self.engine.gm)
 
     def _run(self, fn, *args):
@@ -752,41 +728,54 @@ class StackedWindowedModel:
         return vmap(lambda s, *a: functional_call(self._holder, s, (fn, *a)))(state, *args)
 
     @torch.no_grad()
-    def reference(self, x: torch.Tensor):
-        """Cache every member's activations for references ``x`` ``(N, 4, L)``; the raw outputs."""
+    def reference(self, x: torch.Tensor) -> tuple:
+        """Every member's references ``x`` ``(N, 4, L)``: ``(raw outputs, cache)``, the cache holding each
+        activation with a leading member axis."""
         side: dict = {}
+        static: set = set()
 
         def run():
-            out = self.engine.reference(x)
+            out, cache = self.engine.reference(x)
+            static.update(cache.static)  # names, the same for every member: kept outside vmap's outputs
             env = {}
-            for k, v in self.engine.ref.items():
+            for k, v in cache.ref.items():
                 plain, leaves = _leaves(v)
                 if not any(isinstance(t, torch.Tensor) for t in leaves):
                     side[k] = v  # sizes and other plain values: the same for every member
                 elif plain and all(isinstance(t, torch.Tensor) for t in leaves):
                     env[k] = v
-                elif k in self.engine.static:  # the mutants would read it, but vmap cannot return it
+                elif k in cache.static:  # the mutants would read it, but vmap cannot return it
                     raise TraceError(f"activation {k} ({type(v).__name__}) holds tensors that vmap cannot return")
                 # else: recomputed for the mutants (e.g. torch.max's (values, indices)), never read from here
             return out, env
 
-        out, self._env = self._run(run)
-        self._side, self.static, self._cum = side, set(self.engine.static), {}
-        return out
+        out, env = self._run(run)
+        return out, _StackedCache(env, side, static)
 
     @torch.no_grad()
-    def mutants(self, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
+    def mutants(self, cache: _StackedCache, x_win: torch.Tensor, start: int, rows: torch.Tensor | None):
         """Every member's raw outputs for ``B`` mutants (see :meth:`WindowedModel.mutants`)."""
 
         def run(env, cum):
-            # caches derived from the references (prefix maxima and sums) hold every member's values:
-            # they leave each call through vmap's output and come back in with the next one
-            self.engine.ref, self.engine.static, self.engine._cum = env | self._side, self.static, dict(cum)
-            return self.engine.mutants(x_win, start, rows), self.engine._cum
+            # what the engine derives from the references (prefix maxima and sums) holds every member's
+            # values: it leaves each call through vmap's output and comes back in with the next one
+            one = Cache(env | cache.side, cache.static, dict(cum))
+            return self.engine.mutants(one, x_win, start, rows), one.cum
 
-        out, self._cum = self._run(run, self._env, self._cum)
+        out, cache.cum = self._run(run, cache.env, cache.cum)
         self.fallback = self.fallback or self.engine.fallback
         return out
+
+
+@dataclass
+class _StackedCache:
+    """:class:`Cache` for :class:`StackedWindowedModel`: the activations vmap carries (``env``, member axis
+    first), the plain values shared by every member (``side``), the static names and the derived ``cum``."""
+
+    env: dict
+    side: dict
+    static: set
+    cum: dict = field(default_factory=dict)
 
 
 def _leaves(v) -> tuple[bool, list]:
@@ -808,3 +797,137 @@ class _Holder(nn.Module):
 
     def forward(self, fn, *args):
         return fn(*args)
+
+
+# ----------------------------------------------------------------------------- the rules
+# How each operation is carried for the mutants, as an ordered table: the first rule that answers (returns a
+# value, not None) wins; a node no rule answers gets the full tensor (exact; WindowedModel.fallback names
+# the first such node that costs time). Each rule's exactness is tested on a model that needs it
+# (tests/test_windowed.py, test_every_rule_is_exact).
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``name`` and ``apply(engine, call, node, first, args, kwargs, windows)``: the node's value for the mutants,
+    or ``None`` when the rule does not apply."""
+
+    name: str
+    apply: Callable
+
+
+def _one_window(first, windows) -> bool:
+    return isinstance(first, _Win) and len(windows) == 1
+
+
+def _dropout_mask(eng, c, node, first, args, kwargs, windows):
+    # MC-dropout's mask before anything else: a dropout on a dense tensor (a head after global pooling)
+    # is a module in eval mode, which a plain call would run as the identity
+    if not (isinstance(first, (_Win, _Dense)) and len(windows) <= 1 and eng._is_masked(node)):
+        return None
+    mask = eng._mask(node, c.ref[node.args[0].name].shape[1:])
+    if isinstance(first, _Win):
+        return _Win(first.t * mask[..., first.a : first.b], first.a, first.b, node.name)
+    return _Dense(first.v * mask)
+
+
+def _dense_only(eng, c, node, first, args, kwargs, windows):
+    return _Dense(eng._call(node, args, kwargs)) if not windows else None  # only dense and static inputs
+
+
+def _pointwise(eng, c, node, first, args, kwargs, windows):
+    if not (_one_window(first, windows) and eng._pointwise(node, args, kwargs)):
+        return None
+    return _Win(eng._call(node, (first.t,) + tuple(args[1:]), kwargs), first.a, first.b, node.name)
+
+
+def _convolution(eng, c, node, first, args, kwargs, windows):
+    conv = _conv_params(node, eng.modules, args, kwargs) if _one_window(first, windows) else None
+    return eng._conv(c, node, first, *conv) if conv is not None and first.t.ndim == 3 else None
+
+
+def _pooling(eng, c, node, first, args, kwargs, windows):
+    pool = _pool_params(node, eng.modules) if _one_window(first, windows) else None
+    return eng._pool(c, node, first, *pool) if pool is not None and first.t.ndim == 3 else None
+
+
+def _length_mean_or_sum(eng, c, node, first, args, kwargs, windows):
+    op, target = node.op, node.target
+    if not _one_window(first, windows):
+        return None
+    if (op, target) in (("call_method", "mean"), ("call_method", "sum")) or target in (torch.mean, torch.sum):
+        return eng._reduce(c, node, first, args, kwargs)
+    return None
+
+
+def _length_max(eng, c, node, first, args, kwargs, windows):
+    op, target = node.op, node.target
+    if _one_window(first, windows) and (
+        (op == "call_method" and target in ("max", "amax")) or target in (torch.max, torch.amax)
+    ):
+        return eng._max(c, node, first, args, kwargs)
+    return None
+
+
+def _flip(eng, c, node, first, args, kwargs, windows):
+    if not (
+        _one_window(first, windows) and ((node.op, node.target) == ("call_method", "flip") or node.target is torch.flip)
+    ):
+        return None
+    dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
+    dims = {int(d) % first.t.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
+    if 0 in dims:
+        return None
+    # reverse-complementing: channels flip in place, the window mirrors
+    L = c.ref[first.node].shape[-1]
+    a, b = (L - first.b, L - first.a) if first.t.ndim - 1 in dims else (first.a, first.b)
+    return _Win(first.t.flip(sorted(dims)), a, b, node.name)
+
+
+def _crop(eng, c, node, first, args, kwargs, windows):
+    if _one_window(first, windows) and node.op == "call_function" and node.target is operator.getitem:
+        return eng._crop(c, node, first, args[1])
+    return None
+
+
+def _flatten(eng, c, node, first, args, kwargs, windows):
+    return _Flat(first) if _one_window(first, windows) and eng._is_flatten(c, node, first, args, kwargs) else None
+
+
+def _shape(eng, c, node, first, args, kwargs, windows):
+    op, target = node.op, node.target
+    if not (
+        _one_window(first, windows)
+        and ((op, target) == ("call_method", "size") or (op == "call_function" and target is getattr))
+    ):
+        return None
+    shape = torch.Size((c.B,) + tuple(c.ref[first.node].shape[1:]))
+    if target == "size":
+        return _Dense(shape if len(args) < 2 else shape[args[1]])
+    return _Dense(shape) if args[1] == "shape" else None
+
+
+def _dense_layer(eng, c, node, first, args, kwargs, windows):
+    return eng._linear(c, node, first, args) if isinstance(first, _Flat) and len(windows) == 1 else None
+
+
+def _elementwise(eng, c, node, first, args, kwargs, windows):
+    if eng._binary(node) and all(isinstance(w, _Win) for w in windows):
+        return eng._elementwise(c, node, args, kwargs, windows)
+    return None
+
+
+RULES = (
+    Rule("dropout mask", _dropout_mask),
+    Rule("dense inputs", _dense_only),
+    Rule("pointwise", _pointwise),
+    Rule("convolution", _convolution),
+    Rule("pooling", _pooling),
+    Rule("mean or sum over the length", _length_mean_or_sum),
+    Rule("max over the length", _length_max),
+    Rule("flip", _flip),
+    Rule("crop", _crop),
+    Rule("flatten", _flatten),
+    Rule("shape", _shape),
+    Rule("dense layer", _dense_layer),
+    Rule("elementwise", _elementwise),
+)

@@ -42,6 +42,8 @@ from .sequence import ALPHABET, as_one_hot, reverse_complement, substitute
 
 __all__ = [
     "saturation_mutagenesis",
+    "prepare",
+    "PreparedISM",
     "ISMOptions",
     "choose_engine",
     "EngineChoice",
@@ -266,21 +268,25 @@ def saturation_mutagenesis(
     slot ``[n, m, p, ref_base]`` holds the reference prediction.
     """
     _check_options(transform=transform)
-    options = dict(outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout,
-                   seed=seed, engine=engine, ensemble=ensemble, block=block)  # fmt: skip
-    if rc_average:
-        X = as_one_hot(X)
-        pos = resolve_positions(positions, X.shape[2])
-        forward = _saturation_mutagenesis(models, X, positions=pos.tolist(), **options)
-        mirrored = (X.shape[2] - 1 - pos).tolist()  # ascending in the reverse complement: pos descending
-        reverse = _saturation_mutagenesis(models, reverse_complement(X), positions=mirrored, **options)
-        # position p of the reverse complement is L-1-p of the sequence, base b is its complement (ACGT -> TGCA)
-        out = (forward + reverse.flip(2).flip(3)) / 2
-    else:
-        out = _saturation_mutagenesis(models, X, positions=positions, **options)
-    if transform in (None, "none"):
-        return out
-    return on_scale(out, transform)
+    options = ISMOptions(
+        outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout, seed=seed,
+        engine=engine, ensemble=ensemble, rc_average=rc_average, transform=transform,
+    )  # fmt: skip
+    X = as_one_hot(X)
+    return prepare(models, X.shape[2], options, block=block, stacklevel=3).run(X, positions)
+
+
+def prepare(models: Models, length: int, options: ISMOptions, *, block: int = 12, stacklevel: int = 2) -> PreparedISM:
+    """:func:`saturation_mutagenesis` with ``options`` for ``models`` on sequences of ``length`` bp, prepared once:
+    the models on their device, the engine chosen (:func:`choose_engine`'s rule) and traced. ``.run(X, positions)``
+    then runs any number of batches of sequences on it, each with the numbers :func:`saturation_mutagenesis`
+    gives; :mod:`deepmr_utils.pipeline` prepares one per run (per worker on a Dask cluster) for all its chunks.
+    A model the engine cannot trace is said once, here (``stacklevel``: where the warning points)."""
+    if not isinstance(options, ISMOptions):
+        raise TypeError(f"options must be an ISMOptions, got {type(options).__name__}")
+    if not is_integer(length) or length < 1:
+        raise ValueError(f"length must be an integer >= 1, got {length!r}")
+    return PreparedISM(models, int(length), options, block, stacklevel + 1)
 
 
 TRANSFORMS = (None, "none", "logit", "log", "logit-clip", "log-clip")
@@ -435,77 +441,102 @@ def _tries_windowed(engine: str, L: int) -> bool:
     return engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH)
 
 
-def _saturation_mutagenesis(
-    models, X, *, outputs, positions, batch_size, device, dtype, mc_dropout, seed, engine, ensemble, block
-) -> torch.Tensor:
-    models = as_models(models)
-    outputs = check_outputs(outputs)
-    _check_options(engine=engine, ensemble=ensemble, mc_dropout=mc_dropout, batch_size=batch_size, dtype=dtype)
-    if mc_dropout and len(models) != 1:
-        raise ValueError("mc_dropout draws its samples from one model; pass a single model, not an ensemble")
-    dev = resolve_device(device)
-    models = on_device(models, dev)
-    X = prepare_input(X, models, dev)
-    N, _, L = X.shape
-    pos = resolve_positions(positions, L)
-    autocast = dtype not in (None, torch.float32)
+class PreparedISM:
+    """ISM prepared for one set of models and one sequence length (:func:`prepare`): ``models`` on the device,
+    ``engine`` (``"windowed"`` or ``"plain"``) with ``reason``, the windowed engines traced once."""
 
-    if ensemble == "vmap" and not same_architecture(models):
-        raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
-    engines = None
-    # engine="auto": decided by the length, never by timing (choose_engine), so the path and its float
-    # round-off are the same on every run, chunk and machine load. The engine is traced only when it will run.
-    if _tries_windowed(engine, L):
-        captured = outputs if callable(outputs) else None
-        try:
-            engines = [WindowedModel(m, captured) for m in models]
-        except TraceError as err:
-            warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=3)
-        if engines is not None and ensemble == "vmap" and len(models) > 1 and not mc_dropout:
-            try:
-                stacked = StackedWindowedModel(models, captured)
-                with eval_mode(models), torch.inference_mode():
-                    stacked.reference(X[:1])  # an activation vmap cannot carry shows here, not mid-run
-                engines = [stacked]
-            except TraceError as err:
-                warnings.warn(f"{err}; the members run one after another on the windowed engine", stacklevel=3)
-    windowed = engines is not None
-
-    with eval_mode(models), torch.inference_mode():
-        ctx = torch.autocast(dev.type, dtype=dtype) if autocast else nullcontext()
-        with ctx:
-            if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
-                chunk, wide = 1, block
-            else:  # many references and a wider window per call, about `batch_size` mutants each
-                target = batch_size or 4096
-                chunk = max(1, target // (3 * block))
-                wide = max(block, min(128, target // (3 * min(N, chunk))))
-
-            def run_windowed(Xs, ps=pos):
-                return _windowed_path(engines, Xs, ps, outputs, wide, chunk, mc_dropout, seed, models)
-
-            def run_plain(Xs, ps=pos):
-                return _plain_path(models, Xs, ps, outputs, batch_size, dev, mc_dropout, seed, ensemble)
-
-            out = None
-            if windowed:
-                try:
-                    out = run_windowed(X)
-                except Exception as err:  # noqa: BLE001 -- an engine defect must not become the user's error:
-                    # the plain path decides (it raises what the model itself raises)
-                    warnings.warn(
-                        f"windowed ISM failed on {type(models[0]).__name__} ({type(err).__name__}: {err}); "
-                        "using the plain path (exact, slower)",
-                        stacklevel=3,
-                    )
-            if out is None:
-                out = run_plain(X)
-    if not torch.isfinite(out).all():
-        n, m, p, b, o = torch.nonzero(~torch.isfinite(out))[0].tolist()
-        raise ValueError(
-            f"non-finite prediction: sequence {n}, model {m}, position {int(pos[p])}, base {ALPHABET[b]}, output {o}"
+    def __init__(self, models: Models, length: int, options: ISMOptions, block: int, stacklevel: int):
+        o = options
+        models = as_models(models)
+        if o.mc_dropout and len(models) != 1:
+            raise ValueError("mc_dropout draws its samples from one model; pass a single model, not an ensemble")
+        if o.ensemble == "vmap" and not same_architecture(models):
+            raise ValueError("ensemble='vmap' needs members with identical architecture; use ensemble='loop'")
+        self.options, self.length, self.block = o, length, block
+        self.dev = resolve_device(o.device)
+        self.models = on_device(models, self.dev)
+        self.engines, self.engine = None, "plain"
+        self.reason = (
+            "engine='plain' was asked for" if o.engine == "plain" else f"{length} bp < {WINDOWED_MIN_LENGTH} bp"
         )
-    return out
+        # engine="auto": decided by the length, never by timing (choose_engine), so the path and its float
+        # round-off are the same on every run, chunk and machine load. The engine is traced only when it will run.
+        if _tries_windowed(o.engine, length):
+            captured = o.outputs if callable(o.outputs) else None
+            try:
+                self.engines = [WindowedModel(m, captured) for m in self.models]
+                self.engine, self.reason = "windowed", f"engine={o.engine!r}, {length} bp"
+            except TraceError as err:
+                self.reason = str(err)
+                warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=stacklevel)
+            if self.engines is not None and o.ensemble == "vmap" and len(models) > 1 and not o.mc_dropout:
+                try:
+                    stacked = StackedWindowedModel(self.models, captured)
+                    with eval_mode(self.models), torch.inference_mode():
+                        probe = torch.zeros(1, 4, length, device=self.dev)
+                        probe[0, 0] = 1  # an activation vmap cannot carry shows here, not mid-run
+                        stacked.reference(probe)
+                    self.engines = [stacked]
+                except TraceError as err:
+                    warnings.warn(f"{err}; the members run one after another on the windowed engine",
+                                  stacklevel=stacklevel)  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"PreparedISM({len(self.models)} model(s), {self.length} bp, {self.engine}: {self.reason})"
+
+    def run(self, X: Sequences, positions: Positions = None) -> torch.Tensor:
+        """Every substitution of ``X`` ``(N, 4, length)`` at ``positions``: ``(N, M, P, 4, O)``, as
+        :func:`saturation_mutagenesis` returns it (strand-averaged and on the transform's scale when the options
+        say so)."""
+        X = as_one_hot(X)
+        if X.shape[2] != self.length:
+            raise ValueError(f"this ISM was prepared for {self.length} bp sequences, got {X.shape[2]} bp")
+        if not self.options.rc_average:
+            out = self._run(X, resolve_positions(positions, self.length))
+        else:
+            pos = resolve_positions(positions, self.length)
+            forward = self._run(X, pos)
+            mirrored = (self.length - 1 - pos).flip(0)  # ascending in the reverse complement
+            # position p of the reverse complement is L-1-p of the sequence, base b is its complement (ACGT -> TGCA)
+            out = (forward + self._run(reverse_complement(X), mirrored).flip(2).flip(3)) / 2
+        t = self.options.transform
+        return out if t in (None, "none") else on_scale(out, t)
+
+    def _run(self, X: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        o, dev, models = self.options, self.dev, self.models
+        outputs, batch_size, block = o.outputs, o.batch_size, self.block
+        X = prepare_input(X, models, dev)
+        N = X.shape[0]
+        autocast = o.dtype not in (None, torch.float32)
+        with eval_mode(models), torch.inference_mode():
+            ctx = torch.autocast(dev.type, dtype=o.dtype) if autocast else nullcontext()
+            with ctx:
+                if dev.type == "cpu":  # one reference at a time: small caches, cache-friendly
+                    chunk, wide = 1, block
+                else:  # many references and a wider window per call, about `batch_size` mutants each
+                    target = batch_size or 4096
+                    chunk = max(1, target // (3 * block))
+                    wide = max(block, min(128, target // (3 * min(N, chunk))))
+                out = None
+                if self.engines is not None:
+                    try:
+                        out = _windowed_path(self.engines, X, pos, outputs, wide, chunk, o.mc_dropout, o.seed, models)
+                    except Exception as err:  # noqa: BLE001 -- an engine defect must not become the user's error:
+                        # the plain path decides (it raises what the model itself raises)
+                        warnings.warn(
+                            f"windowed ISM failed on {type(models[0]).__name__} ({type(err).__name__}: {err}); "
+                            "using the plain path (exact, slower)",
+                            stacklevel=4,
+                        )
+                if out is None:
+                    out = _plain_path(models, X, pos, outputs, batch_size, dev, o.mc_dropout, o.seed, o.ensemble)
+        if not torch.isfinite(out).all():
+            n, m, p, b, k = torch.nonzero(~torch.isfinite(out))[0].tolist()
+            raise ValueError(
+                f"non-finite prediction: sequence {n}, model {m}, position {int(pos[p])}, base {ALPHABET[b]}, "
+                f"output {k}"
+            )
+        return out
 
 
 def resolve_positions(positions: Positions, L: int) -> torch.Tensor:
@@ -653,13 +684,14 @@ def _windowed_path(engines, X, pos, outputs, block, chunk, mc_dropout, seed, mod
             if shared is not None:
                 shared.pass_index = s
             n = getattr(engine, "n_members", None)  # a stacked engine: leaves carry a member axis
-            refs = _by_member(engine.reference(x), outputs, n)  # (m, n, O)
+            raw, cache = engine.reference(x)
+            refs = _by_member(raw, outputs, n)  # (m, n, O)
             m = refs.shape[0]
             if out is None:
                 out = torch.empty(N, width, P, 4, refs.shape[-1])
             out[n0 : n0 + x.shape[0], k : k + m] = refs.permute(1, 0, 2)[:, :, None, None, :]
             for xm, start, rows, idx in blocks:
-                y = _by_member(engine.mutants(xm, start, rows), outputs, n)  # (m, B, O)
+                y = _by_member(engine.mutants(cache, xm, start, rows), outputs, n)  # (m, B, O)
                 for j in range(m):
                     out[idx[0], k + j, idx[1], idx[2], :] = y[j]
             fallback = fallback or engine.fallback

@@ -22,6 +22,7 @@ output, ``(N, P, 4, O)``, for DeepMR over all output pairs at once
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from ._dask import WORKER_MALLOC, dask_config
 from ._torch import as_models, selected_names
 from ._types import ArrayLike, Models, Sequences
 from ._validate import FAST_HINT, is_integer, renamed_keywords
-from .ism import ISMOptions, resolve_positions, saturation_mutagenesis
+from .ism import ISMOptions, prepare, resolve_positions
 from .progress import show_progress
 from .runs import Run, read_effects
 from .sequence import as_one_hot
@@ -252,16 +253,17 @@ class _Spec:
     variants: dict | None
 
 
-def _chunk_task(models, X, ids, spec: _Spec, path, fp, index):
-    """One chunk, start to finish: ISM, effects (and the variant table), written to ``path``. The same
-    function runs in this process or as a Dask task; a task writes its own file, so a finished chunk
-    survives whatever happens to the driver. ``variants["psi"]``: add the members' correlation."""
+def _chunk_task(prepared, X, ids, spec: _Spec, path, fp, index):
+    """One chunk, start to finish: ISM on the run's ``prepared`` engine (:func:`deepmr_utils.ism.prepare`),
+    effects (and the variant table), written to ``path``. The same function runs in this process or as a Dask
+    task; a task writes its own file, so a finished chunk survives whatever happens to the driver.
+    ``variants["psi"]``: add the members' correlation."""
     pair, variants = None, spec.variants
     if variants is not None:
         variants = dict(variants)
         if variants.pop("psi"):
             pair = (variants["exposure"], variants["outcome"])
-    effect, se, psi = _chunk_effects(models, X, spec.pos, spec.options, spec.calibration, ids, pair)
+    effect, se, psi = _chunk_effects(prepared, X, spec.pos, spec.options, spec.calibration, ids, pair)
     value = (effect, se) if variants is None else instruments.variant_table(
         effect, se, X, positions=spec.pos, loci=ids, psi=psi, **variants
     )  # fmt: skip
@@ -283,12 +285,14 @@ def _each_chunk(folder, fp, chunks, pattern, models, X, loci, spec, progress, cl
         unit="chunk",
         disable=not show_progress(progress),
     )
+    setup = functools.partial(_prepare, length=X.shape[2], options=spec.options)
     if client is None:
-        done = ((c, _chunk_task(models, *args)) for c, args in todo.items())
+        prepared = setup(models) if todo else None  # the engine traced once for every chunk of the run
+        done = ((c, _chunk_task(prepared, *args)) for c, args in todo.items())
     else:
         from ._dask import run_tasks
 
-        done = run_tasks(client, _chunk_task, models, fp, todo) if todo else iter(())
+        done = run_tasks(client, _chunk_task, models, fp, todo, setup=setup) if todo else iter(())
     for c, value in done:
         results[c] = value
         bar.update()
@@ -296,9 +300,13 @@ def _each_chunk(folder, fp, chunks, pattern, models, X, loci, spec, progress, cl
     return results
 
 
-def _chunk_effects(models, X, pos, options, calibration, ids, pair=None):
+def _prepare(models, length, options):
+    return prepare(models, length, options, stacklevel=5)
+
+
+def _chunk_effects(prepared, X, pos, options, calibration, ids, pair=None):
     """Effects and SEs of a chunk, and the members' correlation of the outputs in ``pair`` (or ``None``)."""
-    pred = saturation_mutagenesis(models, X, outputs=options.outputs, positions=pos, **options.mutagenesis())
+    pred = prepared.run(X, positions=pos)
     if calibration is not None:
         pred = calibration.transform_members(pred, axis=1, ids=ids)
     effect, se = paired_effects(pred, X, pos, ddof=options.ddof)

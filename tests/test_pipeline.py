@@ -40,15 +40,15 @@ def test_variant_table_feeds_per_locus(setup):
 
 def _count_ism_calls(monkeypatch, die_at=None) -> list:
     """Record the chunk size of every ISM call; with ``die_at=k`` the k-th call is killed."""
-    real, calls = pipeline.saturation_mutagenesis, []
+    real, calls = ism.PreparedISM.run, []
 
-    def counted(*args, **kw):
-        calls.append(args[1].shape[0])
+    def counted(self, X, positions=None):
+        calls.append(X.shape[0])
         if len(calls) == die_at:
             raise KeyboardInterrupt("killed")
-        return real(*args, **kw)
+        return real(self, X, positions)
 
-    monkeypatch.setattr(pipeline, "saturation_mutagenesis", counted)
+    monkeypatch.setattr(ism.PreparedISM, "run", counted)
     return calls
 
 
@@ -365,11 +365,12 @@ d = torch.load({str(tmp_path / "inputs.pt")!r})
 models = [DilatedResidualNet(3, 8, 3, stem_kernel=5, output_names=["a", "b", "c"]) for _ in d["models"]]
 for m, sd in zip(models, d["models"]):
     m.load_state_dict(sd)
-real = pipeline.saturation_mutagenesis
+from deepmr_utils import ism
+real = ism.PreparedISM.run
 def slow(*a, **k):
     time.sleep(0.3)
     return real(*a, **k)
-pipeline.saturation_mutagenesis = slow
+ism.PreparedISM.run = slow
 pipeline.variant_effects(models, d["X"], exposure="a", outcome="b", chunk_size=1, out={str(out)!r},
                          progress=False, select=Selection("all"))
 """
@@ -480,3 +481,27 @@ def test_torchscript_members_with_edited_code_are_refused(tmp_path):
     pipeline.effects([torch.jit.script(m) for m in a], X, out=out, progress=False)
     with pytest.raises(ValueError, match="model_code"):
         pipeline.effects([torch.jit.script(m) for m in b], X, out=out, progress=False)
+
+
+def test_a_run_traces_its_engine_once_for_all_chunks(setup, monkeypatch):
+    """One prepared engine per run: the members are traced once, not once per chunk (nor twice with rc_average)."""
+    from deepmr_utils import _windowed
+
+    models, X = setup
+    traced = []
+    init = _windowed.WindowedModel.__init__
+
+    def counting(self, *a, **k):
+        traced.append(1)
+        init(self, *a, **k)
+
+    monkeypatch.setattr(_windowed.WindowedModel, "__init__", counting)
+    options = ISMOptions(engine="windowed", rc_average=True)
+    got = pipeline.effects(models, X, options=options, chunk_size=3, progress=False)  # 4 chunks
+    assert len(traced) == len(models)
+    want = uncertainty.paired_effects(ism.saturation_mutagenesis(models, X, engine="windowed", rc_average=True), X)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6, equal_nan=True)
+    prepared = ism.prepare(models, X.shape[2], options)
+    assert repr(prepared).startswith(f"PreparedISM({len(models)} model(s), 60 bp, windowed")
+    with pytest.raises(ValueError, match="prepared for 60 bp sequences, got 59 bp"):
+        prepared.run(X[:, :, :59])

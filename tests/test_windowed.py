@@ -331,3 +331,59 @@ def test_an_engine_failure_falls_back_to_the_plain_path(monkeypatch):
     fast, plain, caught = both(DenseHead(), sq.random_sequences(2, L, seed=4))
     assert torch.equal(fast, plain)
     assert len(caught) == 1 and "IndexError: an engine defect" in caught[0] and "plain path" in caught[0]
+
+
+class Flipped(nn.Module):
+    """Reverse-complement averaging written into the model: flip channels and length, convolve, mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(4, 6, 5, padding=2)
+        self.h = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.h(F.relu(self.c(x)).mean(-1) + F.relu(self.c(x.flip(1).flip(2))).mean(-1))
+
+
+# per rule of the engine's table, a model that needs it (with what saturation_mutagenesis needs to run it)
+RULE_CASES = {
+    "dropout mask": (lambda: PooledRegressor(2, n_filters=8, hidden=8, dropout=0.3), {"mc_dropout": 3, "seed": 0}),
+    "dense inputs": (lambda: PooledRegressor(2, n_filters=8, hidden=8), {}),
+    "pointwise": (DenseHead, {}),
+    "convolution": (DenseHead, {}),
+    "pooling": (DenseHead, {}),
+    "mean or sum over the length": (ProfileHead, {"outputs": profile_and_counts}),
+    "max over the length": (Strided, {"outputs": lambda y: torch.cat([y[0], y[1]], 1)}),
+    "flip": (Flipped, {}),
+    "crop": (Strided, {"outputs": lambda y: torch.cat([y[0], y[1]], 1)}),
+    "flatten": (DenseHead, {}),
+    "shape": (DenseHead, {}),
+    "dense layer": (DenseHead, {}),
+    "elementwise": (ProfileHead, {"outputs": profile_and_counts}),
+}
+
+
+def test_every_rule_has_an_exactness_case():
+    from deepmr_utils._windowed import RULES
+
+    assert [r.name for r in RULES] == list(RULE_CASES)  # a new rule needs its case, in the table's order
+
+
+@pytest.mark.parametrize("rule", list(RULE_CASES))
+def test_every_rule_is_exact(rule, monkeypatch):
+    """The rule answers for some node of its model, and the engine's numbers equal the plain path's."""
+    seen = []
+    init = WindowedModel.__init__
+
+    def recording(self, *a, **k):
+        init(self, *a, **k)
+        self.rule_log = seen
+
+    monkeypatch.setattr(WindowedModel, "__init__", recording)
+    make, kw = RULE_CASES[rule]
+    torch.manual_seed(0)
+    models = [_randomize_bn(make()) for _ in range(1 if "mc_dropout" in kw else 2)]
+    X = sq.random_sequences(2, L, seed=3)
+    fast, plain, caught = both(models, X, **kw)
+    assert rule in seen, sorted(set(seen))
+    assert (fast - plain).abs().max() < TOL and not caught, caught
