@@ -179,9 +179,3 @@ def to_matrix(frame: pd.DataFrame, value: str = "estimate", names: Sequence[str]
         m = m.reindex(index=list(names), columns=list(names))
     m.index.name, m.columns.name = "exposure", "outcome"
     return m
-
-
-def __getattr__(name: str):
-    if name == "effect_matrix":  # renamed: plots.effect_matrix draws the matrix this one builds
-        raise AttributeError("pairs.effect_matrix was renamed pairs.to_matrix (plots.effect_matrix draws it)")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

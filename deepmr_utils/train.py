@@ -303,9 +303,3 @@ def accuracy(models: Models, X: Sequences, y: ArrayLike, *, names: Sequence[str]
             }
         )
     return pd.DataFrame(rows)
-
-
-def __getattr__(name: str):
-    if name == "evaluate":  # renamed: models.bpnet.evaluate is the BPNet one
-        raise AttributeError("train.evaluate was renamed train.accuracy (bpnet.evaluate is BPNet's profile metric)")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
