@@ -16,10 +16,16 @@ activations can differ from the reference's (fastISM, Nair et al. 2022; tangerme
   the length axis (``ref + sum(window - ref_window)``) and a dense layer over the
   flattened ``(C, L)`` features (``ref + W[:, :, window] . delta``, as in
   DeepSEA/Beluga), so a dense head costs ``C * w`` rather than ``C * L`` per output;
-* anything else (attention, a max over the length, a reshape the engine does not
-  know) gets the full tensor, rebuilt from the reference cache and the window, and
-  runs as usual from there on; still exact, only slower. The first such operation
-  is reported by :attr:`WindowedModel.fallback`.
+* a max over the length is updated from the references' prefix and suffix maxima;
+* anything else (attention, a reshape the engine does not know) gets the full tensor,
+  rebuilt from the reference cache and the window, and runs as usual from there on;
+  still exact, only slower. The first such operation is reported by
+  :attr:`WindowedModel.fallback`.
+
+Which operation is carried how is one ordered table, :data:`deepmr_utils._windowed_rules.RULES`
+(the first rule that answers wins). :meth:`WindowedModel.reference` returns the references'
+activations as a :class:`Cache` value that :meth:`WindowedModel.mutants` reads: a call leaves
+no state on the engine.
 
 Tensors whose length axis is not the last one (a transpose to ``(B, L, C)``) count as
 "anything else". A model that ``torch.fx`` cannot trace (data-dependent control flow)
@@ -40,8 +46,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ._torch import same_architecture
+from ._windowed_rules import RULES, Dense, Flat, Win, map_leaves
 
-__all__ = ["WindowedModel", "StackedWindowedModel", "Cache", "Rule", "RULES", "TraceError"]
+__all__ = ["WindowedModel", "StackedWindowedModel", "Cache", "TraceError"]
 
 
 class TraceError(RuntimeError):
@@ -68,48 +75,7 @@ _BINARY = {
 _BINARY_METHODS = {"add", "sub", "mul", "div"}
 
 
-@dataclass
-class _Win:
-    """A per-mutant tensor equal to reference ``node``'s activation except on ``[a, b)`` of its
-    last (length) axis, where it is ``t`` (shape ``(B, ..., b - a)``)."""
-
-    t: torch.Tensor
-    a: int
-    b: int
-    node: str
-
-
-@dataclass
-class _Flat:
-    """``flatten(win, 1)`` of a ``(B, C, L)`` window, kept unflattened for a dense layer."""
-
-    win: _Win
-
-
-def _map(v, fn):
-    """``fn`` over the leaves of plain tuples, lists and dicts (fx's own mapper would also open
-    tuple subclasses such as ``torch.return_types.max`` and lose their fields)."""
-    if type(v) is tuple:
-        return tuple(_map(x, fn) for x in v)
-    if isinstance(v, list):  # fx's immutable_list included
-        return [_map(x, fn) for x in v]
-    if isinstance(v, dict):
-        return {k: _map(x, fn) for k, x in v.items()}
-    if isinstance(v, slice):  # crops computed from shapes (bpnet-lite, ChromBPNet) hold per-call values
-        return slice(_map(v.start, fn), _map(v.stop, fn), _map(v.step, fn))
-    return fn(v)
-
-
 _MaxOut = namedtuple("_MaxOut", ["values", "indices"])  # indices are not tracked (None)
-
-
-class _Dense:
-    """A per-mutant tensor (or structure) that holds no reference to a window."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v):
-        self.v = v
 
 
 class _Selected(nn.Module):
@@ -121,65 +87,6 @@ class _Selected(nn.Module):
 
     def forward(self, x):
         return self.outputs(self.model(x))
-
-
-def _conv_params(node, modules, args, kwargs):
-    """``(weight, bias, stride, left_pad, dilation, groups)`` of a 1-D convolution node, or None."""
-    if node.op == "call_module":
-        m = modules[node.target]
-        if type(m) is not nn.Conv1d or m.padding_mode != "zeros":
-            return None
-        w, b = m.weight, m.bias
-        stride, dil, groups, pad = m.stride[0], m.dilation[0], m.groups, m.padding
-    elif node.op == "call_function" and node.target is F.conv1d:
-        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-        got = dict(zip(names, args)) | dict(kwargs)
-        w, b = got["weight"], got.get("bias")
-        if not isinstance(w, torch.Tensor) or (b is not None and not isinstance(b, torch.Tensor)):
-            return None
-        one = lambda v, d: (v[0] if isinstance(v, (tuple, list)) else v) if v is not None else d  # noqa: E731
-        stride, dil, groups, pad = (
-            one(got.get("stride"), 1),
-            one(got.get("dilation"), 1),
-            got.get("groups", 1),
-            got.get("padding", 0),
-        )
-    else:
-        return None
-    k = w.shape[-1]
-    if pad == "same":
-        left = dil * (k - 1) // 2
-    elif pad == "valid":
-        left = 0
-    else:
-        left = pad[0] if isinstance(pad, (tuple, list)) else int(pad)
-    return w, b, int(stride), int(left), int(dil), int(groups)
-
-
-def _pool_params(node, modules):
-    """``(kind, kernel, stride, dilation)`` of a padding-free 1-D max/avg pool node, or None."""
-    if node.op == "call_module":
-        m = modules[node.target]
-        if type(m) is nn.MaxPool1d and not m.ceil_mode and not m.return_indices and m.padding in (0, (0,)):
-            k, s, d = m.kernel_size, m.stride, m.dilation
-            kind = "max"
-        elif type(m) is nn.AvgPool1d and not m.ceil_mode and m.padding in (0, (0,)):
-            k, s, d, kind = m.kernel_size, m.stride, 1, "avg"
-        else:
-            return None
-    elif node.op == "call_function" and node.target in (F.max_pool1d, F.avg_pool1d, torch.max_pool1d):
-        kind = "avg" if node.target is F.avg_pool1d else "max"
-        names = ("input", "kernel_size", "stride", "padding") + (
-            ("dilation", "ceil_mode") if kind == "max" else ("ceil_mode",)
-        )
-        got = dict(zip(names, node.args)) | dict(node.kwargs)
-        if got.get("padding", 0) not in (0, (0,)) or got.get("ceil_mode", False) or got.get("return_indices", False):
-            return None
-        k, s, d = got["kernel_size"], got.get("stride") or got["kernel_size"], got.get("dilation", 1)
-    else:
-        return None
-    one = lambda v: int(v[0] if isinstance(v, (tuple, list)) else v)  # noqa: E731
-    return kind, one(k), one(s), one(d)
 
 
 def _cone(a, b, k, stride, left, dil, L_out):
@@ -292,8 +199,8 @@ class WindowedModel:
                 break
             if node.op == "get_attr" or not any(n.name not in static for n in node.all_input_nodes):
                 static.add(node.name)
-            mask = self._mask(node, args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else None
-            env[node.name] = args[0] * mask if mask is not None else self._call(node, args, kwargs)
+            mask = self.mask(node, args[0].shape[1:]) if args and isinstance(args[0], torch.Tensor) else None
+            env[node.name] = args[0] * mask if mask is not None else self.call(node, args, kwargs)
         # the model ran on its own layouts (a .view() may need them); the cache of what the mutants
         # read is re-laid-out, static values (read by the model's own operations) excepted
         return out, Cache({k: v if k in static else self._layout(v) for k, v in env.items()}, static)
@@ -311,12 +218,12 @@ class WindowedModel:
 
         for node in self.nodes:
             if node.op == "placeholder":
-                env[node.name] = _Win(x_win, start, start + x_win.shape[-1], node.name)
+                env[node.name] = Win(x_win, start, start + x_win.shape[-1], node.name)
                 continue
             if node.name in c.static or (not node.users and node.op != "output"):
                 continue  # shared with the references, or unused (an input check ran on the references)
             if node.op == "output":
-                return _map(self._load(node, value)[0][0], lambda v: self._full(c, v))
+                return map_leaves(self._load(node, value)[0][0], lambda v: self._full(c, v))
             env[node.name] = self._step(c, node, value)
             for name in self._last_use.get(node.name, ()):  # freed once read for the last time: a smaller
                 env.pop(name, None)  # peak, and the allocator reuses the memory within the call
@@ -335,8 +242,8 @@ class WindowedModel:
                 return out
         if self.fallback is None and self._costly_from(node):
             self.fallback = f"{node.op} {node.target!r} (node {node.name})"
-        args, kwargs = _map((args, kwargs), lambda v: self._full(c, v))
-        return _Dense(self._call(node, args, kwargs))
+        args, kwargs = map_leaves((args, kwargs), lambda v: self._full(c, v))
+        return Dense(self.call(node, args, kwargs))
 
     # ------------------------------------------------------------------ helpers
     def _costly_from(self, node) -> bool:
@@ -368,13 +275,13 @@ class WindowedModel:
     @staticmethod
     def _windows(args, kwargs):
         found = []
-        _map((args, kwargs), lambda v: found.append(v) if isinstance(v, (_Win, _Flat)) else v)
+        map_leaves((args, kwargs), lambda v: found.append(v) if isinstance(v, (Win, Flat)) else v)
         return found
 
     def _unwrap(self, args, kwargs):
-        return _map((args, kwargs), lambda v: v.v if isinstance(v, _Dense) else v)
+        return map_leaves((args, kwargs), lambda v: v.v if isinstance(v, Dense) else v)
 
-    def _call(self, node, args, kwargs):
+    def call(self, node, args, kwargs):
         args, kwargs = self._unwrap(args, kwargs)
         if node.op == "call_module":
             return self.modules[node.target](*args, **kwargs)
@@ -405,7 +312,7 @@ class WindowedModel:
             return t.transpose(1, 2).contiguous().transpose(1, 2)
         return t
 
-    def _gather(self, c, w: _Win, lo: int, hi: int) -> torch.Tensor:
+    def _gather(self, c, w: Win, lo: int, hi: int) -> torch.Tensor:
         """``w``'s full values on ``[lo, hi)``, zeros outside the sequence (conv zero padding)."""
         L = c.ref[w.node].shape[-1]
         a0, b0 = max(lo, 0), min(hi, L)
@@ -432,16 +339,16 @@ class WindowedModel:
         return out
 
     def _full(self, c, v):
-        if isinstance(v, _Win):  # for the model's own operations: in its usual layout
+        if isinstance(v, Win):  # for the model's own operations: in its usual layout
             return self._gather(c, v, 0, c.ref[v.node].shape[-1]).contiguous()
-        if isinstance(v, _Flat):
+        if isinstance(v, Flat):
             return self._full(c, v.win).flatten(1)
-        if isinstance(v, _Dense):
+        if isinstance(v, Dense):
             return v.v
         return v
 
-    def _pointwise(self, node, args, kwargs):
-        if any(isinstance(v, (_Win, _Flat, _Dense, torch.Tensor)) for v in list(args[1:]) + list(kwargs.values())):
+    def is_pointwise(self, node, args, kwargs):
+        if any(isinstance(v, (Win, Flat, Dense, torch.Tensor)) for v in list(args[1:]) + list(kwargs.values())):
             return False
         if node.op == "call_module":
             m = self.modules[node.target]
@@ -454,7 +361,7 @@ class WindowedModel:
             return node.target in _POINTWISE_FUNCTIONS
         return node.op == "call_method" and node.target in _POINTWISE_METHODS
 
-    def _binary(self, node):
+    def is_binary(self, node):
         return (node.op == "call_function" and node.target in _BINARY) or (
             node.op == "call_method" and node.target in _BINARY_METHODS
         )
@@ -462,13 +369,13 @@ class WindowedModel:
     @staticmethod
     def _is_sum(node, args, kwargs):
         """``x + y`` of two per-mutant tensors (no ``alpha``, no third operand)."""
-        if kwargs or len(args) != 2 or not all(isinstance(v, _Win) for v in args):
+        if kwargs or len(args) != 2 or not all(isinstance(v, Win) for v in args):
             return False
         return (node.op == "call_function" and node.target in (operator.add, torch.add, operator.iadd)) or (
             node.op == "call_method" and node.target == "add"
         )
 
-    def _elementwise(self, c, node, args, kwargs, windows):
+    def elementwise(self, c, node, args, kwargs, windows):
         L = {c.ref[w.node].shape[-1] for w in windows}
         nd = {w.t.ndim for w in windows}
         if len(L) != 1 or len(nd) != 1:
@@ -485,14 +392,14 @@ class WindowedModel:
                 if narrow.b > narrow.a:
                     old = self._ref_rows(c, narrow.node, narrow.a, narrow.b)
                     out[..., narrow.a - a : narrow.b - a] += narrow.t - old
-                return _Win(out, a, b, node.name)
+                return Win(out, a, b, node.name)
         ok = True
 
         def fit(v):
             nonlocal ok
-            if isinstance(v, _Win):
+            if isinstance(v, Win):
                 return v.t if (v.a, v.b) == (a, b) else self._gather(c, v, a, b)
-            if isinstance(v, _Dense):
+            if isinstance(v, Dense):
                 ok = False
                 return v
             if isinstance(v, torch.Tensor) and v.ndim:
@@ -504,12 +411,12 @@ class WindowedModel:
                     ok = False
             return v
 
-        args, kwargs = _map((args, kwargs), fit)
+        args, kwargs = map_leaves((args, kwargs), fit)
         if not ok:
             return None
-        return _Win(self._call(node, args, kwargs), a, b, node.name)
+        return Win(self.call(node, args, kwargs), a, b, node.name)
 
-    def _conv(self, c, node, w: _Win, weight, bias, stride, left, dil, groups):
+    def conv(self, c, node, w: Win, weight, bias, stride, left, dil, groups):
         if w.a >= w.b:
             return self._unchanged(c, node, w)
         L_out = c.ref[node.name].shape[-1]
@@ -523,12 +430,12 @@ class WindowedModel:
             oa, ob = max(0, first), min(L_out, w.b + left)
             if oa >= ob:
                 return self._unchanged(c, node, w)
-            return _Win(self._ref_rows(c, node.name, oa, ob) + dz[..., oa - first : ob - first], oa, ob, node.name)
+            return Win(self._ref_rows(c, node.name, oa, ob) + dz[..., oa - first : ob - first], oa, ob, node.name)
         oa, ob, ia, ib = _cone(w.a, w.b, weight.shape[-1], stride, left, dil, L_out)
         if oa >= ob:  # only positions that no output reads (a tail the stride drops) changed
             return self._unchanged(c, node, w)
         y = self._conv1d(node.name, self._gather(c, w, ia, ib), weight, bias, stride, 0, dil, groups)
-        return _Win(y, oa, ob, node.name)
+        return Win(y, oa, ob, node.name)
 
     def _conv1d(self, key, x, weight, bias, stride, pad, dil, groups):
         """``F.conv1d`` of ``x`` ``(B, C, w)``; on the CPU as a channels-last 2-D convolution, 2-3x
@@ -543,7 +450,7 @@ class WindowedModel:
         )
         return y[:, :, 0, :]
 
-    def _pool(self, c, node, w: _Win, kind, k, stride, dil):
+    def pool(self, c, node, w: Win, kind, k, stride, dil):
         if w.a >= w.b:
             return self._unchanged(c, node, w)
         L_out = c.ref[node.name].shape[-1]
@@ -555,9 +462,9 @@ class WindowedModel:
             y = F.max_pool1d(x, k, stride, 0, dil)
         else:
             y = F.avg_pool1d(x, k, stride)
-        return _Win(y, oa, ob, node.name)
+        return Win(y, oa, ob, node.name)
 
-    def _is_masked(self, node) -> bool:
+    def is_masked(self, node) -> bool:
         return (
             self.dropout_mask is not None
             and node.op == "call_module"
@@ -565,10 +472,10 @@ class WindowedModel:
             and self.modules[node.target].p > 0
         )
 
-    def _mask(self, node, shape):
-        return self.dropout_mask(self.modules[node.target], shape) if self._is_masked(node) else None
+    def mask(self, node, shape):
+        return self.dropout_mask(self.modules[node.target], shape) if self.is_masked(node) else None
 
-    def _max(self, c, node, w: _Win, args, kwargs):
+    def length_max(self, c, node, w: Win, args, kwargs):
         """Maximum over the length axis from the references' prefix and suffix maxima: exact, O(window)."""
         nd = w.t.ndim
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
@@ -596,7 +503,7 @@ class WindowedModel:
             if 0 <= i < L:
                 parts.append(self._per_mutant(c, t[..., i : i + 1]))
         top = torch.cat(parts, -1).amax(-1, keepdim=bool(keep))
-        return _Dense(_MaxOut(top, None) if tuple_out else top)
+        return Dense(_MaxOut(top, None) if tuple_out else top)
 
     def _window_sum(self, c, name, a, b, keep):
         """The references' sum of activation ``name`` over ``[a, b)`` of the length axis, one row per
@@ -609,12 +516,12 @@ class WindowedModel:
         out = (cs[..., b] - cs[..., a]).to(c.ref[name].dtype)
         return self._per_mutant(c, out[..., None] if keep else out)
 
-    def _unchanged(self, c, node, w: _Win) -> _Win:
+    def _unchanged(self, c, node, w: Win) -> Win:
         """An empty window for ``node``: the mutants equal the reference there."""
         shape = (c.B,) + tuple(c.ref[node.name].shape[1:-1]) + (0,)
-        return _Win(w.t.new_zeros(shape), 0, 0, node.name)
+        return Win(w.t.new_zeros(shape), 0, 0, node.name)
 
-    def _reduce(self, c, node, w: _Win, args, kwargs):
+    def reduce(self, c, node, w: Win, args, kwargs):
         nd = w.t.ndim
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
         keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
@@ -627,11 +534,11 @@ class WindowedModel:
         delta = w.t.sum(-1, keepdim=bool(keep)) - self._window_sum(c, w.node, w.a, w.b, bool(keep))
         if node.target in ("mean", torch.mean):
             delta = delta / c.ref[w.node].shape[-1]
-        return _Dense(self._per_mutant(c, c.ref[node.name]) + delta)
+        return Dense(self._per_mutant(c, c.ref[node.name]) + delta)
 
-    def _crop(self, c, node, w: _Win, idx):
+    def crop(self, c, node, w: Win, idx):
         nd = w.t.ndim
-        idx = _map(idx, lambda v: v.v if isinstance(v, _Dense) else v)  # a crop computed from shapes
+        idx = map_leaves(idx, lambda v: v.v if isinstance(v, Dense) else v)  # a crop computed from shapes
         idx = idx if isinstance(idx, tuple) else (idx,)
         if Ellipsis in idx:
             i = idx.index(Ellipsis)
@@ -644,10 +551,10 @@ class WindowedModel:
             return None
         a, b = min(max(w.a, start), stop), min(max(w.b, start), stop)
         if a >= b:  # the crop drops the changed window: the mutants equal the reference here
-            return _Win(w.t[..., :0], a - start, a - start, node.name)
-        return _Win(w.t[..., a - w.a : b - w.a], a - start, b - start, node.name)
+            return Win(w.t[..., :0], a - start, a - start, node.name)
+        return Win(w.t[..., a - w.a : b - w.a], a - start, b - start, node.name)
 
-    def _is_flatten(self, c, node, w: _Win, args, kwargs):
+    def is_flatten(self, c, node, w: Win, args, kwargs):
         if w.t.ndim != 3:
             return False
         if node.op == "call_module":
@@ -659,13 +566,13 @@ class WindowedModel:
             return start == 1 and end in (-1, 2)
         if node.target in ("view", "reshape") and node.op == "call_method":
             shape = args[1:] if len(args) > 2 else args[1]
-            shape = shape.v if isinstance(shape, _Dense) else shape
-            shape = [s.v if isinstance(s, _Dense) else s for s in shape]
+            shape = shape.v if isinstance(shape, Dense) else shape
+            shape = [s.v if isinstance(s, Dense) else s for s in shape]
             ref = c.ref[w.node].shape
             return len(shape) == 2 and shape[0] in (c.B, -1) and shape[1] in (-1, ref[1] * ref[2])
         return False
 
-    def _linear(self, c, node, flat: _Flat, args):
+    def linear(self, c, node, flat: Flat, args):
         if node.op == "call_module" and type(self.modules[node.target]) is nn.Linear:
             weight = self.modules[node.target].weight
         elif node.op == "call_function" and node.target is F.linear and isinstance(args[1], torch.Tensor):
@@ -689,7 +596,7 @@ class WindowedModel:
             update = delta.transpose(1, 2).reshape(delta.shape[0], -1) @ rows
         else:
             update = torch.einsum("bcw,ocw->bo", delta, weight.view(O, C, L)[:, :, w.a : w.b])
-        return _Dense(self._per_mutant(c, c.ref[node.name]) + update)
+        return Dense(self._per_mutant(c, c.ref[node.name]) + update)
 
 
 class StackedWindowedModel:
@@ -797,137 +704,3 @@ class _Holder(nn.Module):
 
     def forward(self, fn, *args):
         return fn(*args)
-
-
-# ----------------------------------------------------------------------------- the rules
-# How each operation is carried for the mutants, as an ordered table: the first rule that answers (returns a
-# value, not None) wins; a node no rule answers gets the full tensor (exact; WindowedModel.fallback names
-# the first such node that costs time). Each rule's exactness is tested on a model that needs it
-# (tests/test_windowed.py, test_every_rule_is_exact).
-
-
-@dataclass(frozen=True)
-class Rule:
-    """``name`` and ``apply(engine, call, node, first, args, kwargs, windows)``: the node's value for the mutants,
-    or ``None`` when the rule does not apply."""
-
-    name: str
-    apply: Callable
-
-
-def _one_window(first, windows) -> bool:
-    return isinstance(first, _Win) and len(windows) == 1
-
-
-def _dropout_mask(eng, c, node, first, args, kwargs, windows):
-    # MC-dropout's mask before anything else: a dropout on a dense tensor (a head after global pooling)
-    # is a module in eval mode, which a plain call would run as the identity
-    if not (isinstance(first, (_Win, _Dense)) and len(windows) <= 1 and eng._is_masked(node)):
-        return None
-    mask = eng._mask(node, c.ref[node.args[0].name].shape[1:])
-    if isinstance(first, _Win):
-        return _Win(first.t * mask[..., first.a : first.b], first.a, first.b, node.name)
-    return _Dense(first.v * mask)
-
-
-def _dense_only(eng, c, node, first, args, kwargs, windows):
-    return _Dense(eng._call(node, args, kwargs)) if not windows else None  # only dense and static inputs
-
-
-def _pointwise(eng, c, node, first, args, kwargs, windows):
-    if not (_one_window(first, windows) and eng._pointwise(node, args, kwargs)):
-        return None
-    return _Win(eng._call(node, (first.t,) + tuple(args[1:]), kwargs), first.a, first.b, node.name)
-
-
-def _convolution(eng, c, node, first, args, kwargs, windows):
-    conv = _conv_params(node, eng.modules, args, kwargs) if _one_window(first, windows) else None
-    return eng._conv(c, node, first, *conv) if conv is not None and first.t.ndim == 3 else None
-
-
-def _pooling(eng, c, node, first, args, kwargs, windows):
-    pool = _pool_params(node, eng.modules) if _one_window(first, windows) else None
-    return eng._pool(c, node, first, *pool) if pool is not None and first.t.ndim == 3 else None
-
-
-def _length_mean_or_sum(eng, c, node, first, args, kwargs, windows):
-    op, target = node.op, node.target
-    if not _one_window(first, windows):
-        return None
-    if (op, target) in (("call_method", "mean"), ("call_method", "sum")) or target in (torch.mean, torch.sum):
-        return eng._reduce(c, node, first, args, kwargs)
-    return None
-
-
-def _length_max(eng, c, node, first, args, kwargs, windows):
-    op, target = node.op, node.target
-    if _one_window(first, windows) and (
-        (op == "call_method" and target in ("max", "amax")) or target in (torch.max, torch.amax)
-    ):
-        return eng._max(c, node, first, args, kwargs)
-    return None
-
-
-def _flip(eng, c, node, first, args, kwargs, windows):
-    if not (
-        _one_window(first, windows) and ((node.op, node.target) == ("call_method", "flip") or node.target is torch.flip)
-    ):
-        return None
-    dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
-    dims = {int(d) % first.t.ndim for d in ((dims,) if isinstance(dims, int) else dims)}
-    if 0 in dims:
-        return None
-    # reverse-complementing: channels flip in place, the window mirrors
-    L = c.ref[first.node].shape[-1]
-    a, b = (L - first.b, L - first.a) if first.t.ndim - 1 in dims else (first.a, first.b)
-    return _Win(first.t.flip(sorted(dims)), a, b, node.name)
-
-
-def _crop(eng, c, node, first, args, kwargs, windows):
-    if _one_window(first, windows) and node.op == "call_function" and node.target is operator.getitem:
-        return eng._crop(c, node, first, args[1])
-    return None
-
-
-def _flatten(eng, c, node, first, args, kwargs, windows):
-    return _Flat(first) if _one_window(first, windows) and eng._is_flatten(c, node, first, args, kwargs) else None
-
-
-def _shape(eng, c, node, first, args, kwargs, windows):
-    op, target = node.op, node.target
-    if not (
-        _one_window(first, windows)
-        and ((op, target) == ("call_method", "size") or (op == "call_function" and target is getattr))
-    ):
-        return None
-    shape = torch.Size((c.B,) + tuple(c.ref[first.node].shape[1:]))
-    if target == "size":
-        return _Dense(shape if len(args) < 2 else shape[args[1]])
-    return _Dense(shape) if args[1] == "shape" else None
-
-
-def _dense_layer(eng, c, node, first, args, kwargs, windows):
-    return eng._linear(c, node, first, args) if isinstance(first, _Flat) and len(windows) == 1 else None
-
-
-def _elementwise(eng, c, node, first, args, kwargs, windows):
-    if eng._binary(node) and all(isinstance(w, _Win) for w in windows):
-        return eng._elementwise(c, node, args, kwargs, windows)
-    return None
-
-
-RULES = (
-    Rule("dropout mask", _dropout_mask),
-    Rule("dense inputs", _dense_only),
-    Rule("pointwise", _pointwise),
-    Rule("convolution", _convolution),
-    Rule("pooling", _pooling),
-    Rule("mean or sum over the length", _length_mean_or_sum),
-    Rule("max over the length", _length_max),
-    Rule("flip", _flip),
-    Rule("crop", _crop),
-    Rule("flatten", _flatten),
-    Rule("shape", _shape),
-    Rule("dense layer", _dense_layer),
-    Rule("elementwise", _elementwise),
-)

@@ -161,6 +161,7 @@ def test_no_function_takes_more_than_14_parameters():
 # modules whose tests live in a file named for what they serve, not for the module (each checked to exist)
 TESTED_ELSEWHERE = {
     "deepmr_utils._windowed": "tests/test_windowed.py",
+    "deepmr_utils._windowed_rules": "tests/test_windowed.py",  # every rule's exactness case
     "deepmr_utils._robust": "tests/test_mr.py",  # robust MR-Egger's MM-estimator, against R's lmrob
     "deepmr_utils._dask": "tests/test_cli.py",  # the workers, their allocator and a killed worker
     "deepmr_utils._io": "tests/test_pipeline.py",  # durable writes: interrupted runs, truncated manifests

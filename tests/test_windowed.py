@@ -364,7 +364,7 @@ RULE_CASES = {
 
 
 def test_every_rule_has_an_exactness_case():
-    from deepmr_utils._windowed import RULES
+    from deepmr_utils._windowed_rules import RULES
 
     assert [r.name for r in RULES] == list(RULE_CASES)  # a new rule needs its case, in the table's order
 
