@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ._torch import resolve_device
 from ._types import ArrayLike, Device, Models, Sequences
+from ._validate import is_integer
 from .models.scale import TargetScale
 from .predict import predict
 from .progress import show_progress
@@ -241,8 +242,9 @@ def train_ensemble(
     """
     if n_members < 1:
         raise ValueError(f"n_members must be >= 1, got {n_members}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+    if not is_integer(n_jobs) or n_jobs < 1:  # a NumPy integer (e.g. from a sizes table) counts, a bool does not
         raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
+    n_jobs = int(n_jobs)
     jobs = [(make_model, X, y, config, seed + i, loss_fn, standardize) for i in range(n_members)]
     if n_jobs > 1 and resolve_device(device).type == "cpu":
         import pickle

@@ -123,7 +123,7 @@ def test_members_trained_in_processes_are_the_same_bits_for_any_number_of_proces
     cfg = train.TrainConfig(max_epochs=2, patience=5, batch_size=32)
     make = functools.partial(PooledRegressor, 2, n_filters=4, hidden=8)
     runs = []
-    for n_jobs in (2, 3):
+    for n_jobs in (2, np.int64(3)):  # a NumPy integer counts (a sizes table's), a bool does not
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             models, hists = train.train_ensemble(make, X, y, 3, config=cfg, seed=4, n_jobs=n_jobs, device="cpu")
@@ -135,3 +135,6 @@ def test_members_trained_in_processes_are_the_same_bits_for_any_number_of_proces
     assert not torch.equal(runs[0][0], runs[0][1])  # members differ by seed
     with pytest.raises(TypeError, match="make_model.*cannot be pickled"):
         train.train_ensemble(lambda: make(), X, y, 2, config=cfg, n_jobs=2, device="cpu")
+    for bad in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="n_jobs must be an integer >= 1"):
+            train.train_ensemble(make, X, y, 2, config=cfg, n_jobs=bad, device="cpu")
