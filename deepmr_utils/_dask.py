@@ -1,7 +1,7 @@
 """Dask plumbing for :mod:`deepmr_utils.pipeline` (private): the workers' allocator settings, how models
 travel to the workers, the chunk tasks' submission, and the local clusters the ``deepmr`` command starts.
-Imported only when a run is given a Dask client (or a cluster is started), so the library needs Dask
-only then."""
+Dask itself is imported inside the functions that need it, so the library needs Dask only when a run is
+given a client or a cluster is started."""
 
 from __future__ import annotations
 

@@ -267,8 +267,7 @@ def saturation_mutagenesis(
     Tensor ``(N, M, P, 4, O)`` (float32, CPU): M members (or MC passes), P positions;
     slot ``[n, m, p, ref_base]`` holds the reference prediction.
     """
-    _check_options(transform=transform)
-    options = ISMOptions(
+    options = ISMOptions(  # checks every option
         outputs=outputs, batch_size=batch_size, device=device, dtype=dtype, mc_dropout=mc_dropout, seed=seed,
         engine=engine, ensemble=ensemble, rc_average=rc_average, transform=transform,
     )  # fmt: skip
@@ -419,26 +418,26 @@ def choose_engine(models: Models, X: Sequences, *, engine: str = "auto", outputs
     takes the same path and the same float round-off. A model ``torch.fx`` cannot trace (TorchScript) runs
     plain whatever ``engine`` asks (:func:`saturation_mutagenesis` warns once per call)."""
     check_choice(engine, "engine", ENGINES)
-    L = as_one_hot(X).shape[2]
-    if not _tries_windowed(engine, L):
-        return EngineChoice(
-            "plain", "engine='plain' was asked for" if engine == "plain" else f"{L} bp < {WINDOWED_MIN_LENGTH} bp"
-        )
+    choice = _length_rule(engine, as_one_hot(X).shape[2])
+    if choice.engine == "plain":
+        return choice
     outputs = check_outputs(outputs)
     try:
         for m in as_models(models):
             WindowedModel(m, outputs if callable(outputs) else None)
     except TraceError as err:
         return EngineChoice("plain", str(err))
-    if engine == "windowed":
-        return EngineChoice("windowed", "engine='windowed' was asked for")
-    return EngineChoice("windowed", f"{L} bp >= {WINDOWED_MIN_LENGTH} bp")
+    return choice
 
 
-def _tries_windowed(engine: str, L: int) -> bool:
-    """The length rule, one copy for choose_engine and saturation_mutagenesis: whether the windowed engine is
-    tried (a model torch.fx cannot trace still runs plain)."""
-    return engine == "windowed" or (engine == "auto" and L >= WINDOWED_MIN_LENGTH)
+def _length_rule(engine: str, L: int) -> EngineChoice:
+    """The length rule, one copy for choose_engine and prepare: the engine tried, and why (a model torch.fx
+    cannot trace still runs plain)."""
+    if engine in ("plain", "windowed"):
+        return EngineChoice(engine, f"engine={engine!r} was asked for")
+    if L >= WINDOWED_MIN_LENGTH:
+        return EngineChoice("windowed", f"{L} bp >= {WINDOWED_MIN_LENGTH} bp")
+    return EngineChoice("plain", f"{L} bp < {WINDOWED_MIN_LENGTH} bp")
 
 
 class PreparedISM:
@@ -455,19 +454,16 @@ class PreparedISM:
         self.options, self.length, self.block = o, length, block
         self.dev = resolve_device(o.device)
         self.models = on_device(models, self.dev)
-        self.engines, self.engine = None, "plain"
-        self.reason = (
-            "engine='plain' was asked for" if o.engine == "plain" else f"{length} bp < {WINDOWED_MIN_LENGTH} bp"
-        )
         # engine="auto": decided by the length, never by timing (choose_engine), so the path and its float
         # round-off are the same on every run, chunk and machine load. The engine is traced only when it will run.
-        if _tries_windowed(o.engine, length):
+        choice = _length_rule(o.engine, length)
+        self.engines, self.engine, self.reason = None, choice.engine, choice.reason
+        if choice.engine == "windowed":
             captured = o.outputs if callable(o.outputs) else None
             try:
                 self.engines = [WindowedModel(m, captured) for m in self.models]
-                self.engine, self.reason = "windowed", f"engine={o.engine!r}, {length} bp"
             except TraceError as err:
-                self.reason = str(err)
+                self.engine, self.reason = "plain", str(err)
                 warnings.warn(f"{err}. Using the plain path (exact, slower).", stacklevel=stacklevel)
             if self.engines is not None and o.ensemble == "vmap" and len(models) > 1 and not o.mc_dropout:
                 try:
@@ -491,14 +487,12 @@ class PreparedISM:
         X = as_one_hot(X)
         if X.shape[2] != self.length:
             raise ValueError(f"this ISM was prepared for {self.length} bp sequences, got {X.shape[2]} bp")
-        if not self.options.rc_average:
-            out = self._run(X, resolve_positions(positions, self.length))
-        else:
-            pos = resolve_positions(positions, self.length)
-            forward = self._run(X, pos)
+        pos = resolve_positions(positions, self.length)
+        out = self._run(X, pos)
+        if self.options.rc_average:
             mirrored = (self.length - 1 - pos).flip(0)  # ascending in the reverse complement
             # position p of the reverse complement is L-1-p of the sequence, base b is its complement (ACGT -> TGCA)
-            out = (forward + self._run(reverse_complement(X), mirrored).flip(2).flip(3)) / 2
+            out = (out + self._run(reverse_complement(X), mirrored).flip(2).flip(3)) / 2
         t = self.options.transform
         return out if t in (None, "none") else on_scale(out, t)
 

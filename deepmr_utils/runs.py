@@ -141,10 +141,7 @@ def fingerprint(X: torch.Tensor, models: list[torch.nn.Module], payload: dict) -
 
     ``model_outputs`` (:func:`probe`) is pinned beside them and compared with a tolerance.
     """
-    parts = {"format": FORMAT}
-    h = hashlib.sha256(f"X{tuple(X.shape)}".encode())
-    h.update((X != 0).cpu().numpy().tobytes())
-    parts["sequences"] = h.hexdigest()
+    parts = {"format": FORMAT, "sequences": _bases_digest(X)}
     h = hashlib.sha256()
     for m in models:
         for k, v in m.state_dict().items():
@@ -158,6 +155,13 @@ def fingerprint(X: torch.Tensor, models: list[torch.nn.Module], payload: dict) -
         _digest(value, h)
         parts[f"options.{name}"] = h.hexdigest()
     return {"fingerprint": _stamp(parts), **parts}
+
+
+def _bases_digest(X: torch.Tensor) -> str:
+    """The pinned ``sequences`` field: the shape and the bases (which entries are set), not the float dtype."""
+    h = hashlib.sha256(f"X{tuple(X.shape)}".encode())
+    h.update((X != 0).cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _stamp(parts: dict) -> str:
@@ -293,9 +297,7 @@ def _read_sequences(folder: Path, fp: str, sequences: str):
     except Exception:  # missing or unreadable: the fix is the same, write it again (or say so)
         return None
     X = torch.from_numpy(x.astype(np.float32))
-    h = hashlib.sha256(f"X{tuple(X.shape)}".encode())
-    h.update((X != 0).numpy().tobytes())
-    if stamp != fp or h.hexdigest() != sequences or len(loci) != X.shape[0]:
+    if stamp != fp or _bases_digest(X) != sequences or len(loci) != X.shape[0]:
         return None
     return X, loci.tolist(), positions
 
