@@ -45,3 +45,45 @@ def test_sequences_are_motif_carriers_or_chip_peaks_and_bad_choices_are_named():
         rc.experiment(world, "GATA1", n_loci=5, se=0.2, seed=0)
     with pytest.raises(ValueError, match="se must be > 0"):
         rc.oracle_variants(world, X, se=0.0, rng=np.random.default_rng(0))
+
+
+def test_model_variants_line_up_with_the_library_variant_table():
+    """The experiment's table of a model's ISM holds the same (locus, position, alt) rows and values as
+    instruments.variant_table, for every output."""
+    from deepmr_utils import instruments
+
+    world = ChromatinModel(length=120)
+    X = world.sample(3, seed=1)["X"]
+    rng = np.random.default_rng(2)
+    effect, se = rng.normal(size=(3, 120, 4, 7)), rng.uniform(0.1, 1.0, size=(3, 120, 4, 7))
+    table = rc.model_variants(effect, se, X, world.output_names)
+    assert len(table) == 3 * 120 * 3
+    lib = instruments.variant_table(effect, se, X, exposure=2, outcome=5)
+    merged = lib.merge(table, on=["locus", "position", "alt"], validate="one_to_one")
+    assert len(merged) == len(table)
+    assert np.array_equal(merged.bx, merged["b_REST"]) and np.array_equal(merged.byse, merged["se_DNase K562"])
+    with pytest.raises(ValueError, match="outputs but output_names"):
+        rc.model_variants(effect, se, X, world.output_names[:6])
+    with pytest.raises(ValueError, match=r"\(N, L, 4, O\)"):
+        rc.model_variants(effect[:, :100], se[:, :100], X, world.output_names)
+
+
+def test_remedies_on_a_faithful_model_table_match_the_oracle_and_fidelity_is_one():
+    """A 'model' whose effects are the oracle's changes plus noise of known per-row SE gives fidelity
+    slopes near 1 and the oracle experiment's verdicts; a model at half the effect sizes gives slopes
+    near 0.5 and the same ratio estimate (attenuation common to exposure and outcome cancels)."""
+    world = ChromatinModel(length=200, feedback=1.0)
+    X = rc.sequences(world, "REST", n_loci=12, select="motif", seed=3)
+    table = rc.oracle_variants(world, X, se=0.2, rng=np.random.default_rng(3))
+    rows = rc.remedies(table, world, "REST").set_index("remedy")
+    assert rows.loc["none", "ci_low"] > 0 and rows.loc["multivariable", "ci_high"] < 0
+    assert rows.loc["none", "slope_x"] == pytest.approx(1.0, abs=0.05)
+    half = table.copy()
+    for name in world.output_names:
+        half[f"b_{name}"] = table[f"b_{name}"] / 2  # the oracle's change and its noise, both halved
+        half[f"se_{name}"] = 0.1
+    h = rc.remedies(half, world, "REST").set_index("remedy")
+    assert h.loc["none", "slope_x"] == pytest.approx(0.5, abs=0.03)
+    assert h.loc["none", "estimate"] == pytest.approx(rows.loc["none", "estimate"], rel=1e-6)
+    keep = table["b_ZNF143"].abs() / table["se_ZNF143"] >= 3
+    assert np.isnan(rc.fidelity(table, keep & False, "ZNF143", "DNase GM12878")["slope_x"])

@@ -85,3 +85,33 @@ def test_an_empty_selection_has_an_empty_truth_in_every_world():
     nexus = simulate.ChipNexusModel(length=150)
     Xn = nexus.sample(3, seed=0)["X"]
     assert len(nexus.true_local_effects(Xn, empty, 0, 1)) == 0
+
+
+def test_no_tf_is_mostly_saturated_and_the_three_cell_types_differ():
+    """The world's design (issue 28): binary labels at P(bound) near 1 carry almost no information about
+    the logit changes ISM reads, so no TF may have most of its motif sequences above 0.95; and every cell
+    type has its own column of effects."""
+    from deepmr_utils.simulate.chromatin import EFFECTS, ChromatinModel
+
+    world = ChromatinModel(length=200)
+    sat = world.saturation(world.sample(2000, seed=4))
+    assert list(sat.TF) == ["CTCF", "CEBPB", "REST", "ZNF143"]
+    assert (sat["share with P(bound) > 0.95"] < 0.5).all() and (sat["sequences with its motif"] > 600).all()
+    cols = EFFECTS.T.to_numpy()
+    assert len({tuple(c) for c in cols}) == 3
+    with pytest.raises(ValueError, match="p must lie"):
+        world.saturation({"logits": np.zeros((1, 7)), "sites": np.zeros((1, 5))}, p=0.3)
+
+
+def test_the_confounder_strength_is_a_parameter_that_moves_ivw():
+    """The pioneer's strength sets how far its pleiotropic instruments pull exact IVW from the truth."""
+    from deepmr_utils.book import reverse_causation as rc
+    from deepmr_utils.simulate.chromatin import ChromatinModel
+
+    def rest(**strength):
+        world = ChromatinModel(length=200, confounded=True, **strength)
+        return rc.experiment(world, "REST", n_loci=20, se=0.2, seed=3).set_index("remedy").loc["none"]
+
+    weak, strong = rest(g_binding=0.0, g_access=0.0), rest()
+    assert weak.covered and abs(weak.estimate + 0.6) < 0.05
+    assert strong.estimate > weak.estimate + 0.2 and not strong.covered
