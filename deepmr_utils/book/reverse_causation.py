@@ -1,4 +1,4 @@
-"""The DeepSEA chapter's oracle experiment: reverse causation in what ChIP measures, and its remedies.
+"""The DeepSEA chapter's reverse-causation experiment: a ChIP signal that reads accessibility, and remedies.
 
 The original DeepMR study found every TF "opening" chromatin in DeepSEA, repressors included. One
 mechanism can produce that without any model error: a ChIP signal that itself rises with accessibility
@@ -6,9 +6,12 @@ mechanism can produce that without any model error: a ChIP signal that itself ri
 through another TF's site then raises the repressor's measured signal *and* accessibility, a pair of
 changes with the ratio ``1/kappa``, positive whatever the repressor does.
 
-Here the instruments are every single-base substitution of sequences from that world, measured by the
-oracle with Gaussian noise of a known SE (the design of the challenges chapter's oracle experiments), so
-whatever goes wrong is the world's doing, not a model's. Per locus, IVW on the instruments with
+The instruments are every single-base substitution of sequences from that world, in one table with a
+row per substitution and, per output, its measured change and SE (``b_<output>``, ``se_<output>``) and the
+oracle's change (``d_<output>``). :func:`experiment` measures them by the oracle with Gaussian noise of a
+known SE (the design of the challenges chapter's oracle experiments: whatever goes wrong is the world's
+doing, not a model's); :func:`model_variants` with :func:`oracle_changes` holds a trained model's ISM, so
+:func:`remedies` asks the same questions of a model. Per locus, IVW on the instruments with
 ``|bx|/SE >= threshold``; the local estimates pooled by REML; the random-effects CI scored against the
 truth, the causal coefficient of the TF's binding on accessibility (the same at every locus, so the
 population mean is the coefficient). The remedies, each with its interval:
