@@ -87,3 +87,17 @@ def test_remedies_on_a_faithful_model_table_match_the_oracle_and_fidelity_is_one
     assert h.loc["none", "estimate"] == pytest.approx(rows.loc["none", "estimate"], rel=1e-6)
     keep = table["b_ZNF143"].abs() / table["se_ZNF143"] >= 3
     assert np.isnan(rc.fidelity(table, keep & False, "ZNF143", "DNase GM12878")["slope_x"])
+
+
+def test_oracle_changes_of_torch_sequences_raise_no_warning():
+    """The chapter's sequences are torch tensors and pandas hands out read-only index arrays: indexing with
+    them made torch print a UserWarning into the rendered page (caught by the browser check)."""
+    import warnings
+
+    world = ChromatinModel(length=120, feedback=1.0)
+    X = world.sample(3, seed=1)["X"]
+    table = rc.model_variants(np.zeros((3, 120, 4, 7)), np.ones((3, 120, 4, 7)), np.asarray(X), world.output_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        changes = rc.oracle_changes(world, X, table)
+    assert changes.shape == (len(table), 7 + 4) and np.isfinite(changes.to_numpy()).all()
