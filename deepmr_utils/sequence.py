@@ -132,8 +132,8 @@ def substitute(X: Sequences, positions: Positions, bases: ArrayLike, *, inplace:
     out = X if inplace else (X.clone() if isinstance(X, torch.Tensor) else np.array(X, copy=True))
     # integer indices even for no rows: an empty float array cannot index
     # writable copies: a read-only view (pandas hands them out) would make torch warn when it wraps them
-    positions = np.array(positions, dtype=np.int64).reshape(-1)
-    bases = np.array(bases, dtype=np.int64).reshape(-1)
+    positions = np.asarray(positions).astype(np.int64).reshape(-1)  # astype copies: writable
+    bases = np.asarray(bases).astype(np.int64).reshape(-1)
     if positions.size != out.shape[0] or bases.size != out.shape[0]:
         raise ValueError(f"substitute: {out.shape[0]} sequences but {positions.size} positions and {bases.size} bases")
     if isinstance(out, torch.Tensor):
