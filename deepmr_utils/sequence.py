@@ -131,8 +131,8 @@ def substitute(X: Sequences, positions: Positions, bases: ArrayLike, *, inplace:
     """
     out = X if inplace else (X.clone() if isinstance(X, torch.Tensor) else np.array(X, copy=True))
     # integer indices even for no rows: an empty float array cannot index
-    # writable copies: a read-only view (pandas hands them out) would make torch warn when it wraps them
-    positions = np.asarray(positions).astype(np.int64).reshape(-1)  # astype copies: writable
+    # writable copies (astype copies): a read-only view, as pandas hands out, makes torch warn when it wraps one
+    positions = np.asarray(positions).astype(np.int64).reshape(-1)
     bases = np.asarray(bases).astype(np.int64).reshape(-1)
     if positions.size != out.shape[0] or bases.size != out.shape[0]:
         raise ValueError(f"substitute: {out.shape[0]} sequences but {positions.size} positions and {bases.size} bases")

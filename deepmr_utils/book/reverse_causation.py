@@ -120,6 +120,13 @@ def model_variants(effect: np.ndarray, se: np.ndarray, X: np.ndarray, output_nam
     return pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)
 
 
+def _check_pair(tf: str, cell: str) -> None:
+    if tf not in TFS:
+        raise ValueError(f"tf must be one of {TFS}, got {tf!r}")
+    if cell not in CELL_TYPES:
+        raise ValueError(f"cell must be one of {CELL_TYPES}, got {cell!r}")
+
+
 def _pooled(inst: pd.DataFrame, truth: float) -> dict:
     """DeepMR on the instruments ``inst`` (IVW per locus, REML pool); the random-effects CI judged against
     ``truth``."""
@@ -136,7 +143,7 @@ def _univariable(table: pd.DataFrame, x: str, y: str, threshold: float, scales=N
     frame = pd.DataFrame({"locus": table.locus, "bx": table[f"b_{x}"], "by": table[f"b_{y}"]})
     frame["bxse"], frame["byse"] = table[f"se_{x}"], table[f"se_{y}"]
     # an effect with no spread across members has no known error: it cannot be weighted, so it is not an instrument
-    keep = (frame.bxse > 0) & (frame.byse > 0) & (frame.bx.abs() / frame.bxse.where(frame.bxse > 0) >= threshold)
+    keep = (frame.bxse > 0) & (frame.byse > 0) & (frame.bx.abs() / frame.bxse >= threshold)
     if scales is not None:  # Steiger: the exposure moves more than the outcome on the common scale
         keep &= frame.bx.abs() / scales[x] > frame.by.abs() / scales[y]
     return frame[keep], keep
@@ -187,10 +194,7 @@ def remedies(
     and ``leak_weight``.
     ``bidirectional`` answers the reverse question (DNase -> ChIP signal; truth ``feedback`` when ``cell``
     is the ChIP's cell type, else 0: no TF's binding reads accessibility here)."""
-    if tf not in TFS:
-        raise ValueError(f"tf must be one of {TFS}, got {tf!r}")
-    if cell not in CELL_TYPES:
-        raise ValueError(f"cell must be one of {CELL_TYPES}, got {cell!r}")
+    _check_pair(tf, cell)
     x, y = tf, f"DNase {cell}"
     if scales is None:
         scales = {name: float(table[f"b_{name}"].std()) for name in world.output_names}
@@ -227,8 +231,7 @@ def experiment(
     """:func:`remedies` on the oracle: ``n_loci`` sequences of ``tf`` (:func:`sequences`), every substitution
     measured with noise of SE ``se``; Steiger's scales are the oracle's output SDs over those sequences.
     Adds ``selection`` (``select``)."""
-    if tf not in TFS:
-        raise ValueError(f"tf must be one of {TFS}, got {tf!r}")
+    _check_pair(tf, cell)  # before sampling sequences for it
     rng = np.random.default_rng(seed)
     X = sequences(world, tf, n_loci=n_loci, select=select, seed=seed)
     table = oracle_variants(world, X, se=se, rng=rng)

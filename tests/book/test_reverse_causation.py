@@ -43,6 +43,8 @@ def test_sequences_are_motif_carriers_or_chip_peaks_and_bad_choices_are_named():
         rc.sequences(world, "REST", n_loci=10, select="bound", seed=0)
     with pytest.raises(ValueError, match="tf must be one of"):
         rc.experiment(world, "GATA1", n_loci=5, se=0.2, seed=0)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        rc.experiment(world, "REST", "liver", n_loci=5, se=0.2, seed=0)
     with pytest.raises(ValueError, match="se must be > 0"):
         rc.oracle_variants(world, X, se=0.0, rng=np.random.default_rng(0))
 
