@@ -20,7 +20,8 @@ the tables always belong to the runs the pages show; ``make book`` then copies t
     python tools/book_cache.py key              # the cache key of this checkout and environment
     python tools/book_cache.py config           # writes _build/cache/<key>/_config.yml, prints its path
     python tools/book_cache.py publish FOLDER   # copies FOLDER's chapter tables over results/<chapter>
-    python tools/book_cache.py execute CONFIG [--jobs N]   # runs the chapters into CONFIG's cache, N at a time
+    python tools/book_cache.py execute CONFIG [--jobs N] [--capped NOTEBOOK ... --capped-results DIR]
+                                                # runs the chapters into CONFIG's cache, N at a time
 
 ``execute`` runs the book's chapters into the cache of a config written by ``config`` before the book is
 built, several at a time (``--jobs``, default: one per CPU core up to the number of chapters), each kernel
@@ -29,6 +30,12 @@ every chapter in the cache and executes only the pages marked ``execution_mode: 
 fails is not cached: the build runs it again and reports its error (with ``raise_on_error`` it fails).
 On 2 cores two single-threaded kernels side by side do more work than one kernel with two threads,
 because much of a chapter's time is Python between small tensor operations.
+
+``--capped`` runs the named chapters once more in the same pool, with oneDNN, MKL and OpenBLAS capped at
+AVX2 (:data:`AVX2_CAP`) and their tables written to ``--capped-results``: a check that a chapter's claims
+hold under another instruction set too (training's round-off differs between kernels). These runs are
+never cached; one that fails makes ``execute`` exit with status 1 after printing its error, because the
+build would not run it again.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -50,6 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HASHED = ("deepmr_utils", "book/data", "requirements.txt", "pyproject.toml")
 IGNORED_SETTINGS = {"DEEPMR_RESULTS", "DEEPMR_PROGRESS"}
 SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
+# the kernels of an AVX2 CPU on an AVX-512 one: oneDNN and MKL by their switches, OpenBLAS by its core type
+AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _files(root: Path) -> list[Path]:
@@ -118,6 +128,29 @@ def _chapters(root: Path) -> list[Path]:
     return found
 
 
+def _execute_check(path: str, timeout: int, threads: int, env: Mapping[str, str]) -> tuple[float, str | None]:
+    """Execute the notebook at ``path`` with ``env`` added to its kernel's environment, store nothing; returns
+    (seconds, the whole error or None). The worker's own environment is restored afterwards (the pool reuses it)."""
+    import nbformat
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    env = dict(env)
+    for var in _THREAD_VARS:  # as for the chapters: a thread count the caller set is kept
+        env.setdefault(var, os.environ.get(var, str(threads)))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        notebook = nbformat.read(path, as_version=4)
+        result = single_nb_execution(notebook, cwd=str(Path(path).parent), timeout=timeout, allow_errors=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return result.time, None if result.err is None else f"{type(result.err).__name__}: {result.err}"
+
+
 def _execute_one(cache_path: str, pk: int, timeout: int, threads: int) -> tuple[float, str | None]:
     """Execute one staged notebook as myst-nb's cache mode would (its folder as the working directory, errors
     not allowed) and store it in the cache; returns (seconds, error or None)."""
@@ -125,7 +158,7 @@ def _execute_one(cache_path: str, pk: int, timeout: int, threads: int) -> tuple[
     from jupyter_cache.base import CacheBundleIn
     from jupyter_cache.executors.utils import single_nb_execution
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in _THREAD_VARS:
         os.environ.setdefault(var, str(threads))  # the kernel inherits them
     cache = get_cache(cache_path)
     staged = cache.get_project_notebook(pk)
@@ -150,15 +183,29 @@ def _stored(cache, path: Path) -> bool:
     return True
 
 
-def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> list[str]:
-    """Run the chapters into the cache of ``config_path`` (from :func:`write_config`), ``jobs`` at a time;
-    returns the notebooks that failed (the build reruns and reports them)."""
+def execute(
+    config_path: Path,
+    jobs: int | None = None,
+    root: Path = ROOT,
+    capped: Sequence[Path] = (),
+    capped_results: Path | None = None,
+) -> tuple[list[str], list[str]]:
+    """Run the chapters into the cache of ``config_path`` (from :func:`write_config`), ``jobs`` at a time, and
+    the notebooks ``capped`` once more under :data:`AVX2_CAP` with ``DEEPMR_RESULTS=capped_results``, in the
+    same pool; returns (the chapters that failed, which the build reruns and reports; the capped runs that
+    failed, with their errors)."""
     from jupyter_cache import get_cache
 
     settings = yaml.safe_load(Path(config_path).read_text()).get("execute", {})
     cache_path = settings.get("cache")
     if not cache_path:
         raise ValueError(f"{config_path} names no execution cache: write it with `book_cache.py config`")
+    capped = [Path(p).resolve() for p in capped]
+    for path in capped:
+        if not path.is_file():
+            raise ValueError(f"--capped names {path}, which is not a notebook file")
+    if capped and capped_results is None:
+        raise ValueError("capped runs need a folder for their tables (capped_results), apart from the build's")
     # the longest chapters are the last ones of the book: start them first so no worker idles at the end
     chapters = _chapters(root)[::-1]
     timeout = int(settings.get("timeout", 1800))
@@ -166,23 +213,37 @@ def execute(config_path: Path, jobs: int | None = None, root: Path = ROOT) -> li
     # A chapter whose code already has a stored run in this cache is left to the build, which reuses it
     cache = get_cache(cache_path)
     chapters = [p for p in chapters if not _stored(cache, p)]
-    staged = [cache.add_nb_to_project(str(p)).pk for p in chapters]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(chapters) or 1))
+    staged = dict(zip(chapters, (cache.add_nb_to_project(str(p)).pk for p in chapters)))
+    # each capped run right after its own chapter in that order (a long chapter's second run starts early too)
+    order = [(p, False) for p in chapters]
+    for path in capped:
+        at = next((i + 1 for i, (p, _) in enumerate(order) if p.resolve() == path), 0)
+        order.insert(at, (path, True))
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(order) or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    failed = []
+    env = {**AVX2_CAP, "DEEPMR_RESULTS": str(capped_results)}
+    failed, failed_capped = [], []
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_execute_one, str(cache_path), pk, timeout, threads) for pk in staged]
-        for path, future in zip(chapters, futures):
+        futures = [
+            pool.submit(_execute_check, str(p), timeout, threads, env)
+            if is_capped
+            else pool.submit(_execute_one, str(cache_path), staged[p], timeout, threads)
+            for p, is_capped in order
+        ]
+        for (path, is_capped), future in zip(order, futures):
             seconds, error = future.result()
-            name = path.relative_to(root)
+            name = path.relative_to(root) if path.is_relative_to(root) else path
+            label = f"{name} (AVX2-capped kernels)" if is_capped else str(name)
             status = f"failed, {error.splitlines()[0]}" if error else "executed"
-            print(f"{name}: {status} in {seconds:.0f} s", flush=True)
-            if error:
+            print(f"{label}: {status} in {seconds:.0f} s", flush=True)
+            if error and is_capped:
+                failed_capped.append(f"{label}: {error}")
+            elif error:
                 failed.append(str(name))
     wall = time.perf_counter() - start
-    print(f"{len(chapters)} chapter(s), {jobs} at a time with {threads} thread(s) each: {wall:.0f} s")
-    return failed
+    print(f"{len(order)} run(s), {jobs} at a time with {threads} thread(s) each: {wall:.0f} s")
+    return failed, failed_capped
 
 
 def main(argv=None) -> int:
@@ -191,6 +252,8 @@ def main(argv=None) -> int:
     ap.add_argument("folder", nargs="?", type=Path, help="publish: the cache folder's results; execute: the config")
     ap.add_argument("--jobs", type=int, default=None, help="execute: chapters at a time (default: one per core)")
     ap.add_argument("--cache", type=Path, default=None, help="config: the cache folder (default: by the key)")
+    ap.add_argument("--capped", type=Path, nargs="*", default=[], help="execute: notebooks run again, AVX2-capped")
+    ap.add_argument("--capped-results", type=Path, default=None, help="execute: where the capped runs write tables")
     args = ap.parse_args(argv)
     if args.what == "key":
         print(cache_key())
@@ -201,7 +264,15 @@ def main(argv=None) -> int:
             ap.error(f"execute needs a config written by `book_cache.py config`, got {args.folder}")
         if args.jobs is not None and args.jobs < 1:
             ap.error(f"--jobs must be at least 1, got {args.jobs}")
-        execute(args.folder, args.jobs)  # a failed chapter is rerun and reported by the build
+        try:
+            _, failed_capped = execute(args.folder, args.jobs, capped=args.capped, capped_results=args.capped_results)
+        except ValueError as exc:
+            ap.error(str(exc))
+        # a failed chapter is rerun and reported by the build; a failed capped run is reported here
+        for error in failed_capped:
+            print(error, file=sys.stderr)
+        if failed_capped:
+            return 1
     else:
         if args.folder is None or not args.folder.is_dir():
             ap.error(f"publish needs the cache folder's results, got {args.folder}")

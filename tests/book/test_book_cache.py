@@ -119,8 +119,8 @@ def test_execute_runs_the_chapters_side_by_side_into_the_cache_the_build_reads(c
     (checkout / "_toc.yml").write_text(yaml.safe_dump(toc))
     config = book_cache.write_config(checkout, folder=Path("_build") / "quick" / "cache")
     assert config == checkout / "_build" / "quick" / "cache" / "_config.yml"
-    failed = book_cache.execute(config, jobs=2, root=checkout)
-    assert failed == ["book/broken.ipynb"]
+    failed, failed_capped = book_cache.execute(config, jobs=2, root=checkout)
+    assert failed == ["book/broken.ipynb"] and failed_capped == []
     assert "book/broken.ipynb: failed, " in capsys.readouterr().out
     cache = get_cache(yaml.safe_load(config.read_text())["execute"]["cache"])
     # what the build's cache mode does: match the notebook as read from disk, code cells only
@@ -133,5 +133,49 @@ def test_execute_runs_the_chapters_side_by_side_into_the_cache_the_build_reads(c
             cache.match_cache_notebook(nbformat.read(book / f"{name}.ipynb", as_version=4))
     # a second run finds the stored chapter and executes only the one that failed
     capsys.readouterr()
-    assert book_cache.execute(config, jobs=2, root=checkout) == ["book/broken.ipynb"]
-    assert "1 chapter(s)" in capsys.readouterr().out
+    assert book_cache.execute(config, jobs=2, root=checkout) == (["book/broken.ipynb"], [])
+    assert "1 run(s)" in capsys.readouterr().out
+
+
+CAP_PROBE = """import os, pathlib
+pathlib.Path(os.environ['DEEPMR_RESULTS']).mkdir(parents=True, exist_ok=True)
+(pathlib.Path(os.environ['DEEPMR_RESULTS']) / '{name}.txt').write_text(os.environ.get('ONEDNN_MAX_CPU_ISA', 'native'))
+{fail}"""
+
+
+def test_capped_runs_share_the_pool_see_the_cap_are_not_cached_and_report_failures(checkout, capsys):
+    from jupyter_cache import get_cache
+
+    book = checkout / "book"
+    _chapter(book / "a.ipynb", CAP_PROBE.format(name="a", fail=""))
+    flips = "assert os.environ.get('ONEDNN_MAX_CPU_ISA') != 'AVX2', 'flips'"  # passes natively, fails capped
+    _chapter(book / "b.ipynb", CAP_PROBE.format(name="b", fail=flips))
+    toc = {"root": "index", "chapters": [{"file": "book/a"}, {"file": "book/b"}]}
+    (checkout / "_toc.yml").write_text(yaml.safe_dump(toc))
+    config = book_cache.write_config(checkout, folder=Path("_build") / "quick" / "cache")
+    capped_tables = checkout / "capped"
+    os.environ["DEEPMR_RESULTS"], saved = str(checkout / "native"), os.environ.get("DEEPMR_RESULTS")
+    try:
+        # one worker, in the order b, b capped, a: a runs after the capped run in the same process
+        failed, failed_capped = book_cache.execute(
+            config, jobs=1, root=checkout, capped=[book / "b.ipynb"], capped_results=capped_tables
+        )
+    finally:
+        os.environ.pop("DEEPMR_RESULTS") if saved is None else os.environ.update(DEEPMR_RESULTS=saved)
+    assert failed == []  # b passes with the machine's own kernels
+    assert len(failed_capped) == 1 and "flips" in failed_capped[0] and "AVX2-capped" in failed_capped[0]
+    assert (capped_tables / "b.txt").read_text() == "AVX2"  # the cap and the capped run's own table folder
+    assert (checkout / "native" / "b.txt").read_text() == "native"
+    assert (checkout / "native" / "a.txt").read_text() == "native"  # after it, the worker's environment restored
+    out = capsys.readouterr().out
+    assert (
+        out.index("book/b.ipynb: executed")
+        < out.index("book/b.ipynb (AVX2-capped kernels): failed")
+        < out.index("book/a.ipynb: executed")
+    )
+    cache = get_cache(yaml.safe_load(config.read_text())["execute"]["cache"])
+    assert len(cache.list_cache_records()) == 2  # the chapters' runs, not the capped one
+    with pytest.raises(ValueError, match="not a notebook file"):
+        book_cache.execute(config, root=checkout, capped=[book / "missing.ipynb"], capped_results=capped_tables)
+    with pytest.raises(ValueError, match="capped_results"):
+        book_cache.execute(config, root=checkout, capped=[book / "a.ipynb"])
