@@ -253,8 +253,9 @@ def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_des
         return real(factory, X, y, n, **kw)
 
     monkeypatch.setattr(train, "train_ensemble", spy)
-    a, b = ch.disjoint_ensembles(small_round, seed=1)
-    assert len(a) == len(b) == len(small_round.models) and a[0] is not b[0]
+    # two members per half: this test checks the wiring, not the halves' quality (four took 30 s)
+    a, b = ch.disjoint_ensembles(small_round, n_members=2, seed=1)
+    assert len(a) == len(b) == 2 and a[0] is not b[0]
     n = len(small_round.train["y"])
     # each half's own sequences (before augmentation) are distinct from the other half's
     rows_a = {r.tobytes() for r in seen[0][: n // 2]}
