@@ -49,6 +49,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -128,6 +129,21 @@ def _chapters(root: Path) -> list[Path]:
     return found
 
 
+@contextmanager
+def scoped_environ(env: Mapping[str, str]):
+    """This process's environment with ``env`` added (a kernel started inside inherits it), restored on exit."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _execute_check(path: str, timeout: int, threads: int, env: Mapping[str, str]) -> tuple[float, str | None]:
     """Execute the notebook at ``path`` with ``env`` added to its kernel's environment, store nothing; returns
     (seconds, the whole error or None). The worker's own environment is restored afterwards (the pool reuses it)."""
@@ -137,17 +153,9 @@ def _execute_check(path: str, timeout: int, threads: int, env: Mapping[str, str]
     env = dict(env)
     for var in _THREAD_VARS:  # as for the chapters: a thread count the caller set is kept
         env.setdefault(var, os.environ.get(var, str(threads)))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_environ(env):
         notebook = nbformat.read(path, as_version=4)
         result = single_nb_execution(notebook, cwd=str(Path(path).parent), timeout=timeout, allow_errors=False)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return result.time, None if result.err is None else f"{type(result.err).__name__}: {result.err}"
 
 

@@ -14,20 +14,17 @@ its error. Exit status 1 when an asserted claim failed in any run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+from book_cache import AVX2_CAP, scoped_environ  # tools/ is this script's folder, first on sys.path
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
-ISA = {
-    "native": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Haswell"},
-}
+ISA = {"native": {}, "avx2": AVX2_CAP}
 
 
 def cpu_has_avx512() -> bool:
@@ -41,23 +38,16 @@ def run(chapter: str, offset: int, isa: str, scale: str, out: Path) -> dict:
     results = out / f"{chapter}-seed{offset}-{isa}"
     env = {"DEEPMR_SCALE": scale, "DEEPMR_SEED_OFFSET": str(offset), "DEEPMR_RESULTS": str(results),
            "DEEPMR_PROGRESS": "0", **ISA[isa]}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
     src = ROOT / "book" / f"{chapter}.ipynb"
     nb = nbformat.read(src, as_version=4)
     t0, error = time.time(), ""
-    try:
-        NotebookClient(
-            nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
-        ).execute()
-    except Exception as exc:  # a failed claim or a crash: the ledger (if any) says which
-        error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with scoped_environ(env):  # the kernel inherits this process's environment
+        try:
+            NotebookClient(
+                nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
+            ).execute()
+        except Exception as exc:  # a failed claim or a crash: the ledger (if any) says which
+            error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
     return {"chapter": chapter, "offset": offset, "isa": isa, "seconds": round(time.time() - t0), "error": error,
             "ledger": results / chapter.split("_", 1)[1] / "claims.csv"}  # fmt: skip
 

@@ -75,9 +75,10 @@ def sequences(world: ChromatinModel, tf: str, *, n_loci: int, select: str, seed:
 def oracle_changes(world: ChromatinModel, X: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
     """The oracle's change of every output (``d_<output>``) and each TF's true binding change
     (``binding_<TF>``) for the substitutions of ``table`` (``locus, position, alt``; loci index ``X``)."""
-    # copies: pandas may hand out read-only views, which torch warns about when they index a tensor
+    # a copy: pandas may hand out a read-only view, which torch warns about when it indexes a tensor
+    # (substitute copies its own index arrays)
     loc = table.locus.to_numpy(dtype=np.int64, copy=True)
-    mutants = substitute(X[loc], table.position.to_numpy(dtype=np.int64, copy=True), base_indices(table.alt))
+    mutants = substitute(X[loc], table.position.to_numpy(), base_indices(table.alt))
     (b0, a0), (b1, a1) = world.binding_and_access(X), world.binding_and_access(mutants)
     d = world.outputs_from(b1, a1) - world.outputs_from(b0, a0)[loc]
     columns = {f"d_{name}": d[:, j] for j, name in enumerate(world.output_names)}
