@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +28,16 @@ from .models.scale import TargetScale
 from .predict import predict
 from .progress import show_progress
 
-__all__ = ["TrainConfig", "History", "ConvergenceWarning", "fit", "train_ensemble", "accuracy"]
+__all__ = [
+    "TrainConfig",
+    "History",
+    "ConvergenceWarning",
+    "fit",
+    "train_ensemble",
+    "EnsembleSpec",
+    "train_ensembles",
+    "accuracy",
+]
 
 
 class ConvergenceWarning(UserWarning):
@@ -239,38 +248,101 @@ def train_ensemble(
     depend on its seed and on its thread count only, so any ``n_jobs > 1`` gives the same bits; they
     differ in round-off from ``n_jobs=1``, which trains with this process's threads. A worker's
     warnings (e.g. :class:`ConvergenceWarning`) are raised again here, where the caller's filters apply.
+    Several ensembles in one pool: :func:`train_ensembles`.
     """
-    if n_members < 1:
-        raise ValueError(f"n_members must be >= 1, got {n_members}")
+    spec = EnsembleSpec(make_model, X, y, n_members, seed)
+    return train_ensembles(
+        {0: spec},
+        config=config,
+        device=device,
+        progress=progress,
+        loss_fn=loss_fn,
+        standardize=standardize,
+        n_jobs=n_jobs,
+    )[0]
+
+
+@dataclass(frozen=True, eq=False)
+class EnsembleSpec:
+    """One ensemble for :func:`train_ensembles`: ``n_members`` models from ``make_model()`` trained on
+    ``X`` ``(N, 4, L)`` and ``y`` ``(N, T)``, member ``i`` seeded with ``seed + i``."""
+
+    make_model: Callable[[], nn.Module]
+    X: Sequences
+    y: ArrayLike
+    n_members: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if not callable(self.make_model):
+            raise TypeError(f"make_model must be callable, got {type(self.make_model).__name__}")
+        if not is_integer(self.n_members) or self.n_members < 1:
+            raise ValueError(f"n_members must be an integer >= 1, got {self.n_members!r}")
+        if not is_integer(self.seed):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+
+
+def train_ensembles(
+    specs: Mapping[Hashable, EnsembleSpec],
+    *,
+    config: TrainConfig = TrainConfig(),
+    device: Device = None,
+    progress: bool | None = None,
+    loss_fn: Callable | None = None,
+    standardize: bool | None = None,
+    n_jobs: int = 1,
+) -> dict[Hashable, tuple[list[nn.Module], list[History]]]:
+    """Several ensembles (``key -> EnsembleSpec``), every member in one pool of ``n_jobs`` processes.
+
+    Returns ``key -> (models, histories)``, each exactly what :func:`train_ensemble` gives for that
+    spec (a member's numbers depend on its seed and thread count only). Why one pool: an ensemble
+    whose member count is not a multiple of ``n_jobs`` leaves processes idle while its last members
+    train; two ensembles of 3 members on 2 processes take 3 rounds together, 4 one after the other.
+    """
+    if not isinstance(specs, Mapping) or not specs:
+        raise TypeError("specs must be a non-empty mapping of key -> EnsembleSpec")
+    for key, spec in specs.items():
+        if not isinstance(spec, EnsembleSpec):
+            raise TypeError(f"specs[{key!r}] must be an EnsembleSpec, got {type(spec).__name__}")
     if not is_integer(n_jobs) or n_jobs < 1:  # a NumPy integer (e.g. from a sizes table) counts, a bool does not
         raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     n_jobs = int(n_jobs)
-    jobs = [(make_model, X, y, config, seed + i, loss_fn, standardize) for i in range(n_members)]
+    keys = [k for k, spec in specs.items() for _ in range(spec.n_members)]
+    jobs = [
+        (spec.make_model, spec.X, spec.y, config, int(spec.seed) + i, loss_fn, standardize)
+        for spec in specs.values()
+        for i in range(spec.n_members)
+    ]
     if n_jobs > 1 and resolve_device(device).type == "cpu":
         import pickle
 
         from ._parallel import map_jobs
 
-        for name, obj in (("make_model", make_model), ("loss_fn", loss_fn)):
+        factories = [(f"make_model of {k!r}", spec.make_model) for k, spec in specs.items()]
+        for name, obj in [*factories, ("loss_fn", loss_fn)]:
             try:
                 pickle.dumps(obj)
             except (pickle.PicklingError, AttributeError, TypeError) as exc:
                 raise TypeError(
-                    f"train_ensemble(n_jobs={n_jobs}) sends {name} to worker processes, but it cannot be "
+                    f"training with n_jobs={n_jobs} sends {name} to worker processes, but it cannot be "
                     f"pickled ({exc}); pass a class, a functools.partial of one or a module-level function"
                 ) from None
 
-        done = list(map_jobs(_member_in_worker, jobs, min(n_jobs, n_members)))
+        done = list(map_jobs(_member_in_worker, jobs, min(n_jobs, len(jobs))))
         for _, _, caught in done:
             for message, category in caught:
                 warnings.warn(message, category, stacklevel=2)
-        return [m for m, _, _ in done], [h for _, h, _ in done]
-    models, hists = [], []
-    for job in tqdm(jobs, desc="ensemble", disable=not show_progress(progress), leave=False):
-        m, h = _member(*job, device=device)
-        models.append(m)
-        hists.append(h)
-    return models, hists
+        trained = [(m, h) for m, h, _ in done]
+    else:
+        trained = [
+            _member(*job, device=device)
+            for job in tqdm(jobs, desc="ensemble", disable=not show_progress(progress), leave=False)
+        ]
+    out: dict[Hashable, tuple[list[nn.Module], list[History]]] = {k: ([], []) for k in specs}
+    for key, (m, h) in zip(keys, trained):
+        out[key][0].append(m)
+        out[key][1].append(h)
+    return out
 
 
 def _member(make_model, X, y, config, seed, loss_fn, standardize, device=None):

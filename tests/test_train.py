@@ -122,19 +122,50 @@ def test_members_trained_in_processes_are_the_same_bits_for_any_number_of_proces
     y = np.random.default_rng(0).normal(size=(120, 2))
     cfg = train.TrainConfig(max_epochs=2, patience=5, batch_size=32)
     make = functools.partial(PooledRegressor, 2, n_filters=4, hidden=8)
-    runs = []
-    for n_jobs in (2, np.int64(3)):  # a NumPy integer counts (a sizes table's), a bool does not
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            models, hists = train.train_ensemble(make, X, y, 3, config=cfg, seed=4, n_jobs=n_jobs, device="cpu")
-        still = sum(h.still_improving for h in hists)
-        assert len([w for w in caught if issubclass(w.category, train.ConvergenceWarning)]) == still
-        runs.append([torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models])
-    for a, b in zip(*runs):
+    flat = lambda models: [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models]  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models, hists = train.train_ensemble(make, X, y, 3, config=cfg, seed=4, n_jobs=2, device="cpu")
+    still = sum(h.still_improving for h in hists)
+    assert len([w for w in caught if issubclass(w.category, train.ConvergenceWarning)]) == still
+    # the same ensemble again, in 3 processes (a NumPy integer counts: a sizes table's) and in one pool with
+    # another ensemble trained first (train_ensembles): its members are the same bits
+    other = (sq.random_sequences(60, 40, seed=2), np.random.default_rng(1).normal(size=(60, 2)), 2, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", train.ConvergenceWarning)
+        specs = {"other": train.EnsembleSpec(make, *other), "x": train.EnsembleSpec(make, X, y, 3, np.int64(4))}
+        both = train.train_ensembles(specs, config=cfg, n_jobs=np.int64(3), device="cpu")
+    assert list(both) == ["other", "x"] and [len(both[k][0]) for k in both] == [2, 3]
+    assert [h.val_loss for h in both["x"][1]] == [h.val_loss for h in hists]
+    for a, b in zip(flat(models), flat(both["x"][0])):
         assert torch.equal(a, b)
-    assert not torch.equal(runs[0][0], runs[0][1])  # members differ by seed
+    assert not torch.equal(flat(models)[0], flat(models)[1])  # members differ by seed
     with pytest.raises(TypeError, match="make_model.*cannot be pickled"):
         train.train_ensemble(lambda: make(), X, y, 2, config=cfg, n_jobs=2, device="cpu")
     for bad in (True, 0, 2.0):
         with pytest.raises(ValueError, match="n_jobs must be an integer >= 1"):
             train.train_ensemble(make, X, y, 2, config=cfg, n_jobs=bad, device="cpu")
+
+
+def test_train_ensembles_refuses_bad_specs_by_name():
+    from deepmr_utils.models import PooledRegressor
+
+    X, y = sq.random_sequences(20, 30, seed=2), np.zeros((20, 1))
+    spec = train.EnsembleSpec(PooledRegressor, X, y, 2)
+    for bad, match in (
+        ({}, "non-empty mapping"),
+        ([spec], "non-empty mapping"),
+        ({"a": (PooledRegressor, X, y, 2)}, r"specs\['a'\] must be an EnsembleSpec, got tuple"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            train.train_ensembles(bad, device="cpu")
+    with pytest.raises(TypeError, match="make_model of 'a'.*cannot be pickled"):
+        train.train_ensembles({"a": train.EnsembleSpec(lambda: PooledRegressor(1), X, y, 2)}, n_jobs=2, device="cpu")
+    for kwargs, error, match in (
+        ({"n_members": 0}, ValueError, "n_members must be an integer >= 1"),
+        ({"n_members": 2.0}, ValueError, "n_members must be an integer >= 1"),
+        ({"seed": 1.5}, TypeError, "seed must be an integer"),
+        ({"make_model": "DeepSEA"}, TypeError, "make_model must be callable, got str"),
+    ):
+        with pytest.raises(error, match=match):
+            train.EnsembleSpec(**{"make_model": PooledRegressor, "X": X, "y": y, "n_members": 2, **kwargs})

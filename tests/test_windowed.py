@@ -271,12 +271,19 @@ def test_auto_runs_the_engine_that_choose_engine_names_and_keeps_the_numbers(mon
     torch.manual_seed(0)
     pooled = [PooledRegressor(2, n_filters=8, hidden=8).eval() for _ in range(2)]
     deepsea = [DeepSEA(3, length=200, widths=(8, 8, 8), hidden=8, output="logit").eval() for _ in range(2)]
+    normed = [DeepSEA(3, length=200, widths=(8, 8, 8), hidden=8, output="logit", batch_norm=True) for _ in range(2)]
+    for m in normed:  # running statistics and affine maps that are not the identity
+        for bn in (m.norm1, m.norm2, m.norm3):
+            for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias):
+                t.data = torch.rand(t.shape) + 0.5
+        m.eval()
     scripted = torch.jit.script(nn.Sequential(nn.Conv1d(4, 3, 5, padding=2), nn.AdaptiveAvgPool1d(1), nn.Flatten()))
     short, long = ism.WINDOWED_MIN_LENGTH - 1, ism.WINDOWED_MIN_LENGTH
     cases = [
         (pooled, short, "plain", f"{short} bp < {long} bp"),
         (pooled, long, "windowed", f"{long} bp >= {long} bp"),
         (deepsea, 200, "windowed", f"200 bp >= {long} bp"),
+        (normed, 200, "windowed", f"200 bp >= {long} bp"),
         ([scripted], 200, "plain", "trace"),
     ]
     for models, L, engine, why in cases:

@@ -199,7 +199,10 @@ class ChromatinModel:
         loc = table["locus"].to_numpy().astype(int)
         alt = base_indices(table["alt"])
         mutants = substitute(Xn[loc], table["position"].to_numpy().astype(int), alt)
-        (b0, a0), (b1, a1) = self.binding_and_access(Xn[loc]), self.binding_and_access(mutants)
+        # each reference once (a locus has many variants), then one row per variant
+        loci, row = np.unique(loc, return_inverse=True)
+        (b0, a0), (b1, a1) = self.binding_and_access(Xn[loci]), self.binding_and_access(mutants)
+        b0, a0 = b0[row], a0[row]
         ref, mut = self.outputs_from(b0, a0), self.outputs_from(b1, a1)
         dx = mut[:, exposure] - ref[:, exposure]
         T = len(TFS)

@@ -93,6 +93,29 @@ def test_published_sizes_and_names():
         output_index("K562_CTCF")
 
 
+def test_batch_norm_is_an_option_outside_the_published_layout():
+    """batch_norm=False (the default) adds nothing to the state dict, so published files load unchanged;
+    True adds one BatchNorm1d per convolution, trains on batch statistics and is a fixed affine map in eval."""
+    plain = DeepSEA(3, length=200, widths=(8, 8, 8), hidden=8)
+    normed = DeepSEA(3, length=200, widths=(8, 8, 8), hidden=8, batch_norm=True)
+    assert not any("norm" in k for k in plain.state_dict())
+    assert sorted({k.split(".")[0] for k in normed.state_dict()} - {k.split(".")[0] for k in plain.state_dict()}) == [
+        "norm1",
+        "norm2",
+        "norm3",
+    ]
+    assert sum(p.numel() for p in normed.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 24
+    X = sq.random_sequences(4, 200, seed=3)
+    normed.train()
+    normed(X)  # one training batch moves the running statistics
+    assert not torch.equal(normed.norm1.running_mean, torch.zeros(8))
+    normed.eval()
+    with torch.no_grad():  # eval: each sequence's output does not depend on the rest of the batch
+        assert torch.allclose(normed(X)[:1], normed(X[:1]), atol=1e-6)
+    with pytest.raises(TypeError, match="batch_norm must be True or False"):
+        DeepSEA(3, length=200, widths=(8, 8, 8), hidden=8, batch_norm=1)
+
+
 def test_load_kipoi_matches_the_published_layout(deepsea_file):
     ref, path = deepsea_file
     X = sq.random_sequences(3, SMALL["length"], seed=1)
