@@ -63,11 +63,11 @@ class DeepSEA(_Head):
     published model (1000 bp, widths 320/480/960, hidden 925, 919 outputs: 52,843,119
     parameters); smaller ``widths`` / ``length`` / ``hidden`` give the same architecture at
     a size a chapter can train. ``batch_norm=True`` (not in the published model) adds a
-    ``BatchNorm1d`` after each convolution: a small multi-task model trained on binary labels
-    can leave an output that no label of another task helps to find at its baseline, and
-    standardising the convolutions' outputs lets every task's gradient reach the filters
-    (the DeepSEA chapter measures it). In eval mode it is a fixed per-channel affine map,
-    which ISM, MC-dropout (dropout masks only) and the windowed engine handle as such.
+    ``BatchNorm1d`` after each convolution, for small models trained from scratch: a multi-task
+    model on binary labels can leave an output that no other task's label helps to find at its
+    baseline, and standardised convolution outputs can let its gradient reach the filters. In
+    eval mode it is a fixed per-channel affine map, which ISM, MC-dropout (dropout masks only)
+    and the windowed engine handle as such.
     """
 
     def __init__(
