@@ -251,7 +251,7 @@ def train_ensemble(
     Several ensembles in one pool: :func:`train_ensembles`.
     """
     spec = EnsembleSpec(make_model, X, y, n_members, seed)
-    return train_ensembles(
+    return _train_specs(
         {0: spec},
         config=config,
         device=device,
@@ -299,6 +299,20 @@ def train_ensembles(
     whose member count is not a multiple of ``n_jobs`` leaves processes idle while its last members
     train; two ensembles of 3 members on 2 processes take 3 rounds together, 4 one after the other.
     """
+    return _train_specs(
+        specs,
+        config=config,
+        device=device,
+        progress=progress,
+        loss_fn=loss_fn,
+        standardize=standardize,
+        n_jobs=n_jobs,
+    )
+
+
+def _train_specs(specs, *, config, device, progress, loss_fn, standardize, n_jobs):
+    """:func:`train_ensembles`' work, called by it and by :func:`train_ensemble` so that a worker's warning,
+    raised again at ``stacklevel=3``, names the public function's caller (a filter by module then applies)."""
     if not isinstance(specs, Mapping) or not specs:
         raise TypeError("specs must be a non-empty mapping of key -> EnsembleSpec")
     for key, spec in specs.items():
@@ -331,7 +345,7 @@ def train_ensembles(
         done = list(map_jobs(_member_in_worker, jobs, min(n_jobs, len(jobs))))
         for _, _, caught in done:
             for message, category in caught:
-                warnings.warn(message, category, stacklevel=2)
+                warnings.warn(message, category, stacklevel=3)
         trained = [(m, h) for m, h, _ in done]
     else:
         trained = [

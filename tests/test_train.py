@@ -128,6 +128,8 @@ def test_members_trained_in_processes_are_the_same_bits_for_any_number_of_proces
         models, hists = train.train_ensemble(make, X, y, 3, config=cfg, seed=4, n_jobs=2, device="cpu")
     still = sum(h.still_improving for h in hists)
     assert len([w for w in caught if issubclass(w.category, train.ConvergenceWarning)]) == still
+    # raised again where train_ensemble was called, so a filter by module sees the caller's
+    assert still and all(w.filename == __file__ for w in caught if issubclass(w.category, train.ConvergenceWarning))
     # the same ensemble again, in 3 processes (a NumPy integer counts: a sizes table's) and in one pool with
     # another ensemble trained first (train_ensembles): its members are the same bits
     other = (sq.random_sequences(60, 40, seed=2), np.random.default_rng(1).normal(size=(60, 2)), 2, 9)
