@@ -22,7 +22,9 @@ population mean is the coefficient). The remedies, each with its interval:
 * ``multivariable``: every TF's ChIP signal as an exposure at once (multivariable IVW on all loci's
   instruments together); with feedback the ChIP signals share ``kappa`` times accessibility, and
   adjusting for the other TFs' signals removes the path through them: the direct effect is then
-  ``beta_t / (1 + kappa * sum_s beta_s)`` (:func:`multivariable_truth`), the right sign, attenuated.
+  ``beta_t / (1 + kappa * sum_s beta_s)`` (:func:`multivariable_truth`), the right sign, attenuated. The
+  signals move together (all read accessibility), so each one's *conditional* strength is low and the
+  fit shrinks towards 0 with the exposures' noise: ``conditional_f`` reports it.
 
 Loci are the sequences that carry the TF's motif (``"motif"``) or those the oracle calls a ChIP peak of
 the TF, P > 0.5 (``"peaks"``: selected on the measured signal, which reads accessibility).
@@ -192,7 +194,8 @@ def remedies(
     the measured changes). One row per remedy: ``remedy, estimate, se, ci_low, ci_high, tau, n_loci,
     n_instruments, truth, covered, sign_recovered`` and, for the univariable remedies, ``slope_x``,
     ``slope_y``, ``r_x``, ``r_y`` (:func:`fidelity`); for ``none`` and ``steiger`` also ``leak_share``
-    and ``leak_weight``.
+    and ``leak_weight``; for ``multivariable`` the TF's ``conditional_f`` (:func:`deepmr_utils.mr.multivariable`:
+    under about 10 its direct effect is biased towards 0 by the exposures' measurement error).
     ``bidirectional`` answers the reverse question (DNase -> ChIP signal; truth ``feedback`` when ``cell``
     is the ChIP's cell type, else 0: no TF's binding reads accessibility here)."""
     _check_pair(tf, cell)
@@ -269,5 +272,12 @@ def _multivariable(table, world, tf, cell, threshold) -> tuple[dict, pd.Series]:
     )
     i = TFS.index(tf)
     lo, hi = float(res.ci_low[i]), float(res.ci_high[i])
-    row.update(estimate=float(res.estimate[i]), se=float(res.se[i]), ci_low=lo, ci_high=hi, tau=np.nan)
+    row.update(
+        estimate=float(res.estimate[i]),
+        se=float(res.se[i]),
+        ci_low=lo,
+        ci_high=hi,
+        tau=np.nan,
+        conditional_f=float(res.conditional_f[i]),
+    )
     return {**row, **judged(lo, hi, truth)}, keep

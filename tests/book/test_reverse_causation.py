@@ -35,6 +35,21 @@ def test_feedback_turns_the_repressor_positive_and_multivariable_mr_restores_its
     assert set(fed.columns) >= {"estimate", "ci_low", "ci_high", "truth", "n_loci", "n_instruments", "sign_recovered"}
 
 
+def test_multivariable_shortfall_is_the_exposures_noise_and_conditional_f_measures_it():
+    """The signals move together (each reads accessibility), so each one's conditional strength is low: with
+    noisy exposures the direct effect shrinks towards 0; with a tenth of the noise it is the target."""
+    world = ChromatinModel(length=200, feedback=1.0)
+    rows = {
+        se: rc.experiment(world, "REST", n_loci=12, se=se, seed=3).set_index("remedy").loc["multivariable"]
+        for se in (0.2, 0.02)
+    }
+    noisy, clean = rows[0.2], rows[0.02]
+    assert noisy.truth == clean.truth == pytest.approx(-0.3)
+    assert noisy.conditional_f < 10 < clean.conditional_f  # Sanderson & Windmeijer's rule of thumb
+    assert noisy.truth < noisy.estimate < 0 and not noisy.covered  # attenuated, not sign-flipped
+    assert abs(clean.estimate - clean.truth) < 0.02 < abs(noisy.estimate - noisy.truth)
+
+
 def test_sequences_are_motif_carriers_or_chip_peaks_and_bad_choices_are_named():
     world = ChromatinModel(length=200, feedback=1.0)
     X = rc.sequences(world, "REST", n_loci=10, select="peaks", seed=0)
