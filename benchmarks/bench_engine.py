@@ -15,9 +15,9 @@ Cases (random weights):
 
 * ``pooled-L``          the simulation chapter's ``PooledRegressor`` (16 filters): a max over the
   length before its dense layer, so the windowed engine rebuilds the full tensor there;
-* ``deepsea-narrow-L``  the DeepSEA chapter's quick/default model (``DeepSEA`` with widths 64/32/32,
-  hidden 32; 200 bp is its shortest input): every weighted layer keeps a mutation's window (the dense
-  head is updated from it);
+* ``deepsea-narrow-L``  a narrow ``DeepSEA`` (widths 64/32/32, hidden 32, no batch normalisation: the
+  DeepSEA chapter's quick model before it was batch-normalised; 200 bp is its shortest input): every
+  weighted layer keeps a mutation's window (the dense head is updated from it);
 * ``bpnet-L``           ``bench_ism.UnseenBPNet`` (a reader's BPNet-like model, mean-pooled counts);
 * ``enformer-1000``     ``wild_models.EnformerLike``: attention after the stem, full length from there;
 * ``scripted-200``      a TorchScript convolutional model with a mean: torch.fx cannot trace it, so every

@@ -98,7 +98,8 @@ _SIZES = {
         },
     },
     "deepsea": {
-        # sequence length, a narrower DeepSEA (same architecture), ensemble and MC-dropout
+        # sequence length, a narrower DeepSEA (same architecture; at default batch-normalised, which a small
+        # model trained from scratch needs to learn every TF there: DeepSEA(batch_norm=...)), ensemble and MC-dropout
         # passes, data, mutated loci per TF, and training; the reverse-causation experiment's ChIP
         # feedbacks (kappa) and its oracle's measurement SE; members trained in n_jobs processes of one
         # thread each (on a CPU: the same bits whatever the machine's thread count; a GPU trains in turn)
@@ -106,6 +107,10 @@ _SIZES = {
             "length": 200,
             "widths": (64, 32, 32),
             "hidden": 32,
+            # batch-normalised, this model learned every TF at seed offset 0 but its claims failed at offsets 1
+            # and 2 (a member missing ZNF143; a spurious ZNF143 effect inside too narrow an interval): quick keeps
+            # the plain model, whose claims hold at offsets 0-2 and with AVX2 kernels (CTCF not learned, recorded)
+            "batch_norm": False,
             "n_members": 3,
             "mc_passes": 10,
             "n_train": 4000,
@@ -120,8 +125,11 @@ _SIZES = {
         },
         "default": {
             "length": 300,
-            "widths": (64, 32, 32),
-            "hidden": 32,
+            # with 300 bp a second layer as narrow as 32 leaves ZNF143 (no DNase label helps find it) unlearned
+            # by some seeds' members; 64 and 64 let each of 6 seeds learn it (measured, batch-normalised)
+            "widths": (64, 64, 32),
+            "hidden": 64,
+            "batch_norm": True,
             "n_members": 4,
             "mc_passes": 20,
             "n_train": 8000,
@@ -136,6 +144,7 @@ _SIZES = {
             "length": 1000,
             "widths": (320, 480, 960),
             "hidden": 925,
+            "batch_norm": False,  # the published model
             "n_members": 5,
             "mc_passes": 50,
             "n_train": 100000,
@@ -248,7 +257,7 @@ class BPNetSizes:
 
 @dataclass(frozen=True)
 class DeepSEASizes:
-    """The DeepSEA chapter: sequence length, model widths, ensemble and MC-dropout passes,
+    """The DeepSEA chapter: sequence length, model widths and batch normalisation, ensemble and MC-dropout passes,
     training and test sequences, mutated loci per TF, and training; the ChIP feedbacks (kappa) of
     the reverse-causation experiment and its oracle's measurement SE; processes that train members."""
 
@@ -256,6 +265,7 @@ class DeepSEASizes:
     length: int
     widths: tuple
     hidden: int
+    batch_norm: bool
     n_members: int
     mc_passes: int
     n_train: int

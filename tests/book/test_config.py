@@ -39,6 +39,9 @@ def test_sizes_are_typed_and_read_only():
     assert isinstance(bp.train, train.TrainConfig) and bp.train.max_epochs == 25
     ds = config.sizes("deepsea", "paper")
     assert ds.widths == (320, 480, 960) and ds.hidden == 925 and ds.length == 1000 and ds.mc_passes == 50
+    assert ds.batch_norm is False  # the published model at the paper's scale
+    assert config.sizes("deepsea", "default").batch_norm is True
+    assert config.sizes("deepsea", "quick").batch_norm is False
 
 
 def test_set_seed_reproducible():
