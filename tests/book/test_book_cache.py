@@ -179,3 +179,15 @@ def test_capped_runs_share_the_pool_see_the_cap_are_not_cached_and_report_failur
         book_cache.execute(config, root=checkout, capped=[book / "missing.ipynb"], capped_results=capped_tables)
     with pytest.raises(ValueError, match="capped_results"):
         book_cache.execute(config, root=checkout, capped=[book / "a.ipynb"])
+
+
+def test_the_pool_starts_the_longest_chapters_first_and_an_unlisted_one_before_them(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    for name in ("00_method", "01_simulation", "02_bpnet", "03_deepsea", "04_challenges", "05_new"):
+        _chapter(book / f"{name}.ipynb", "1")
+    toc = {"root": "index", "chapters": [{"file": f"book/{p.stem}"} for p in sorted(book.glob("*.ipynb"))]}
+    (tmp_path / "_toc.yml").write_text(yaml.safe_dump(toc))
+    order = [p.stem for p in book_cache.pool_order(tmp_path)]
+    assert order == ["05_new", "04_challenges", "03_deepsea", "01_simulation", "02_bpnet", "00_method"]
+    assert [p.stem for p in book_cache.pool_order()] == [n.split("/")[1] for n in book_cache.LONGEST_FIRST]
