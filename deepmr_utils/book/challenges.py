@@ -46,7 +46,7 @@ from .simulation_study import (
     StudySizes,
     coverage_interval,
     fit_calibration,
-    round_seed,
+    round_call,
     run_round,
 )
 
@@ -643,7 +643,10 @@ def _accuracy_job(job: tuple) -> pd.DataFrame:
     n_train, r, seed, sizes, threads = job
     if threads:
         torch.set_num_threads(threads)
-    d = run_round("none", seed=seed, sizes=replace(sizes, n_train=n_train))
+    return _accuracy_rows(run_round("none", seed=seed, sizes=sizes), n_train, r)
+
+
+def _accuracy_rows(d: Round, n_train: int, r: int) -> pd.DataFrame:
     rows = d.rows
     rows = rows[rows.estimator.isin(list(ESTIMATORS))].copy()
     # the random-effects CI is for the population mean mu, so that is the truth it is scored against
@@ -671,17 +674,37 @@ def accuracy_sweep(
     sizes: StudySizes,
     seed: int,
     n_jobs: int = 1,
+    done: Sequence[Round] = (),
 ) -> pd.DataFrame:
     """Model accuracy limits the estimate: :func:`~deepmr_utils.book.simulation_study.run_round` (no
-    confounding) at each training-set size, ``rounds`` rounds each. Round ``r`` has the same seed
+    confounding) at each training-set size, ``rounds`` rounds each. Round ``r`` is seeded ``seed + 1000 r``
     at every size, so the effect ratio and the test sequences are shared and only the training set
     grows. Rows per size, round and estimator: the round's numbers (held-out r of each output,
     estimate, SE, CI, tau; ``truth`` is the round's population mean mu, the random-effects CI's
     target) plus ``covered``, ``local_rmse`` and the spread of the local
     estimates against that of the local truths (an underfit model gives every sequence nearly
-    the same local effect). ``n_jobs`` processes with one thread each."""
-    jobs = [(n, r, round_seed(seed, "none", r), sizes, 1 if n_jobs > 1 else 0) for n in n_trains for r in range(rounds)]
-    return pd.concat(list(map_jobs(_accuracy_job, jobs, n_jobs)), ignore_index=True)
+    the same local effect). ``n_jobs`` processes with one thread each.
+
+    ``done``: rounds already run (a chapter's own, ``run_round("none", seed=seed, ...)``): one whose
+    :attr:`~deepmr_utils.book.simulation_study.Round.call` is a job's (same seed, sizes and the rest) is
+    taken as that job's round instead of training the same ensemble again."""
+    todo, given = [], {}
+    for n in n_trains:
+        for r in range(rounds):
+            job_sizes, job_seed = replace(sizes, n_train=n), seed + 1000 * r
+            want = round_call("none", seed=job_seed, sizes=job_sizes)
+            match = next((d for d in done if d.call == want), None)
+            if match is not None:
+                given[(n, r)] = match
+            else:
+                todo.append((n, r, job_seed, job_sizes))
+    # one thread per process when several run side by side; a single job runs here, with this process's threads
+    workers = max(1, min(n_jobs, len(todo)))
+    jobs = [(*job, 1 if workers > 1 else 0) for job in todo]
+    ran = dict(zip([job[:2] for job in todo], map_jobs(_accuracy_job, jobs, workers)))
+    frames = [ran[(n, r)] if (n, r) in ran else _accuracy_rows(given[(n, r)], n, r)
+              for n in n_trains for r in range(rounds)]  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
 
 
 def direction(details: Round, *, threshold: float = 3.0, estimators: dict | None = None, seed: int = 0) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ __all__ = [
     "ANALYSES",
     "STEPS",
     "CLASSES",
+    "round_call",
     "round_seed",
     "fidelity",
     "Round",
@@ -347,7 +348,9 @@ class Round:
     world), ``train``, ``calibration_data``, ``test`` (sampled data dicts), ``models`` and ``histories``
     (the trained ensemble), ``calibrator``, ``mutated`` (the test sequences mutated), ``table`` (their
     instruments), ``truth`` (per locus), ``local`` (per-locus estimates by estimator), ``fidelity`` and
-    ``user_gate`` (the two gates' numbers), ``population`` (the estimand's sample) and ``sizes``."""
+    ``user_gate`` (the two gates' numbers), ``population`` (the estimand's sample) and ``sizes``; ``call``: the
+    arguments of :func:`run_round` that decide its numbers (scenario, seed, sizes, calibration, estimators,
+    bar), so that a round can stand in for another call with the same ones."""
 
     rows: pd.DataFrame
     generator: CooperativityModel
@@ -365,6 +368,7 @@ class Round:
     user_gate: dict
     population: pd.DataFrame
     sizes: StudySizes
+    call: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -498,7 +502,23 @@ def run_round(
         rows=out, generator=gen, train=tr, calibration_data=cal, test=test, models=models, histories=hists,
         calibrator=calibrator, mutated=mutate, table=table, truth=truth, local=local_all, fidelity=fid,
         user_gate=user, population=population, sizes=sizes,
+        call=round_call(scenario, seed=seed, sizes=sizes, calibration=calibration, estimators=estimators, bar=bar),
     )  # fmt: skip
+
+
+def round_call(
+    scenario: str,
+    *,
+    seed: int,
+    sizes: StudySizes = StudySizes(),
+    calibration: str = "variance",
+    estimators: dict = ESTIMATORS,
+    bar: FidelityBar = FidelityBar(),
+) -> dict:
+    """The arguments of :func:`run_round` that decide its numbers (all but the device), as :attr:`Round.call`
+    holds them: a round whose ``call`` equals ``round_call(...)`` is what ``run_round(...)`` would return."""
+    return {"scenario": scenario, "seed": int(seed), "sizes": sizes, "calibration": calibration,
+            "estimators": dict(estimators), "bar": bar}  # fmt: skip
 
 
 def effect_coverage(details: Round, calibration: str, *, threshold: float = 3.0) -> dict[str, pd.DataFrame]:

@@ -136,6 +136,7 @@ def small_round():
         n_test=80,
         n_members=4,
         max_epochs=30,
+        n_population=2000,  # the population mean is no test's subject here (20 000 took 4 s of the fixture's 17)
     )
     import warnings
 
@@ -271,3 +272,24 @@ def test_disjoint_ensembles_train_on_disjoint_halves_and_feed_the_two_sample_des
     want = instruments.two_sample(chosen_by, ch.variants(small_round, models=a), Selection(threshold=t))
     two = w[w.design == "two-sample"].iloc[0]
     assert two.n_instruments == len(want) > 0
+
+
+def test_accuracy_sweep_takes_a_round_already_run_instead_of_training_it_again(monkeypatch):
+    sizes = simulation_study.StudySizes(
+        n_train=150, n_calibration=60, n_test=60, n_members=2, max_epochs=3, n_boot=20, n_population=500
+    )
+    mine = simulation_study.run_round("none", seed=11, sizes=sizes)  # a chapter's own round
+    fresh = ch.accuracy_sweep((150,), rounds=1, sizes=sizes, seed=11)
+    calls, real = [], ch.run_round
+    monkeypatch.setattr(ch, "run_round", lambda *a, **k: calls.append(k["sizes"].n_train) or real(*a, **k))
+    swept = ch.accuracy_sweep((100, 150), rounds=1, sizes=sizes, seed=11, done=(mine,))
+    assert calls == [100]  # the size it had not run
+    # its rows are the fresh run's (columns as that run has them: a concat with another size's may add some)
+    pd.testing.assert_frame_equal(swept[swept.n_train == 150][fresh.columns].reset_index(drop=True), fresh)
+    assert list(swept.n_train.unique()) == [100, 150]
+    # a round of another seed (or sizes, calibration, estimators, bar) is not the job's: trained again
+    calls.clear()
+    other = replace(mine, call={**mine.call, "seed": 12})
+    ch.accuracy_sweep((150,), rounds=1, sizes=sizes, seed=11, done=(other,))
+    assert calls == [150]
+    assert mine.call == simulation_study.round_call("none", seed=11, sizes=sizes)
