@@ -83,17 +83,32 @@ def _cochran_q(y, v):
     return float(np.sum(w * (y - mu) ** 2))
 
 
+def _leave_one_out(a):
+    """``sum(a) - a[i]`` for each ``i`` of a positive ``a``, as sums of positive terms (no cancellation)."""
+    before = np.concatenate(([0.0], np.cumsum(a)[:-1]))
+    after = np.concatenate((np.cumsum(a[::-1])[::-1][1:], [0.0]))
+    return before + after
+
+
+def _traces(w):
+    """tr(P) and tr(PP) for P = W - w w' / sum(w), the intercept-only model's projection.
+
+    The textbook forms (sum(w) - sum(w^2)/sum(w), and sum(w^2) - 2 sum(w^3)/sum(w) + (sum(w^2)/sum(w))^2)
+    cancel to 0 or below when one weight dominates (SEs 1e5 and 3 gave tr(PP) = 0 and a Fisher step of -inf
+    that never ended): here each term is a product of positive numbers, P_ii = w_i sum_{j!=i} w_j / sum(w) and
+    sum_{i!=j} P_ij^2 = sum_i w_i^2 sum_{j!=i} w_j^2 / sum(w)^2."""
+    sw = w.sum()
+    p_ii = w * _leave_one_out(w) / sw
+    return p_ii.sum(), np.sum(p_ii**2) + np.sum(w**2 * _leave_one_out(w**2)) / sw**2
+
+
 def _reml(y, v, tau2, threshold, max_iter):
     """metafor's Fisher scoring for the REML tau^2 (intercept-only model)."""
 
     def parts(t2):
         w = 1 / (v + t2)
-        sw = w.sum()
-        py = w * y - w * np.sum(w * y) / sw  # P y with P = W - w w' / sum(w)
-        tr_p = sw - np.sum(w**2) / sw
-        # tr(PP) = sum(w^2) - 2 sum(w^3)/sw + (sum(w^2)/sw)^2
-        tr_pp = np.sum(w**2) - 2 * np.sum(w**3) / sw + (np.sum(w**2) / sw) ** 2
-        return py, tr_p, tr_pp
+        py = w * (y - np.sum(w * y) / w.sum())  # P y with P = W - w w' / sum(w)
+        return py, *_traces(w)
 
     it, change = 0, threshold + 1
     converged = True
@@ -101,7 +116,10 @@ def _reml(y, v, tau2, threshold, max_iter):
         it += 1
         old = tau2
         py, tr_p, tr_pp = parts(tau2)
-        adj = (py @ py - tr_p) / tr_pp
+        adj = (py @ py - tr_p) / tr_pp if tr_pp > 0 else np.nan
+        if not np.isfinite(adj):  # tr(PP) underflowed (weights below ~1e-160): no step to take
+            converged = False
+            break
         while tau2 + adj < 0:
             adj /= 2
         tau2 += adj
@@ -142,8 +160,9 @@ def random_effects(
     q = _cochran_q(y, v)
     w = 1 / v
     converged, it = True, 0
+    tr_p0, tr_pp0 = _traces(w)  # P at the fixed-effect weights
     if method == "DL":
-        tau2 = max(0.0, (q - (k - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
+        tau2 = max(0.0, (q - (k - 1)) / tr_p0)
     else:
         he = (np.sum((y - y.mean()) ** 2) - np.sum(v) * (1 - 1 / k)) / (k - 1)
         tau2, converged, it = _reml(y, v, max(0.0, he), threshold, max_iter)
@@ -153,14 +172,10 @@ def random_effects(
     sws = ws.sum()
     mu = float(np.sum(ws * y) / sws)
     se = float(1 / np.sqrt(sws))
-    tr_pp = np.sum(ws**2) - 2 * np.sum(ws**3) / sws + (np.sum(ws**2) / sws) ** 2
     if method == "REML":
-        se_tau2 = float(np.sqrt(2 / tr_pp))
+        se_tau2 = float(np.sqrt(2 / _traces(ws)[1]))
     else:
-        # variance of the DL moment estimator (metafor): with P at the fixed-effect
-        # weights, Var = (2(k-1) + 4 tau2 tr P + 2 tau2^2 tr PP) / (tr P)^2
-        tr_p0 = w.sum() - np.sum(w**2) / w.sum()
-        tr_pp0 = np.sum(w**2) - 2 * np.sum(w**3) / w.sum() + (np.sum(w**2) / w.sum()) ** 2
+        # variance of the DL moment estimator (metafor): Var = (2(k-1) + 4 tau2 tr P + 2 tau2^2 tr PP) / (tr P)^2
         se_tau2 = float(np.sqrt(2 * (k - 1) + 4 * tau2 * tr_p0 + 2 * tau2**2 * tr_pp0) / tr_p0)
     if knapp_hartung:
         s2 = float(np.sum(ws * (y - mu) ** 2) / (k - 1))
@@ -169,7 +184,7 @@ def random_effects(
     else:
         dist, test = stats.norm, "z"
     crit = dist.ppf(1 - alpha / 2)
-    vtyp = (k - 1) * w.sum() / (w.sum() ** 2 - np.sum(w**2))
+    vtyp = (k - 1) / tr_p0  # (k - 1) sum(w) / (sum(w)^2 - sum(w^2)), without its cancellation
     pi_half = crit * np.sqrt(se**2 + tau2)
     return MetaResult(
         method=method,

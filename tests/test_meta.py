@@ -166,3 +166,34 @@ def test_reml_that_does_not_converge_says_so():
     y, s = np.array([0.1, 1.5, -0.8, 2.2, 0.4]), np.array([0.3, 0.2, 0.5, 0.4, 0.1])
     res = meta.random_effects(y, s, max_iter=1, threshold=1e-12)
     assert not res.converged and "NOT CONVERGED" in repr(res)
+
+
+def _traces_by_definition(w):
+    """tr(P) and tr(PP) of P = W - w w' / sum(w), built as a matrix in extended precision."""
+    w = np.asarray(w, dtype=np.longdouble)
+    p = np.diag(w) - np.outer(w, w) / w.sum()
+    return float(np.trace(p)), float(np.sum(p * p))
+
+
+@pytest.mark.parametrize(
+    "w",
+    [np.random.default_rng(0).uniform(0.5, 2.0, 7), np.array([7.26e-11, 0.1024]), np.array([1e-12, 3.0, 1e-9, 0.5])],
+)
+def test_reml_traces_hold_when_one_weight_dominates(w):
+    tr_p, tr_pp = meta._traces(w)
+    want_p, want_pp = _traces_by_definition(w)
+    assert tr_p == pytest.approx(want_p, rel=1e-6) and tr_pp == pytest.approx(want_pp, rel=1e-6)
+
+
+def test_reml_with_one_imprecise_locus_ends_at_the_precise_one():
+    # two loci of a barely trained model (SEs 1.2e5 and 3.1): the textbook traces cancelled to tr(PP) = 0, the
+    # Fisher step was -inf and the step-halving loop never ended. REML's answer is tau^2 = 0 (one locus carries
+    # the information): the fixed-effect estimate, and a finite I^2
+    y, s = np.array([3.18436859, 3.29255782]), np.sqrt([1.37755627e10, 9.76360455])
+    res = meta.random_effects(y, s)
+    fe = meta.fixed_effect(y, s)
+    assert res.converged and res.tau2 == 0.0 and res.iterations < 5
+    assert res.estimate == pytest.approx(fe.estimate, rel=1e-12) and res.se == pytest.approx(fe.se, rel=1e-12)
+    assert np.isfinite(res.i2) and np.isfinite(res.se_tau2)
+    dl = meta.random_effects(y, s, method="DL")
+    assert dl.tau2 == 0.0 and np.isfinite(dl.se_tau2) and np.isfinite(dl.i2)
