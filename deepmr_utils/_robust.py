@@ -65,7 +65,9 @@ def m_scale(r: np.ndarray, p: int, c: float = C_CHI, b: float = BB) -> float:
     """Solve sum(chi(r / s)) / (n - p) = b for s (robustbase's M-scale)."""
     n = r.size
     a = np.abs(r)
-    if not np.any(a > 0):
+    # as s falls to 0 the mean of chi rises to (nonzero residuals) / (n - p): when that is at most b there is no
+    # positive root (an exact fit of most points), and halving s below would never end
+    if np.count_nonzero(a) <= b * (n - p):
         return 0.0
     f = lambda s: chi(a / s, c).sum() / (n - p) - b  # noqa: E731  (decreasing in s)
     hi = max(a.max(), 1e-300) * 10.0

@@ -661,3 +661,15 @@ def test_conditional_f_on_the_lipid_example(ref):
         mr.conditional_f(X, -S)
     with pytest.raises(ValueError, match="both be"):
         mr.conditional_f(X, S[:, :2])
+
+
+def test_m_scale_of_an_exact_fit_of_most_points_is_zero_not_a_hang():
+    from deepmr_utils import _robust
+
+    # 1 of 5 residuals nonzero with p = 2: mean chi can reach only 1/3 < b = 0.5 as the scale falls to 0, so there
+    # is no positive root; the bracket's halving never ended before
+    assert _robust.m_scale(np.array([0.0, 0.0, 0.0, 0.0, 1.3]), p=2) == 0.0
+    # two nonzero of five (2/3 > b): a positive scale, at which the M-equation holds
+    r = np.array([0.0, 0.0, 0.0, 0.4, 1.3])
+    s = _robust.m_scale(r, p=2)
+    assert s > 0 and _robust.chi(np.abs(r) / s, _robust.C_CHI).sum() / 3 == pytest.approx(_robust.BB, abs=1e-9)
