@@ -79,6 +79,12 @@ def summary_stats(
         raise ValueError(f"{method} needs at least {min_k} instrument(s), got {k}")
     if not np.any(arrays["bx"] != 0):
         raise ValueError("all bx are zero: the instruments carry no information on the exposure")
+    if not np.any(scaled[:k] > 0):  # sum (bx/byse)^2 is every estimator's information on the exposure
+        largest = np.max(np.abs(arrays["bx"] / arrays["byse"]))
+        raise ValueError(
+            f"every bx is so small against its byse (largest |bx/byse| {largest:.3g}) that (bx/byse)^2 underflows "
+            "float64 to 0: no information on the exposure; rescale the effects"
+        )
     return arrays["bx"], arrays["bxse"], arrays["by"], arrays["byse"]
 
 

@@ -27,6 +27,7 @@ from .results import Estimate
 __all__ = ["ConMixResult", "conmix"]
 
 _MAX_GRID = 5_000_000  # grid points x instruments held at once
+_MIN_POINTS, _MAX_POINTS = 3, 50_000_000  # a grid that can hold an estimate and an interval; ~400 MB of theta
 
 
 @dataclass(frozen=True, repr=False)  # the one-line summary of Estimate
@@ -91,7 +92,8 @@ def conmix(
     check_nonzero_bx(bx, "conmix")
     if not (ci_step > 0 and math.isfinite(ci_step)):
         raise ValueError(f"conmix: ci_step must be a positive number, got {ci_step}")
-    ratio, s = by / bx, np.abs(byse / bx)
+    with np.errstate(over="ignore"):  # a ratio beyond float64 is named below
+        ratio, s = by / bx, np.abs(byse / bx)
     # the package's default grid is min((by - 2 byse) / bx) to max((by + 2 byse) / bx), which assumes bx > 0:
     # with a negative bx those are the ratio's upper and lower ends, and the grid shrinks, can miss the
     # best point, or is reversed (R's seq() then stops). ISM instruments are mostly losses of binding (bx < 0),
@@ -100,9 +102,18 @@ def conmix(
     hi = float(np.max(ratio + 2 * s)) if ci_max is None else float(ci_max)
     if not lo < hi:
         raise ValueError(f"conmix: the grid needs ci_min < ci_max, got {lo} and {hi}")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"conmix: a ratio by/bx or its SE overflows float64 (grid {lo} to {hi}); drop the instrument")
     psi = 1.5 * float(np.std(ratio, ddof=1)) if psi is None or psi <= 0 else float(psi)
-    # R's seq(from, to, by): floor((to - from) / by + 1e-10) + 1 points
-    theta = lo + ci_step * np.arange(int(math.floor((hi - lo) / ci_step + 1e-10)) + 1)
+    # R's seq(from, to, by): floor((to - from) / by + 1e-10) + 1 points. The package's step is absolute (0.01),
+    # so ratios on a scale far from 1 give a grid of one point (a silent non-answer) or of billions (no memory)
+    points = math.floor((hi - lo) / ci_step + 1e-10) + 1
+    if not _MIN_POINTS <= points <= _MAX_POINTS:
+        raise ValueError(
+            f"conmix: the grid from {lo:.4g} to {hi:.4g} in steps of ci_step={ci_step:g} has {points:.3g} points "
+            f"(allowed {_MIN_POINTS} to {_MAX_POINTS:.0e}); pass a ci_step near (ci_max - ci_min) / 2000"
+        )
+    theta = lo + ci_step * np.arange(points)
     rows = max(1, _MAX_GRID // bx.size)
     loglik = np.concatenate([_loglik(theta[i : i + rows], ratio, s, psi)[0] for i in range(0, theta.size, rows)])
     best = int(np.argmax(loglik))  # the first maximum, as R's which.max

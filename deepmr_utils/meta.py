@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from ._types import ArrayLike
-from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive
+from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive, check_weights, first_bad
 from .results import Estimate
 
 __all__ = ["MetaResult", "random_effects", "fixed_effect", "pool"]
@@ -72,9 +72,23 @@ def _inputs(estimates, ses, min_k):
     check_finite(y, "estimates")
     check_finite(s, "ses")
     check_positive(s, "ses")
+    check_weights(s, "ses")
+    with np.errstate(over="ignore"):
+        v = s**2
+    if not np.isfinite(v).all():  # a weight 1/se^2 of 0 would turn every weighted mean into 0/0
+        i = first_bad(~np.isfinite(v))
+        raise ValueError(f"ses is {s[i]:.3g} at index {i}: its square overflows float64; rescale the estimates")
+    with np.errstate(over="ignore"):
+        z2 = (y / s) ** 2
+    if not np.isfinite(z2).all():  # Cochran's Q and the weighted residuals square these
+        i = first_bad(~np.isfinite(z2))
+        raise ValueError(
+            f"estimate {y[i]:.3g} at index {i} is too large for its SE {s[i]:.3g}: its squared ratio overflows "
+            "float64; rescale the estimates"
+        )
     if y.size < min_k:
         raise ValueError(f"meta-analysis needs at least {min_k} estimate(s), got {y.size}")
-    return y, s**2
+    return y, v
 
 
 def _cochran_q(y, v):

@@ -354,8 +354,9 @@ def egger(
     X = np.column_stack([np.ones(k), ox])
     if not _egger_design_ok(w.sum(), np.sum(w * ox), np.sum(w * ox * ox)):
         raise ValueError(
-            "egger: all |bx| are (nearly) equal, so the intercept and the slope cannot be "
-            "separated (singular design); use ivw, or instruments of different strength"
+            "egger: all |bx| are (nearly) equal, or one instrument's weight 1/byse^2 outweighs the rest, so the "
+            "intercept and the slope cannot be separated (singular design); use ivw, or instruments of different "
+            "strength"
         )
     if robust:
         with np.errstate(invalid="ignore", divide="ignore"):  # an exact fit is reported below

@@ -50,6 +50,23 @@ def test_conmix_bad_input_is_named():
         mr.conmix(x, x, x, x, ci_min=1.0, ci_max=0.5)
 
 
+def test_conmix_grid_on_ratios_far_from_unit_scale_is_refused_with_the_step_to_use():
+    """The package's absolute step of 0.01 gives ratios of ~1e-5 a grid of one point (its estimate the grid's
+    lower end, a silent non-answer) and ratios of ~1e9 a grid of billions of points (a MemoryError); both are
+    named, with the step that fits, and that step then works."""
+    rng = np.random.default_rng(0)
+    bx = rng.uniform(0.5, 1.5, 8)
+    by, se = 0.4 * bx + rng.normal(0, 0.05, 8), np.full(8, 0.05)
+    ref = mr.conmix(bx, se, by, se, ci_step=1e-4)
+    for scale in (1e-5, 1e9):
+        with pytest.raises(ValueError, match=r"ci_step=0.01 has .* points"):
+            mr.conmix(bx, se, by * scale, se * scale)
+        rescaled = mr.conmix(bx, se, by * scale, se * scale, ci_step=1e-4 * scale)
+        assert rescaled.estimate / scale == pytest.approx(ref.estimate, rel=1e-6)
+    with pytest.raises(ValueError, match="overflows"):
+        mr.conmix(np.r_[1e-300, bx[1:]], se, np.r_[1e10, by[1:]], se)
+
+
 def test_conmix_grid_does_not_depend_on_the_instruments_orientation(ref, lipids):
     """The package's default grid, min((by - 2 byse) / bx) to max((by + 2 byse) / bx), shrinks or is reversed
     when bx < 0 (ISM losses of binding). Flipping instruments (bx and by together) leaves every ratio and its

@@ -130,11 +130,20 @@ def test_dl_is_truncated_at_zero():
         ({"estimates": [0.1, 0.2, 0.3], "ses": [0.1, 0.0, 0.1]}, r"ses must be > 0, got 0.0 at index 1"),
         ({"estimates": [0.1, 0.2], "ses": [0.1]}, "same length"),
         ({"estimates": [0.1], "ses": [0.1]}, "at least 2"),
+        # SEs and estimates whose squares leave float64: weights of inf or 0 made every mean 0/0 (a
+        # ZeroDivisionError, or a NaN estimate reported as converged)
+        ({"estimates": [0.1, 0.2, 0.3], "ses": [0.1, 1e-200, 0.1]}, r"ses is 1e-200 at index 1: so small"),
+        ({"estimates": [0.1, 0.2, 0.3], "ses": [1e200, 0.1, 0.1]}, r"ses is 1e\+200 at index 0: its square overflows"),
+        ({"estimates": [0.1, 1e160, 0.3], "ses": [0.1, 1.0, 0.1]}, r"estimate 1e\+160 at index 1 is too large"),
     ],
 )
 def test_bad_input(kw, msg):
     with pytest.raises(ValueError, match=msg):
         meta.random_effects(**kw)
+    for call in (meta.fixed_effect, lambda **a: meta.random_effects(**a, method="DL")):
+        if "at least" not in msg:  # the fixed effect needs one estimate
+            with pytest.raises(ValueError, match=msg):
+                call(**kw)
     with pytest.raises(ValueError, match="method"):
         meta.random_effects([0.1, 0.2], [0.1, 0.1], method="PM")
 

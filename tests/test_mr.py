@@ -463,6 +463,12 @@ def test_other_bad_input():
     # once: nan (SE inf) from an overflow, psi outside [-1, 1] used as given
     with pytest.raises(ValueError, match="too large for their SEs at index 0"):
         mr.ivw([1e200, 2e200, 3e200], [1, 1, 1], [1e200, 2e200, 3.1e200], [1, 1, 1])
+    # the other end: (bx/byse)^2 underflowing to 0 for every instrument left IVW at inf and PRESSO, RAPS and the
+    # fixed-effect pool dividing by zero
+    tiny = (GOOD[0] * 1e-200, GOOD[1] * 1e-200, *GOOD[2:])
+    for fn in (mr.ivw, mr.egger, mr.raps, mr.divw, lambda *a: mr.presso(*a, n_sim=20, seed=1)):
+        with pytest.raises(ValueError, match=r"underflows float64 to 0: no information on the exposure"):
+            fn(*tiny)
     for psi in (1.5, -2, float("nan")):
         with pytest.raises(ValueError, match="psi is a correlation"):
             mr.ivw(*GOOD, weights="delta", psi=psi)
