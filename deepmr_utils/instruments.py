@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ._types import ArrayLike, Positions, Sequences
+from ._validate import is_integer
 from .ism import resolve_positions
 from .sequence import ALPHABET
 
@@ -51,7 +52,9 @@ def variant_table(
         raise ValueError(f"effect and se must both be (N, P, 4, O), got {effect.shape} and {se.shape}")
     N, P, _, O = effect.shape
     for name, idx in (("exposure", exposure), ("outcome", outcome)):
-        if not 0 <= int(idx) < O:
+        if not is_integer(idx):
+            raise TypeError(f"{name} must be an output's integer index, got {idx!r}")
+        if not 0 <= idx < O:
             raise ValueError(f"{name} index {idx} does not exist: there are {O} outputs")
     if exposure == outcome:
         raise ValueError("exposure and outcome must be different outputs")
@@ -82,6 +85,10 @@ def variant_table(
         psi = np.asarray(psi, dtype=np.float64)
         if psi.shape != (N, P, 4):
             raise ValueError(f"psi must be (N, P, 4) = {(N, P, 4)} like the effects, got {psi.shape}")
+        outside = np.abs(psi) > 1  # NaN (the reference base's slot) is not outside
+        if outside.any():
+            i = tuple(int(j) for j in np.argwhere(outside)[0])
+            raise ValueError(f"psi is a correlation, so it must lie in [-1, 1]; got {psi[i]:.3g} at index {i}")
     table = pd.DataFrame(
         {
             "locus": loci[n],
@@ -143,10 +150,11 @@ class Selection:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.k is not None and int(self.k) < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.threshold is not None and not np.isfinite(self.threshold):
-            raise ValueError(f"threshold must be finite, got {self.threshold}")
+        if self.k is not None and (not is_integer(self.k) or self.k < 1):
+            raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
+        # both strategies compare |z| with it: a negative bar would keep every variant without saying so
+        if self.threshold is not None and not (np.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"threshold must be finite and >= 0 (a bar on |z|), got {self.threshold}")
         st = self.steiger
         if st is False:
             st = None

@@ -22,7 +22,16 @@ import pandas as pd
 from scipy import stats
 
 from ._types import ArrayLike
-from ._validate import as_1d, check_alpha, check_choice, check_finite, check_positive, check_weights, first_bad
+from ._validate import (
+    as_1d,
+    check_alpha,
+    check_choice,
+    check_finite,
+    check_positive,
+    check_weights,
+    first_bad,
+    is_integer,
+)
 from .results import Estimate
 
 __all__ = ["MetaResult", "random_effects", "fixed_effect", "pool"]
@@ -169,6 +178,10 @@ def random_effects(
     """
     check_choice(method, "method", ("REML", "DL"))
     alpha = check_alpha(alpha)
+    if not (isinstance(threshold, (int, float, np.floating)) and 0 < threshold < np.inf):  # NaN: no step was taken
+        raise ValueError(f"threshold must be a positive number, got {threshold!r}")
+    if not is_integer(max_iter) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     y, v = _inputs(estimates, ses, min_k=2)
     k = y.size
     q = _cochran_q(y, v)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._types import ArrayLike, Positions, Sequences
+from ._validate import is_integer
 
 __all__ = [
     "ALPHABET",
@@ -219,6 +220,8 @@ def dinucleotide_shuffle(X: torch.Tensor, *, n_shuffles: int = 1, seed: int | No
     of sequence ``i`` at rows ``i * n_shuffles ... (i + 1) * n_shuffles - 1``.
     """
     check_one_hot(X, allow_zero_columns=False)
+    if not is_integer(n_shuffles) or n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be an integer >= 1, got {n_shuffles!r}")
     rng = np.random.default_rng(seed)
     codes = X.argmax(dim=1).cpu().numpy()
     out = np.zeros((codes.shape[0] * n_shuffles, 4, codes.shape[1]), dtype=np.float32)

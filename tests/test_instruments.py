@@ -24,6 +24,15 @@ def test_variant_table_and_selection(toy_pred):
     )
     with pytest.raises(ValueError, match="outcome index 4 does not exist"):
         instruments.variant_table(eff, se, X, exposure=0, outcome=4)
+    # an index that is not an integer was truncated or failed inside numpy; a psi beyond [-1, 1] passed unseen
+    with pytest.raises(TypeError, match="exposure must be an output's integer index, got 0.5"):
+        instruments.variant_table(eff, se, X, exposure=0.5, outcome=1)
+    psi = np.zeros(eff.shape[:3])
+    psi[0, 1, 2] = 1.5
+    with pytest.raises(ValueError, match=r"psi is a correlation.*got 1.5 at index \(0, 1, 2\)"):
+        instruments.variant_table(eff, se, X, exposure=0, outcome=1, psi=psi)
+    psi[0, 1, 2] = np.nan  # the reference base's slot, as paired_correlation leaves it
+    assert "psi" in instruments.variant_table(eff, se, X, exposure=0, outcome=1, psi=psi)
 
 
 def _table(rng, loci=3, n=40):
@@ -81,6 +90,12 @@ def test_old_select_forms_say_what_to_pass():
             instruments.as_selection(old)
     with pytest.raises(ValueError, match="steiger must be"):
         instruments.Selection(steiger=(1.0, -1.0))
+    # a negative bar on |z| kept every variant, and k=1.5 was read as 1, both without a word
+    with pytest.raises(ValueError, match=r"threshold must be finite and >= 0"):
+        instruments.Selection(threshold=-1.0)
+    for k in (1.5, 0, True):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            instruments.Selection("top_k", k=k)
 
 
 def test_selection_keeps_loci_with_nothing_in_summary():

@@ -148,6 +148,20 @@ def test_bad_input(kw, msg):
         meta.random_effects([0.1, 0.2], [0.1, 0.1], method="PM")
 
 
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"threshold": float("nan")}, "threshold must be a positive number"),  # REML took no step and said converged
+        ({"threshold": -1.0}, "threshold must be a positive number"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1"),
+        ({"max_iter": 2.5}, "max_iter must be an integer >= 1"),
+    ],
+)
+def test_bad_iteration_settings_are_named(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        meta.random_effects([1.0, 2.0, 3.0], [0.1, 0.1, 0.1], **kw)
+
+
 def test_repr_one_line(ref):
     text = repr(meta.random_effects(*_data(ref, "dat.bcg_RR")))
     assert "\n" not in text and "REML" in text and "I^2=92.2%" in text

@@ -68,6 +68,9 @@ def test_dinucleotide_shuffle_keeps_counts():
             assert y[:, 0].argmax() == X[i, :, 0].argmax() and y[:, -1].argmax() == X[i, :, -1].argmax()
     assert not torch.equal(X[0], Y[0])
     assert torch.equal(Y, sq.dinucleotide_shuffle(X, n_shuffles=2, seed=1))
+    for n in (0, -1, 1.5, True):  # 0 returned an empty tensor, silently
+        with pytest.raises(ValueError, match="n_shuffles must be an integer >= 1"):
+            sq.dinucleotide_shuffle(X, n_shuffles=n)
 
 
 def test_read_fasta(tmp_path):
